@@ -1,0 +1,137 @@
+"""The child table: fork, reap, and exit status decoding.
+
+Invariants: every pid we fork is in the table until it is reaped; `reap()` collects every child
+that has exited (ours or a stranger's, as PID 1 in a container) without ever blocking; counts per
+owner are derived from the table. System calls come in through `SystemCalls` so unit tests can
+replace them.
+"""
+
+import os
+import signal
+import time
+from collections import Counter
+from collections.abc import Callable, Hashable, Iterator
+from dataclasses import dataclass, field
+from typing import Generic, NoReturn, TypeVar
+
+Owner = TypeVar("Owner", bound=Hashable)
+
+
+@dataclass(frozen=True)
+class SystemCalls:
+    """The seam between the child table and the kernel."""
+
+    fork: Callable[[], int] = os.fork
+    wait4: Callable[[int, int], tuple[int, int, object]] = os.wait4
+    kill: Callable[[int, int], None] = os.kill
+    clock: Callable[[], float] = time.monotonic
+
+
+@dataclass(frozen=True)
+class ExitStatus:
+    """How a process ended: an exit code, or the signal that killed it."""
+
+    code: int | None = None
+    signal: int | None = None
+
+    @classmethod
+    def decode(cls, status: int) -> "ExitStatus":
+        if os.WIFSIGNALED(status):
+            return cls(signal=os.WTERMSIG(status))
+        if os.WIFEXITED(status):
+            return cls(code=os.WEXITSTATUS(status))
+        return cls(code=None)  # stopped or continued: not an exit
+
+    @property
+    def ok(self) -> bool:
+        return self.code == 0
+
+    def __str__(self) -> str:
+        if self.signal is not None:
+            return f"killed by signal {signal.Signals(self.signal).name}"
+        return f"exited with status {self.code}"
+
+
+@dataclass
+class Child(Generic[Owner]):
+    """A live child process and the server it belongs to."""
+
+    pid: int
+    owner: Owner
+    started: float
+    signalled: int | None = None  # the signal we sent it, if any
+
+
+@dataclass(frozen=True)
+class Reaped(Generic[Owner]):
+    """A reaped process: `child` is None for a stranger (an orphan re-parented to us)."""
+
+    pid: int
+    status: ExitStatus
+    rusage: object
+    child: Child[Owner] | None
+    duration: float = 0.0
+
+
+@dataclass
+class ChildTable(Generic[Owner]):
+    """The parent's own record of its children, per owner."""
+
+    calls: SystemCalls = field(default_factory=SystemCalls)
+    _children: dict[int, Child[Owner]] = field(default_factory=dict)
+    _counts: Counter[Owner] = field(default_factory=Counter)
+
+    def __len__(self) -> int:
+        return len(self._children)
+
+    def __iter__(self) -> Iterator[Child[Owner]]:
+        return iter(list(self._children.values()))
+
+    def count(self, owner: Owner) -> int:
+        return self._counts[owner]
+
+    def spawn(self, owner: Owner, run_child: Callable[[], NoReturn]) -> int:
+        """Fork; the child runs `run_child` (which must end in os._exit); the parent records it."""
+        pid = self.calls.fork()
+        if pid == 0:
+            run_child()
+        self._children[pid] = Child(pid, owner, self.calls.clock())
+        self._counts[owner] += 1
+        return pid
+
+    def reap(self) -> list[Reaped[Owner]]:
+        """Collect every exited process without blocking."""
+        reaped = []
+        while True:
+            try:
+                pid, status, rusage = self.calls.wait4(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            exit_status = ExitStatus.decode(status)
+            if exit_status.code is None and exit_status.signal is None:
+                continue
+            reaped.append(self._forget(pid, exit_status, rusage))
+        return reaped
+
+    def _forget(self, pid: int, status: ExitStatus, rusage: object) -> Reaped[Owner]:
+        child = self._children.pop(pid, None)
+        if child is None:
+            return Reaped(pid, status, rusage, None)
+        self._counts[child.owner] -= 1
+        if not self._counts[child.owner]:
+            del self._counts[child.owner]
+        return Reaped(pid, status, rusage, child, self.calls.clock() - child.started)
+
+    def signal_all(self, signum: int) -> int:
+        """Send `signum` to every live child; return how many were signalled."""
+        sent = 0
+        for child in self._children.values():
+            try:
+                self.calls.kill(child.pid, signum)
+            except ProcessLookupError:
+                continue  # exited, not reaped yet
+            child.signalled = signum
+            sent += 1
+        return sent

@@ -1,0 +1,251 @@
+"""The configuration: a TOML file read into frozen dataclasses by the pure function `load`.
+
+Every mistake in the file is reported as one `ConfigError` line naming the file, the table and
+the key (`etc/supervisor.toml: servers.echo.max_children: must be an integer >= 1, got 0`).
+Nothing here opens a socket or imports a handler: see `sockets.py` and `handlers.py`.
+"""
+
+import difflib
+import enum
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from supervisor import addresses
+from supervisor.addresses import Address
+from supervisor.errors import ConfigError
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+_SERVER_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+_HANDLER_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+
+class Mode(enum.StrEnum):
+    """How a server runs its requests."""
+
+    FORK = "fork"
+    THREAD = "thread"
+    INLINE = "inline"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """One `[servers.NAME]` table."""
+
+    name: str
+    address: Address
+    handler: str
+    mode: Mode = Mode.FORK
+    max_children: int = 40
+    backlog: int = 1024
+    max_packet_size: int = 8192
+
+
+@dataclass(frozen=True)
+class SupervisorConfig:
+    """The `[supervisor]` table."""
+
+    shutdown_timeout: float = 10.0
+    kill_grace: float = 2.0
+    max_children: int | None = None
+    log_level: str = "info"
+    path: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole configuration file, validated."""
+
+    source: str
+    supervisor: SupervisorConfig
+    servers: Mapping[str, ServerConfig]
+
+
+def load(path: str) -> Config:
+    """Read and validate the file at `path`; raise ConfigError naming the first problem."""
+    try:
+        with open(path, "rb") as file:
+            data = tomllib.load(file)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, "", f"TOML syntax error: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(path, "", f"cannot read the file ({exc.strerror})") from exc
+    return parse(data, path)
+
+
+def parse(data: Mapping[str, Any], source: str) -> Config:
+    """Validate an already decoded TOML document; `source` names it in errors."""
+    top = _Table(source, "", data)
+    top.only("supervisor", "servers")
+    supervisor = _supervisor(top.table("supervisor"), source)
+    servers_table = top.table("servers")
+    if not servers_table.data:
+        raise ConfigError(source, "servers", "at least one server is required")
+    servers = {name: _server(servers_table.table(name)) for name in servers_table.data}
+    _check_unique_addresses(source, servers)
+    return Config(source, supervisor, servers)
+
+
+def _supervisor(table: "_Table", source: str) -> SupervisorConfig:
+    table.only("shutdown_timeout", "kill_grace", "max_children", "log_level", "path")
+    base = os.path.dirname(os.path.abspath(source))
+    return SupervisorConfig(
+        shutdown_timeout=table.number("shutdown_timeout", 10.0, minimum=0),
+        kill_grace=table.number("kill_grace", 2.0, minimum=0),
+        max_children=table.optional_integer("max_children", minimum=1),
+        log_level=table.choice("log_level", "info", LOG_LEVELS),
+        path=tuple(os.path.join(base, entry) for entry in table.strings("path")),
+    )
+
+
+def _server(table: "_Table") -> ServerConfig:
+    name = table.where.rpartition(".")[2]
+    if not _SERVER_NAME.match(name):
+        raise table.error("", "a server name is 1-64 letters, digits, '_', '.' or '-'")
+    table.only("address", "handler", "mode", "max_children", "backlog", "max_packet_size")
+    address = table.address("address")
+    if not address.is_stream and "backlog" in table.data:
+        raise table.error("backlog", "only applies to stream addresses (tcp://, unix://)")
+    if address.is_stream and "max_packet_size" in table.data:
+        raise table.error("max_packet_size", "only applies to datagram addresses")
+    return ServerConfig(
+        name=name,
+        address=address,
+        handler=table.handler("handler"),
+        mode=Mode(table.choice("mode", Mode.FORK.value, tuple(Mode))),
+        max_children=table.integer("max_children", 40, minimum=1),
+        backlog=table.integer("backlog", 1024, minimum=1, maximum=65535),
+        max_packet_size=table.integer("max_packet_size", 8192, minimum=1, maximum=65535),
+    )
+
+
+def _check_unique_addresses(source: str, servers: Mapping[str, ServerConfig]) -> None:
+    seen: dict[tuple[str, str, int], str] = {}
+    for name, server in servers.items():
+        address = server.address
+        if address.is_unix:
+            key = ("unix", os.path.normpath(address.path), 0)
+        elif address.port == 0:
+            continue
+        else:
+            key = (address.scheme, address.host.lower(), address.port)
+        if key in seen:
+            raise ConfigError(
+                source,
+                f"servers.{name}.address",
+                f"{address} is already used by servers.{seen[key]}",
+            )
+        seen[key] = name
+
+
+_TOML_TYPES: tuple[tuple[type, str], ...] = (
+    (bool, "boolean"),
+    (int, "integer"),
+    (float, "float"),
+    (str, "string"),
+    (list, "array"),
+    (dict, "table"),
+)
+
+
+def _type_name(value: object) -> str:
+    for kind, name in _TOML_TYPES:
+        if isinstance(value, kind):
+            return name
+    return type(value).__name__
+
+
+class _Table:
+    """One TOML table being read; every error names `source: where.key`."""
+
+    def __init__(self, source: str, where: str, data: object) -> None:
+        if not isinstance(data, dict):
+            raise ConfigError(source, where, f"must be a table, got {_type_name(data)}")
+        self.source = source
+        self.where = where
+        self.data: dict[str, Any] = data
+
+    def error(self, key: str, what: str) -> ConfigError:
+        where = f"{self.where}.{key}" if self.where and key else self.where or key
+        return ConfigError(self.source, where, what)
+
+    def only(self, *known: str) -> None:
+        for key in self.data:
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise self.error(key, f"unknown key{hint}")
+
+    def table(self, key: str) -> "_Table":
+        where = f"{self.where}.{key}" if self.where else key
+        return _Table(self.source, where, self.data.get(key, {}))
+
+    def _get(self, key: str, kind: type | tuple[type, ...], expected: str) -> Any:
+        value = self.data[key]
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise self.error(key, f"must be {expected}, got {_type_name(value)} {value!r}")
+        return value
+
+    def integer(self, key: str, default: int, minimum: int, maximum: int | None = None) -> int:
+        value = self.optional_integer(key, minimum, maximum)
+        return default if value is None else value
+
+    def optional_integer(self, key: str, minimum: int, maximum: int | None = None) -> int | None:
+        if key not in self.data:
+            return None
+        expected = (
+            f"an integer >= {minimum}"
+            if maximum is None
+            else (f"an integer from {minimum} to {maximum}")
+        )
+        value: int = self._get(key, int, expected)
+        if value < minimum or (maximum is not None and value > maximum):
+            raise self.error(key, f"must be {expected}, got {value}")
+        return value
+
+    def number(self, key: str, default: float, minimum: float) -> float:
+        if key not in self.data:
+            return default
+        expected = f"a number >= {minimum:g}"
+        value = float(self._get(key, (int, float), expected))
+        if not value >= minimum or value == float("inf"):
+            raise self.error(key, f"must be {expected}, got {value:g}")
+        return value
+
+    def string(self, key: str) -> str:
+        if key not in self.data:
+            raise self.error(key, "is required")
+        value: str = self._get(key, str, "a string")
+        return value
+
+    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
+        if key not in self.data:
+            return default
+        value = self.string(key)
+        if value not in choices:
+            raise self.error(key, f"must be one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    def strings(self, key: str) -> tuple[str, ...]:
+        if key not in self.data:
+            return ()
+        values: list[Any] = self._get(key, list, "an array of strings")
+        if not all(isinstance(value, str) for value in values):
+            raise self.error(key, "must be an array of strings")
+        return tuple(values)
+
+    def address(self, key: str) -> Address:
+        text = self.string(key)
+        try:
+            return addresses.parse(text)
+        except ValueError as exc:
+            raise self.error(key, f"malformed address {text!r}: {exc}") from exc
+
+    def handler(self, key: str) -> str:
+        spec = self.string(key)
+        if not _HANDLER_SPEC.match(spec):
+            raise self.error(key, f"must be 'module:Class', got {spec!r}")
+        return spec

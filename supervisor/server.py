@@ -1,0 +1,97 @@
+"""One hosted server: its listening socket, handler class, mode and limits.
+
+A `Server` is what a handler sees as `self.server`: it has the attributes of a
+`socketserver.BaseServer` that handlers use (`server_address`, `socket`, `RequestHandlerClass`,
+`address_family`, `socket_type`, `fileno()`), so handlers written for the standard library run
+unchanged. Running a request (`handle`) follows socketserver's `finish_request` then
+`shutdown_request`, and never lets a handler's exception escape.
+"""
+
+import contextlib
+import logging
+import socket
+from typing import Any
+
+from supervisor.config import Mode, ServerConfig
+from supervisor.handlers import HandlerClass
+from supervisor.sockets import Listener
+
+log = logging.getLogger("supervisor")
+
+Request = socket.socket | tuple[bytes, socket.socket]
+
+
+class Server:
+    """A server hosted by the supervisor, shaped like a socketserver server."""
+
+    def __init__(self, config: ServerConfig, handler: HandlerClass, listener: Listener) -> None:
+        self.config = config
+        self.name = config.name
+        self.RequestHandlerClass = handler
+        self.listener = listener
+        self.socket = listener.socket
+        self.address_family = listener.socket.family
+        self.socket_type = listener.socket.type
+        self.server_address: Any = listener.socket.getsockname()
+        self.active = 0  # live children (fork) or busy threads (thread)
+        self.listening = False  # registered in the selector
+        self.backoff = False  # accept() hit a resource limit; wait before trying again
+
+    def __repr__(self) -> str:
+        return f"<Server {self.name} {self.listener.bound}>"
+
+    @property
+    def mode(self) -> Mode:
+        return self.config.mode
+
+    def has_capacity(self) -> bool:
+        return self.mode is Mode.INLINE or self.active < self.config.max_children
+
+    def fileno(self) -> int:
+        return self.socket.fileno()
+
+    def get_request(self) -> tuple[Request, Any]:
+        """Accept a connection or receive a datagram (raises BlockingIOError when none)."""
+        if self.config.address.is_stream:
+            return self.socket.accept()
+        data, client_address = self.socket.recvfrom(self.config.max_packet_size)
+        return (data, self.socket), client_address
+
+    def handle(self, request: Request, client_address: Any) -> bool:
+        """Run the handler on one request, then shut the request down; True if it succeeded."""
+        try:
+            # A duck-typed socketserver.BaseServer: the attributes handlers use, no serve loop.
+            self.RequestHandlerClass(request, client_address, self)  # type: ignore[arg-type]
+        except ConnectionError as exc:
+            log.warning(
+                "%s: connection with client %s lost (%s)",
+                self.name,
+                client_address,
+                exc.strerror or exc,
+            )
+            return False
+        except BaseException:
+            log.exception(
+                "%s: handler %s failed for client %s",
+                self.name,
+                self.config.handler,
+                client_address or "(unnamed)",
+            )
+            return False
+        finally:
+            self.shutdown_request(request)
+        return True
+
+    def shutdown_request(self, request: Request) -> None:
+        """Like socketserver: half-close a connection before closing it; datagrams need nothing."""
+        if isinstance(request, socket.socket):
+            with contextlib.suppress(OSError):
+                request.shutdown(socket.SHUT_WR)
+            request.close()
+
+    def close_request(self, request: Request) -> None:
+        if isinstance(request, socket.socket):
+            request.close()
+
+    def server_close(self) -> None:
+        self.listener.close()

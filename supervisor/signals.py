@@ -1,0 +1,66 @@
+"""Signals delivered into the loop: a no-op handler and `signal.set_wakeup_fd`.
+
+The handlers do nothing themselves: the C-level handler writes the signal number to a socket the
+loop watches, and the loop turns each number into an intent. Reaping, stopping and logging all
+happen in the loop, never inside a signal handler.
+"""
+
+import contextlib
+import enum
+import signal
+import socket
+from collections.abc import Callable
+from types import FrameType
+
+from supervisor.loop import Loop
+
+
+class Intent(enum.Enum):
+    """What a signal asks the supervisor to do."""
+
+    STOP = "stop"
+    REAP = "reap"
+
+
+INTENTS: dict[int, Intent] = {
+    signal.SIGTERM: Intent.STOP,
+    signal.SIGINT: Intent.STOP,
+    signal.SIGCHLD: Intent.REAP,
+}
+
+
+def _ignore(signum: int, frame: FrameType | None) -> None:
+    """The Python-level handler: the wake-up fd already carries the signal to the loop."""
+
+
+class SignalWakeup:
+    """Routes INTENTS' signals into `loop` as calls of `on_intent(intent, signum)`."""
+
+    def __init__(self, loop: Loop, on_intent: Callable[[Intent, int], None]) -> None:
+        self._on_intent = on_intent
+        self._reader, self._writer = socket.socketpair()
+        self._reader.setblocking(False)
+        self._writer.setblocking(False)
+        loop.add_reader(self._reader, self._drain)
+        signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
+        for signum in INTENTS:
+            signal.signal(signum, _ignore)
+            signal.siginterrupt(signum, False)
+
+    def _drain(self) -> None:
+        received = bytearray()
+        with contextlib.suppress(BlockingIOError):
+            while chunk := self._reader.recv(4096):
+                received += chunk
+        for signum in dict.fromkeys(received):  # once each, in order of arrival
+            intent = INTENTS.get(signum)
+            if intent is not None:
+                self._on_intent(intent, signum)
+
+    def close(self) -> None:
+        """Detach from the signals: default actions again, no wake-up fd (used after fork)."""
+        signal.set_wakeup_fd(-1)
+        for signum in INTENTS:
+            signal.signal(signum, signal.SIG_DFL)
+        self._reader.close()
+        self._writer.close()
