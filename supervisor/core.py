@@ -295,6 +295,9 @@ class Supervisor:
             self._terminate()
             return
         self.state = State.STOPPING  # RUNNING -> STOPPING
+        for server in self.servers.values():
+            self._refresh(server)
+            server.server_close()
         timeout = self.config.supervisor.shutdown_timeout
         log.info(
             "%s: stopping; %d requests in progress, waiting up to %gs for them",
@@ -302,9 +305,6 @@ class Supervisor:
             self.active,
             timeout,
         )
-        for server in self.servers.values():
-            self._refresh(server)
-            server.server_close()
         if not self.active:
             self._stopped()
             return

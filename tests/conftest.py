@@ -1,0 +1,204 @@
+"""Fixtures that run a real supervisor process on loopback and clean up after it."""
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+LISTENING = re.compile(r"(\S+): listening on (\S+)")
+READY = "ready: "
+STOP_TIMEOUT = 20.0
+
+
+class Supervisor:
+    """A running `python -m supervisor run` process, with its log collected line by line."""
+
+    def __init__(self, config: Path, extra_env: dict[str, str] | None = None) -> None:
+        self.config = config
+        env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1", **(extra_env or {}))
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "supervisor", "run", "-c", str(config)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            cwd=ROOT,
+        )
+        self.pid = self.process.pid
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.addresses: dict[str, str] = {}
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            with self._changed:
+                self.lines.append(line.rstrip("\n"))
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    @property
+    def log(self) -> str:
+        with self._changed:
+            return "\n".join(self.lines)
+
+    def wait_for_log(self, pattern: str, timeout: float = 10.0, start: int = 0) -> re.Match[str]:
+        """Wait until a log line (from line `start` on) matches `pattern`; return the match."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                for line in self.lines[start:]:
+                    if match := regex.search(line):
+                        return match
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or (
+                    self.process.poll() is not None and not self._reader.is_alive()
+                ):
+                    raise AssertionError(f"no log line matches {pattern!r}; log:\n{self.log}")
+                self._changed.wait(remaining)
+
+    def wait_ready(self, timeout: float = 20.0) -> "Supervisor":
+        self.wait_for_log(READY, timeout)
+        with self._changed:
+            for line in self.lines:
+                if match := LISTENING.search(line):
+                    self.addresses[match.group(1)] = match.group(2)
+        return self
+
+    def inet(self, name: str) -> tuple[str, int]:
+        """(host, port) of an IP server, as the supervisor reported it."""
+        rest = self.addresses[name].split("://", 1)[1]
+        host, _, port = rest.rpartition(":")
+        return host.strip("[]"), int(port)
+
+    def unix_path(self, name: str) -> str:
+        return self.addresses[name].split("://", 1)[1]
+
+    def live_children(self) -> list[psutil.Process]:
+        """Children that are running (not zombies)."""
+        result = []
+        for child in psutil.Process(self.pid).children():
+            try:
+                if child.status() != psutil.STATUS_ZOMBIE:
+                    result.append(child)
+            except psutil.NoSuchProcess:
+                continue
+        return result
+
+    def zombies(self) -> list[psutil.Process]:
+        result = []
+        for child in psutil.Process(self.pid).children():
+            try:
+                if child.status() == psutil.STATUS_ZOMBIE:
+                    result.append(child)
+            except psutil.NoSuchProcess:
+                continue
+        return result
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def wait(self, timeout: float = STOP_TIMEOUT) -> int:
+        returncode = self.process.wait(timeout)
+        self._reader.join(timeout)
+        return returncode
+
+    def stop(self) -> None:
+        """Stop the supervisor and every process it left behind, whatever state it is in."""
+        try:
+            descendants = psutil.Process(self.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            descendants = []
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        for process in descendants:
+            try:
+                process.kill()
+            except psutil.NoSuchProcess:
+                continue
+        if self.process.stdout is not None:
+            self._reader.join(5)
+            self.process.stdout.close()
+
+
+StartSupervisor = Callable[..., Supervisor]
+
+
+@pytest.fixture
+def sockdir() -> Iterator[Path]:
+    """A short directory for unix sockets (sun_path holds 107 bytes; tmp_path can be longer)."""
+    path = Path(tempfile.mkdtemp(prefix="sv-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def start_supervisor(tmp_path: Path) -> Iterator[StartSupervisor]:
+    """Start supervisors from TOML text; every one is stopped, with its children, at the end."""
+    started: list[Supervisor] = []
+
+    def start(toml: str, ready: bool = True, name: str = "supervisor.toml") -> Supervisor:
+        config = tmp_path / name
+        config.write_text(textwrap.dedent(toml))
+        supervisor = Supervisor(config)
+        started.append(supervisor)
+        return supervisor.wait_ready() if ready else supervisor
+
+    yield start
+    for supervisor in started:
+        supervisor.stop()
+
+
+def connect(address: tuple[str, int] | str, timeout: float = 10.0) -> socket.socket:
+    """A connected stream socket with a deadline on every operation."""
+    if isinstance(address, str):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        sock.connect(address)
+        return sock
+    return socket.create_connection(address, timeout=timeout)
+
+
+def exchange(address: tuple[str, int] | str, data: bytes, timeout: float = 10.0) -> bytes:
+    """Send `data`, half-close, and read the whole reply."""
+    with connect(address, timeout) as sock:
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def readline(sock: socket.socket) -> bytes:
+    """Read one line from a socket without buffering beyond it."""
+    line = bytearray()
+    while not line.endswith(b"\n"):
+        byte = sock.recv(1)
+        if not byte:
+            break
+        line += byte
+    return bytes(line)

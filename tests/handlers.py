@@ -1,0 +1,85 @@
+"""Request handlers written exactly as for the standard library's socketserver, used by tests.
+
+Nothing here knows about the supervisor: the same classes run under socketserver.TCPServer.
+"""
+
+import os
+import signal
+import socketserver
+import time
+
+
+class LineEchoHandler(socketserver.StreamRequestHandler):
+    """Echo each line back, prefixed with the server address it was accepted on."""
+
+    def handle(self) -> None:
+        for line in self.rfile:
+            self.wfile.write(b"%s %s" % (repr(self.server.server_address).encode(), line))
+
+
+class DatagramEchoHandler(socketserver.DatagramRequestHandler):
+    """Echo a datagram back through socketserver's rfile/wfile."""
+
+    def handle(self) -> None:
+        self.wfile.write(b"echo " + self.rfile.read())
+
+
+class BaseEchoHandler(socketserver.BaseRequestHandler):
+    """The plainest handler: self.request is a socket (stream) or (data, socket) (datagram)."""
+
+    def handle(self) -> None:
+        if isinstance(self.request, tuple):
+            data, sock = self.request
+            sock.sendto(b"base " + data, self.client_address)
+        else:
+            self.request.sendall(b"base " + self.request.recv(1024))
+
+
+class PidHandler(socketserver.StreamRequestHandler):
+    """Send our pid, then wait for one line before answering `bye`: holds a request open."""
+
+    def handle(self) -> None:
+        self.wfile.write(b"%d\n" % os.getpid())
+        self.wfile.flush()
+        self.rfile.readline()
+        self.wfile.write(b"bye\n")
+
+
+class SleepHandler(socketserver.StreamRequestHandler):
+    """Answer after a short pause, so that requests overlap under load."""
+
+    delay = 0.02
+
+    def handle(self) -> None:
+        self.rfile.readline()
+        time.sleep(self.delay)
+        self.wfile.write(b"done\n")
+
+
+class FailingHandler(socketserver.StreamRequestHandler):
+    """Raise in handle(), after reading the request."""
+
+    def handle(self) -> None:
+        line = self.rfile.readline()
+        raise RuntimeError(f"handler failure on purpose: {line!r}")
+
+
+class SelfKillingHandler(socketserver.BaseRequestHandler):
+    """Kill its own process with SIGKILL (fork mode only)."""
+
+    def handle(self) -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class StubbornHandler(socketserver.StreamRequestHandler):
+    """Ignore SIGTERM, say so, then wait for a line that never comes."""
+
+    def handle(self) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        self.wfile.write(b"%d\n" % os.getpid())
+        self.wfile.flush()
+        self.rfile.readline()
+
+
+class NotAHandler:
+    """A class that is not a BaseRequestHandler subclass."""

@@ -1,0 +1,148 @@
+"""A failing handler, a child killed by a signal, or an accept error never ends the supervisor."""
+
+import errno
+import logging
+import os
+import resource
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from supervisor import config, handlers
+from supervisor.children import SystemCalls
+from supervisor.cli import bind_all
+from supervisor.core import State, Supervisor
+from tests.conftest import StartSupervisor, connect, exchange, readline
+
+
+@pytest.mark.parametrize("mode", ["fork", "thread", "inline"])
+def test_a_handler_exception_is_logged_and_serving_goes_on(
+    start_supervisor: StartSupervisor, mode: str
+) -> None:
+    supervisor = start_supervisor(
+        f"""
+        [servers.bad]
+        address = "tcp://127.0.0.1:0"
+        handler = "tests.handlers:FailingHandler"
+        mode = "{mode}"
+        """
+    )
+    address = supervisor.inet("bad")
+    with connect(address) as sock:
+        sock.sendall(b"boom\n")
+        assert sock.recv(1) == b""  # the connection is closed after the failure
+        client_port = sock.getsockname()[1]
+    supervisor.wait_for_log(
+        rf"bad: handler tests.handlers:FailingHandler failed for client "
+        rf"\('127.0.0.1', {client_port}\)"
+    )
+    supervisor.wait_for_log(r"RuntimeError: handler failure on purpose: b'boom\\n'")
+    assert "Traceback (most recent call last)" in supervisor.log
+    if mode == "fork":
+        supervisor.wait_for_log(r"bad: child \d+ exited with status 1")
+    # Still serving: the next request fails the same way, and is answered the same way.
+    assert exchange(address, b"again\n") == b""
+    supervisor.wait_for_log(r"failure on purpose: b'again\\n'")
+    assert supervisor.process.poll() is None
+
+
+def test_a_child_killed_by_a_signal_is_logged(start_supervisor: StartSupervisor) -> None:
+    supervisor = start_supervisor(
+        """
+        [servers.doomed]
+        address = "tcp://127.0.0.1:0"
+        handler = "tests.handlers:SelfKillingHandler"
+
+        [servers.echo]
+        address = "tcp://127.0.0.1:0"
+        handler = "tests.handlers:LineEchoHandler"
+        """
+    )
+    for _ in range(3):
+        with connect(supervisor.inet("doomed")) as sock:
+            assert sock.recv(1) == b""  # the child died without a word
+    supervisor.wait_for_log(r"WARNING .*doomed: child \d+ killed by signal SIGKILL")
+    assert exchange(supervisor.inet("echo"), b"still here\n").endswith(b" still here\n")
+    assert supervisor.process.poll() is None
+
+
+def test_running_out_of_file_descriptors_backs_off_instead_of_spinning(
+    start_supervisor: StartSupervisor,
+) -> None:
+    supervisor = start_supervisor(
+        """
+        [servers.hold]
+        address = "tcp://127.0.0.1:0"
+        handler = "tests.handlers:PidHandler"
+        mode = "thread"
+        max_children = 1000
+        """
+    )
+    address = supervisor.inet("hold")
+    open_files = len(os.listdir(f"/proc/{supervisor.pid}/fd"))
+    limit = open_files + 5
+    resource.prlimit(supervisor.pid, resource.RLIMIT_NOFILE, (limit, limit))
+    clients = [connect(address) for _ in range(8)]
+    try:
+        for sock in clients[:5]:
+            assert int(readline(sock)) == supervisor.pid
+        first = supervisor.wait_for_log(r"hold: accept failed \(Too many open files\)")
+        assert first
+        start = len(supervisor.lines)
+        # Free descriptors: the waiting clients are then accepted and served.
+        for sock in clients[:5]:
+            sock.sendall(b"done\n")
+            assert readline(sock) == b"bye\n"
+            sock.close()
+        for sock in clients[5:]:
+            assert int(readline(sock)) == supervisor.pid
+            sock.sendall(b"done\n")
+            assert readline(sock) == b"bye\n"
+    finally:
+        for sock in clients:
+            sock.close()
+    backoffs = sum("accept failed" in line for line in supervisor.lines)
+    # One warning per back-off period, not a busy loop of thousands.
+    assert backoffs < 100, f"{backoffs} accept failures logged"
+    assert start > 0
+    assert supervisor.process.poll() is None
+
+
+@pytest.fixture
+def failing_fork_supervisor(tmp_path: os.PathLike[str]) -> Iterator[Supervisor]:
+    path = os.path.join(tmp_path, "fork.toml")
+    with open(path, "w") as file:
+        file.write(
+            '[servers.echo]\naddress = "tcp://127.0.0.1:0"\n'
+            'handler = "tests.handlers:LineEchoHandler"\n'
+        )
+    loaded = config.load(path)
+
+    def no_fork() -> int:
+        raise OSError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+
+    supervisor = Supervisor(
+        loaded, handlers.import_all(loaded), bind_all(loaded), SystemCalls(fork=no_fork)
+    )
+    supervisor.state = State.RUNNING
+    for server in supervisor.servers.values():
+        supervisor._refresh(server)
+    yield supervisor
+    for server in supervisor.servers.values():
+        server.server_close()
+    supervisor.loop.close()
+
+
+def test_a_failed_fork_closes_that_connection_and_goes_on(
+    failing_fork_supervisor: Supervisor, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = failing_fork_supervisor.servers["echo"]
+    with socket.create_connection(server.server_address, timeout=5) as sock:
+        with caplog.at_level(logging.ERROR, logger="supervisor"):
+            failing_fork_supervisor._on_readable(server)
+        assert sock.recv(1) == b""  # closed by the supervisor
+    assert "echo: fork failed for client" in caplog.text
+    assert "Resource temporarily unavailable" in caplog.text
+    assert server.active == 0
+    assert failing_fork_supervisor.active == 0

@@ -1,0 +1,149 @@
+"""SIGTERM and SIGINT: stop accepting, let requests finish, kill those that outlive the timeout."""
+
+import os
+import signal
+import socket
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.conftest import StartSupervisor, connect, readline
+
+
+@pytest.mark.parametrize(("mode", "signum"), [("fork", signal.SIGTERM), ("thread", signal.SIGINT)])
+def test_an_in_flight_request_finishes(
+    start_supervisor: StartSupervisor, mode: str, signum: int
+) -> None:
+    supervisor = start_supervisor(
+        f"""
+        [supervisor]
+        shutdown_timeout = 30
+
+        [servers.hold]
+        address = "tcp://127.0.0.1:0"
+        handler = "tests.handlers:PidHandler"
+        mode = "{mode}"
+        """
+    )
+    address = supervisor.inet("hold")
+    with connect(address) as sock:
+        assert int(readline(sock)) > 0  # the request is running
+        supervisor.signal(signum)
+        supervisor.wait_for_log(r"stopping; 1 requests in progress")
+        with pytest.raises(ConnectionRefusedError):
+            connect(address).close()  # no longer accepting
+        assert supervisor.process.poll() is None  # still waiting for the request
+        sock.sendall(b"finish\n")
+        assert readline(sock) == b"bye\n"
+    assert supervisor.wait() == 0
+    assert "SIGTERM to" not in supervisor.log
+
+
+def test_a_request_that_outlives_the_timeout_is_terminated(
+    start_supervisor: StartSupervisor,
+) -> None:
+    supervisor = start_supervisor(
+        """
+        [supervisor]
+        shutdown_timeout = 0.2
+        kill_grace = 5
+
+        [servers.hold]
+        address = "tcp://127.0.0.1:0"
+        handler = "tests.handlers:PidHandler"
+        """
+    )
+    with connect(supervisor.inet("hold")) as sock:
+        child = psutil.Process(int(readline(sock)))
+        supervisor.signal(signal.SIGTERM)
+        assert sock.recv(1) == b""  # the child was terminated mid-request
+    assert supervisor.wait() == 0
+    assert not child.is_running()
+    assert "sent SIGTERM to 1 children still running" in supervisor.log
+    assert f"hold: child {child.pid} killed by signal SIGTERM" in supervisor.log
+    assert "SIGKILL" not in supervisor.log
+
+
+def test_a_child_that_ignores_sigterm_is_killed(start_supervisor: StartSupervisor) -> None:
+    supervisor = start_supervisor(
+        """
+        [supervisor]
+        shutdown_timeout = 0.1
+        kill_grace = 0.3
+
+        [servers.stubborn]
+        address = "tcp://127.0.0.1:0"
+        handler = "tests.handlers:StubbornHandler"
+        """
+    )
+    with connect(supervisor.inet("stubborn")) as sock:
+        child = psutil.Process(int(readline(sock)))  # it ignores SIGTERM from here on
+        supervisor.signal(signal.SIGTERM)
+        assert sock.recv(1) == b""
+    assert supervisor.wait() == 0
+    assert not child.is_running()
+    assert "sent SIGKILL to 1 children that outlived SIGTERM" in supervisor.log
+    assert f"stubborn: child {child.pid} killed by signal SIGKILL" in supervisor.log
+
+
+def test_a_second_signal_terminates_at_once(start_supervisor: StartSupervisor) -> None:
+    supervisor = start_supervisor(
+        """
+        [supervisor]
+        shutdown_timeout = 600
+
+        [servers.hold]
+        address = "tcp://127.0.0.1:0"
+        handler = "tests.handlers:PidHandler"
+        """
+    )
+    with connect(supervisor.inet("hold")) as sock:
+        assert int(readline(sock)) > 0
+        supervisor.signal(signal.SIGINT)
+        supervisor.wait_for_log("stopping")
+        supervisor.signal(signal.SIGINT)
+        assert sock.recv(1) == b""
+    assert supervisor.wait() == 0
+    assert "SIGINT again: terminating the remaining requests now" in supervisor.log
+
+
+def test_unix_socket_files_are_removed_on_stop(
+    start_supervisor: StartSupervisor, sockdir: Path
+) -> None:
+    supervisor = start_supervisor(
+        f"""
+        [servers.stream]
+        address = "unix://{sockdir}/stream.sock"
+        handler = "tests.handlers:LineEchoHandler"
+
+        [servers.dgram]
+        address = "unixgram://{sockdir}/dgram.sock"
+        handler = "tests.handlers:DatagramEchoHandler"
+        """
+    )
+    paths = [supervisor.unix_path("stream"), supervisor.unix_path("dgram")]
+    assert all(os.path.exists(path) for path in paths)
+    supervisor.signal(signal.SIGTERM)
+    assert supervisor.wait() == 0
+    assert not any(os.path.exists(path) for path in paths)
+
+
+def test_a_stale_unix_socket_file_is_replaced(
+    start_supervisor: StartSupervisor, sockdir: Path
+) -> None:
+    path = f"{sockdir}/stale.sock"
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(path)
+    stale.close()  # the file stays behind, with nobody listening
+    supervisor = start_supervisor(
+        f"""
+        [servers.echo]
+        address = "unix://{path}"
+        handler = "tests.handlers:LineEchoHandler"
+        """
+    )
+    with connect(path) as sock:
+        sock.sendall(b"hi\n")
+        assert readline(sock).endswith(b" hi\n")
+    assert supervisor.process.poll() is None
