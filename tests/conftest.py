@@ -92,26 +92,23 @@ class Supervisor:
     def unix_path(self, name: str) -> str:
         return self.addresses[name].split("://", 1)[1]
 
-    def live_children(self) -> list[psutil.Process]:
-        """Children that are running (not zombies)."""
+    def _children(self, zombie: bool) -> list[psutil.Process]:
         result = []
         for child in psutil.Process(self.pid).children():
             try:
-                if child.status() != psutil.STATUS_ZOMBIE:
+                if (child.status() == psutil.STATUS_ZOMBIE) == zombie:
                     result.append(child)
             except psutil.NoSuchProcess:
                 continue
         return result
 
+    def live_children(self) -> list[psutil.Process]:
+        """Children that are running (not zombies)."""
+        return self._children(zombie=False)
+
     def zombies(self) -> list[psutil.Process]:
-        result = []
-        for child in psutil.Process(self.pid).children():
-            try:
-                if child.status() == psutil.STATUS_ZOMBIE:
-                    result.append(child)
-            except psutil.NoSuchProcess:
-                continue
-        return result
+        """Children that have exited and are not reaped yet."""
+        return self._children(zombie=True)
 
     def signal(self, signum: int) -> None:
         self.process.send_signal(signum)
