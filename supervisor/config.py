@@ -19,6 +19,7 @@ from supervisor.addresses import Address
 from supervisor.errors import ConfigError
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+MAX_SECONDS = 86400.0  # a day: the longest wait a setting may ask for
 _SERVER_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 _HANDLER_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
@@ -71,6 +72,8 @@ def load(path: str) -> Config:
             data = tomllib.load(file)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, "", f"TOML syntax error: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(path, "", f"not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     except OSError as exc:
         raise ConfigError(path, "", f"cannot read the file ({exc.strerror})") from exc
     return parse(data, path)
@@ -84,7 +87,7 @@ def parse(data: Mapping[str, Any], source: str) -> Config:
     servers_table = top.table("servers")
     if not servers_table.data:
         raise ConfigError(source, "servers", "at least one server is required")
-    servers = {name: _server(servers_table.table(name)) for name in servers_table.data}
+    servers = {name: _server(name, servers_table.table(name)) for name in servers_table.data}
     _check_unique_addresses(source, servers)
     return Config(source, supervisor, servers)
 
@@ -93,16 +96,15 @@ def _supervisor(table: "_Table", source: str) -> SupervisorConfig:
     table.only("shutdown_timeout", "kill_grace", "max_children", "log_level", "path")
     base = os.path.dirname(os.path.abspath(source))
     return SupervisorConfig(
-        shutdown_timeout=table.number("shutdown_timeout", 10.0, minimum=0),
-        kill_grace=table.number("kill_grace", 2.0, minimum=0),
+        shutdown_timeout=table.number("shutdown_timeout", 10.0, minimum=0, maximum=MAX_SECONDS),
+        kill_grace=table.number("kill_grace", 2.0, minimum=0, maximum=MAX_SECONDS),
         max_children=table.optional_integer("max_children", minimum=1),
         log_level=table.choice("log_level", "info", LOG_LEVELS),
         path=tuple(os.path.join(base, entry) for entry in table.strings("path")),
     )
 
 
-def _server(table: "_Table") -> ServerConfig:
-    name = table.where.rpartition(".")[2]
+def _server(name: str, table: "_Table") -> ServerConfig:
     if not _SERVER_NAME.match(name):
         raise table.error("", "a server name is 1-64 letters, digits, '_', '.' or '-'")
     table.only("address", "handler", "mode", "max_children", "backlog", "max_packet_size")
@@ -206,14 +208,15 @@ class _Table:
             raise self.error(key, f"must be {expected}, got {value}")
         return value
 
-    def number(self, key: str, default: float, minimum: float) -> float:
+    def number(self, key: str, default: float, minimum: float, maximum: float) -> float:
         if key not in self.data:
             return default
-        expected = f"a number >= {minimum:g}"
-        value = float(self._get(key, (int, float), expected))
-        if not value >= minimum or value == float("inf"):
-            raise self.error(key, f"must be {expected}, got {value:g}")
-        return value
+        expected = f"a number from {minimum:g} to {maximum:g}"
+        value: int | float = self._get(key, (int, float), expected)
+        if not minimum <= value <= maximum:  # exact for huge integers; false for NaN
+            shown = f"{value:g}" if isinstance(value, float) else str(value)
+            raise self.error(key, f"must be {expected}, got {shown[:40]}")
+        return float(value)
 
     def string(self, key: str) -> str:
         if key not in self.data:

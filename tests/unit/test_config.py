@@ -1,0 +1,523 @@
+"""config.parse, config.load and addresses.parse: every mistake is one exact line."""
+
+import os
+import re
+import textwrap
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from supervisor import addresses, config
+from supervisor.addresses import Address
+from supervisor.config import Mode
+from supervisor.errors import ConfigError
+
+SOURCE = "etc/supervisor.toml"
+ECHO = """
+[servers.echo]
+address = "tcp://127.0.0.1:7007"
+handler = "tests.handlers:LineEchoHandler"
+"""
+
+
+def parse(toml: str, source: str = SOURCE) -> config.Config:
+    return config.parse(tomllib.loads(textwrap.dedent(toml)), source)
+
+
+def error_of(toml: str, source: str = SOURCE) -> str:
+    """The one-line message parse() raises for `toml`."""
+    with pytest.raises(ConfigError) as caught:
+        parse(toml, source)
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+def server(address: str, extra: str = "", name: str = "echo") -> str:
+    return f"""
+    [servers.{name}]
+    address = "{address}"
+    handler = "tests.handlers:BaseEchoHandler"
+    {extra}
+    """
+
+
+# --- happy path ---------------------------------------------------------------------------
+
+
+def test_defaults() -> None:
+    loaded = parse(ECHO)
+    assert loaded.source == SOURCE
+    assert loaded.supervisor == config.SupervisorConfig(
+        shutdown_timeout=10.0, kill_grace=2.0, max_children=None, log_level="info", path=()
+    )
+    assert list(loaded.servers) == ["echo"]
+    assert loaded.servers["echo"] == config.ServerConfig(
+        name="echo",
+        address=Address("tcp", host="127.0.0.1", port=7007),
+        handler="tests.handlers:LineEchoHandler",
+        mode=Mode.FORK,
+        max_children=40,
+        backlog=1024,
+        max_packet_size=8192,
+    )
+
+
+def test_every_setting_is_read() -> None:
+    loaded = parse(
+        """
+        [supervisor]
+        shutdown_timeout = 3
+        kill_grace = 0.5
+        max_children = 7
+        log_level = "debug"
+
+        [servers.echo]
+        address = "tcp://127.0.0.1:7007"
+        handler = "tests.handlers:LineEchoHandler"
+        mode = "thread"
+        max_children = 3
+        backlog = 65535
+
+        [servers.echo-udp]
+        address = "udp://127.0.0.1:7007"
+        handler = "tests.handlers:DatagramEchoHandler"
+        mode = "inline"
+        max_packet_size = 1
+        """
+    )
+    assert loaded.supervisor == config.SupervisorConfig(
+        shutdown_timeout=3.0, kill_grace=0.5, max_children=7, log_level="debug", path=()
+    )
+    assert isinstance(loaded.supervisor.shutdown_timeout, float)
+    echo = loaded.servers["echo"]
+    assert (echo.mode, echo.max_children, echo.backlog) == (Mode.THREAD, 3, 65535)
+    udp = loaded.servers["echo-udp"]
+    assert (udp.mode, udp.max_packet_size) == (Mode.INLINE, 1)
+
+
+def test_zero_durations_are_allowed() -> None:
+    loaded = parse("[supervisor]\nshutdown_timeout = 0\nkill_grace = 0.0\n" + ECHO)
+    assert (loaded.supervisor.shutdown_timeout, loaded.supervisor.kill_grace) == (0.0, 0.0)
+
+
+def test_all_four_schemes() -> None:
+    loaded = parse(
+        server("tcp://localhost:1", name="a")
+        + server("udp://0.0.0.0:2", name="b")
+        + server("unix:///run/sv/a.sock", name="c")
+        + server("unixgram:///run/sv/b.sock", name="d")
+    )
+    got = {name: server.address for name, server in loaded.servers.items()}
+    assert got == {
+        "a": Address("tcp", host="localhost", port=1),
+        "b": Address("udp", host="0.0.0.0", port=2),
+        "c": Address("unix", path="/run/sv/a.sock"),
+        "d": Address("unixgram", path="/run/sv/b.sock"),
+    }
+    assert [a.is_stream for a in got.values()] == [True, False, True, False]
+    assert [a.is_unix for a in got.values()] == [False, False, True, True]
+
+
+def test_servers_keep_file_order() -> None:
+    loaded = parse(server("tcp://127.0.0.1:0", name="zz") + server("tcp://127.0.0.1:0", name="aa"))
+    assert list(loaded.servers) == ["zz", "aa"]
+
+
+def test_server_names_may_hold_dots_dashes_and_underscores() -> None:
+    loaded = parse(server("tcp://127.0.0.1:0", name='"echo.v2-a_b"'))
+    assert list(loaded.servers) == ["echo.v2-a_b"]
+    # The name inside the ServerConfig is the whole table name, not what follows the last dot.
+    assert loaded.servers["echo.v2-a_b"].name == "echo.v2-a_b"
+
+
+def test_supervisor_path_is_relative_to_the_config_directory(tmp_path: Path) -> None:
+    source = str(tmp_path / "conf" / "supervisor.toml")
+    loaded = parse('[supervisor]\npath = ["lib", "../shared", "/opt/abs"]\n' + ECHO, source)
+    assert loaded.supervisor.path == (
+        str(tmp_path / "conf" / "lib"),
+        str(tmp_path / "conf" / "../shared"),
+        "/opt/abs",
+    )
+
+
+def test_supervisor_path_of_a_relative_config_file_is_absolute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    loaded = parse('[supervisor]\npath = ["handlers"]\n' + ECHO, "etc/supervisor.toml")
+    assert loaded.supervisor.path == (os.path.join(str(tmp_path), "etc", "handlers"),)
+
+
+def test_load_reads_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "supervisor.toml"
+    path.write_text(ECHO)
+    loaded = config.load(str(path))
+    assert loaded.source == str(path)
+    assert list(loaded.servers) == ["echo"]
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ("tcp://127.0.0.1:0", "tcp://127.0.0.1:0"),
+        ("tcp://127.0.0.1:7007", "udp://127.0.0.1:7007"),
+        ("tcp://127.0.0.1:7007", "tcp://127.0.0.2:7007"),
+        ("unix:///run/a.sock", "unix:///run/b.sock"),
+    ],
+)
+def test_addresses_that_may_coexist(first: str, second: str) -> None:
+    loaded = parse(server(first, name="a") + server(second, name="b"))
+    assert [str(s.address) for s in loaded.servers.values()] == [first, second]
+
+
+# --- addresses.parse ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("tcp://127.0.0.1:7007", Address("tcp", host="127.0.0.1", port=7007)),
+        ("udp://example.org:53", Address("udp", host="example.org", port=53)),
+        ("tcp://[::1]:7007", Address("tcp", host="::1", port=7007)),
+        ("udp://[fe80::1:2]:0", Address("udp", host="fe80::1:2", port=0)),
+        ("tcp://[::]:65535", Address("tcp", host="::", port=65535)),
+        ("unix:///run/echo.sock", Address("unix", path="/run/echo.sock")),
+        ("unixgram:///run/log.sock", Address("unixgram", path="/run/log.sock")),
+    ],
+)
+def test_address_parse(text: str, expected: Address) -> None:
+    address = addresses.parse(text)
+    assert address == expected
+    assert str(address) == text
+
+
+def test_ipv6_address_properties() -> None:
+    address = addresses.parse("tcp://[2001:db8::7]:80")
+    assert (address.host, address.port, address.is_stream, address.is_unix) == (
+        "2001:db8::7",
+        80,
+        True,
+        False,
+    )
+
+
+def test_unix_path_at_the_length_limit() -> None:
+    path = "/" + "a" * (addresses.UNIX_PATH_MAX - 1)
+    assert addresses.parse(f"unix://{path}").path == path
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("127.0.0.1:7007", "expected SCHEME://..., for example tcp://127.0.0.1:7007"),
+        ("sctp://127.0.0.1:1", "unknown scheme 'sctp', expected one of tcp, udp, unix, unixgram"),
+        ("tcp://127.0.0.1", "expected HOST:PORT"),
+        ("tcp://127.0.0.1:", "invalid port ''"),
+        ("tcp://127.0.0.1:http", "invalid port 'http'"),
+        ("tcp://127.0.0.1:-1", "invalid port '-1'"),
+        ("tcp://127.0.0.1:65536", "port 65536 is out of range 0-65535"),
+        ("tcp://::1:7007", "an IPv6 address goes in brackets, as in tcp://[::1]:7007"),
+        ("tcp://[::1]7007", "expected [IPv6]:PORT"),
+        ("tcp://[nope]:1", "invalid IPv6 address 'nope'"),
+        ("tcp://bad_host:1", "invalid host 'bad_host'"),
+        ("tcp://:7007", "invalid host ''"),
+        (
+            "unix://run/echo.sock",
+            "a unix socket path must be absolute, as in unix:///run/echo.sock",
+        ),
+        ("unix:///run/", "a unix socket path must name a file, not a directory"),
+        ("unix:///" + "a" * 107, "a unix socket path is at most 107 bytes long"),
+    ],
+)
+def test_address_parse_errors(text: str, reason: str) -> None:
+    with pytest.raises(ValueError, match=f"^{re.escape(reason)}$"):
+        addresses.parse(text)
+
+
+# --- configuration errors -----------------------------------------------------------------
+
+
+def test_toml_syntax_error_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "supervisor.toml"
+    path.write_text('[servers.echo]\naddress = "tcp://127.0.0.1:0"\nhandler = \n')
+    with pytest.raises(ConfigError) as caught:
+        config.load(str(path))
+    assert str(caught.value) == f"{path}: TOML syntax error: Invalid value (at line 3, column 11)"
+    assert isinstance(caught.value.__cause__, tomllib.TOMLDecodeError)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "missing.toml"
+    with pytest.raises(ConfigError) as caught:
+        config.load(str(path))
+    assert str(caught.value) == f"{path}: cannot read the file (No such file or directory)"
+
+
+def test_a_directory_is_not_a_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        config.load(str(tmp_path))
+    assert str(caught.value) == f"{tmp_path}: cannot read the file (Is a directory)"
+
+
+def test_a_file_that_is_not_utf8_is_one_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "supervisor.toml"
+    path.write_bytes(b"[servers.echo]\naddress = '\xff'\n")
+    with pytest.raises(ConfigError) as caught:
+        config.load(str(path))
+    message = str(caught.value)
+    assert message.startswith(f"{path}: ")
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        (
+            "[supervisor]\nshutdown_timout = 1\n" + ECHO,
+            "supervisor.shutdown_timout: unknown key (did you mean 'shutdown_timeout'?)",
+        ),
+        (
+            "[supervisor]\nloglevel = 'info'\n" + ECHO,
+            "supervisor.loglevel: unknown key (did you mean 'log_level'?)",
+        ),
+        ("[supervisor]\nzzzz = 1\n" + ECHO, "supervisor.zzzz: unknown key"),
+        (ECHO + "mdoe = 'fork'\n", "servers.echo.mdoe: unknown key (did you mean 'mode'?)"),
+        (
+            ECHO + "max_child = 3\n",
+            "servers.echo.max_child: unknown key (did you mean 'max_children'?)",
+        ),
+        ("server = 1\n" + ECHO, "server: unknown key (did you mean 'servers'?)"),
+        ("[supervisors]\n" + ECHO, "supervisors: unknown key (did you mean 'supervisor'?)"),
+        ("[logging]\n" + ECHO, "logging: unknown key"),
+    ],
+)
+def test_unknown_keys(toml: str, message: str) -> None:
+    assert error_of(toml) == f"{SOURCE}: {message}"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("max_children = true", "max_children: must be an integer >= 1, got boolean True"),
+        ("max_children = '3'", "max_children: must be an integer >= 1, got string '3'"),
+        ("max_children = 1.5", "max_children: must be an integer >= 1, got float 1.5"),
+        ("backlog = false", "backlog: must be an integer from 1 to 65535, got boolean False"),
+        ("backlog = [1]", "backlog: must be an integer from 1 to 65535, got array [1]"),
+        ("mode = 1", "mode: must be a string, got integer 1"),
+        ("handler = 3", "handler: must be a string, got integer 3"),
+        ("address = { port = 1 }", "address: must be a string, got table {'port': 1}"),
+    ],
+)
+def test_wrong_types_in_a_server(extra: str, message: str) -> None:
+    # A repeated key is a TOML error, so the server table is written whole here.
+    lines = {"address": '"tcp://127.0.0.1:0"', "handler": '"tests.handlers:BaseEchoHandler"'}
+    key, _, value = extra.partition(" = ")
+    lines[key] = value
+    toml = "[servers.echo]\n" + "".join(f"{k} = {v}\n" for k, v in lines.items())
+    assert error_of(toml) == f"{SOURCE}: servers.echo.{message}"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            "shutdown_timeout = true",
+            "shutdown_timeout: must be a number from 0 to 86400, got boolean True",
+        ),
+        (
+            "shutdown_timeout = '10'",
+            "shutdown_timeout: must be a number from 0 to 86400, got string '10'",
+        ),
+        ("kill_grace = [2]", "kill_grace: must be a number from 0 to 86400, got array [2]"),
+        ("max_children = true", "max_children: must be an integer >= 1, got boolean True"),
+        ("max_children = 2.0", "max_children: must be an integer >= 1, got float 2.0"),
+        ("log_level = 10", "log_level: must be a string, got integer 10"),
+        ("path = 'lib'", "path: must be an array of strings, got string 'lib'"),
+        ("path = ['lib', 1]", "path: must be an array of strings"),
+    ],
+)
+def test_wrong_types_in_supervisor(extra: str, message: str) -> None:
+    assert error_of(f"[supervisor]\n{extra}\n" + ECHO) == f"{SOURCE}: supervisor.{message}"
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ("supervisor = 1\n" + ECHO, "supervisor: must be a table, got integer"),
+        ("servers = 'echo'\n", "servers: must be a table, got string"),
+        ("[servers]\necho = 1\n", "servers.echo: must be a table, got integer"),
+    ],
+)
+def test_tables_that_are_not_tables(toml: str, message: str) -> None:
+    assert error_of(toml) == f"{SOURCE}: {message}"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("max_children = 0", "max_children: must be an integer >= 1, got 0"),
+        ("max_children = -5", "max_children: must be an integer >= 1, got -5"),
+        ("backlog = 0", "backlog: must be an integer from 1 to 65535, got 0"),
+        ("backlog = 65536", "backlog: must be an integer from 1 to 65535, got 65536"),
+        ("mode = 'forking'", "mode: must be one of fork, thread, inline, got 'forking'"),
+        ("mode = 'FORK'", "mode: must be one of fork, thread, inline, got 'FORK'"),
+    ],
+)
+def test_out_of_range_server_values(extra: str, message: str) -> None:
+    toml = server("tcp://127.0.0.1:0", extra)
+    assert error_of(toml) == f"{SOURCE}: servers.echo.{message}"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("max_packet_size = 0", "max_packet_size: must be an integer from 1 to 65535, got 0"),
+        (
+            "max_packet_size = 65536",
+            "max_packet_size: must be an integer from 1 to 65535, got 65536",
+        ),
+    ],
+)
+def test_out_of_range_datagram_values(extra: str, message: str) -> None:
+    toml = server("udp://127.0.0.1:0", extra)
+    assert error_of(toml) == f"{SOURCE}: servers.echo.{message}"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("shutdown_timeout = -1", "shutdown_timeout: must be a number from 0 to 86400, got -1"),
+        ("kill_grace = -0.5", "kill_grace: must be a number from 0 to 86400, got -0.5"),
+        ("kill_grace = inf", "kill_grace: must be a number from 0 to 86400, got inf"),
+        ("shutdown_timeout = nan", "shutdown_timeout: must be a number from 0 to 86400, got nan"),
+        ("max_children = 0", "max_children: must be an integer >= 1, got 0"),
+        (
+            "log_level = 'verbose'",
+            "log_level: must be one of debug, info, warning, error, got 'verbose'",
+        ),
+    ],
+)
+def test_out_of_range_supervisor_values(extra: str, message: str) -> None:
+    assert error_of(f"[supervisor]\n{extra}\n" + ECHO) == f"{SOURCE}: supervisor.{message}"
+
+
+def test_a_huge_integer_duration_is_one_config_error() -> None:
+    toml = f"[supervisor]\nshutdown_timeout = 1{'0' * 400}\n" + ECHO
+    with pytest.raises(ConfigError) as caught:
+        parse(toml)
+    message = str(caught.value)
+    assert message.startswith(
+        f"{SOURCE}: supervisor.shutdown_timeout: must be a number from 0 to 86400, got "
+    )
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("address", "reason"),
+    [
+        ("tcp://127.0.0.1", "expected HOST:PORT"),
+        ("tcp://127.0.0.1:echo", "invalid port 'echo'"),
+        ("udp://127.0.0.1:70000", "port 70000 is out of range 0-65535"),
+        ("http://127.0.0.1:80", "unknown scheme 'http', expected one of tcp, udp, unix, unixgram"),
+        ("tcp://::1:7007", "an IPv6 address goes in brackets, as in tcp://[::1]:7007"),
+        (
+            "unix://run/echo.sock",
+            "a unix socket path must be absolute, as in unix:///run/echo.sock",
+        ),
+        ("unixgram:///" + "x" * 200, "a unix socket path is at most 107 bytes long"),
+    ],
+)
+def test_malformed_addresses(address: str, reason: str) -> None:
+    assert error_of(server(address)) == (
+        f"{SOURCE}: servers.echo.address: malformed address {address!r}: {reason}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ("tcp://127.0.0.1:7007", "tcp://127.0.0.1:7007"),
+        ("tcp://LocalHost:7007", "tcp://localhost:7007"),
+        ("udp://[::1]:53", "udp://[::1]:53"),
+        ("unix:///run/sv/echo.sock", "unixgram:///run/sv/echo.sock"),
+        ("unix:///run/sv/echo.sock", "unix:///run//sv/../sv/echo.sock"),
+    ],
+)
+def test_two_servers_on_one_address(first: str, second: str) -> None:
+    toml = server(first, name="one") + server("tcp://127.0.0.1:0", name="two")
+    toml += server(second, name="three")
+    assert error_of(toml) == (
+        f"{SOURCE}: servers.three.address: {second} is already used by servers.one"
+    )
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        (
+            '[servers.echo]\nhandler = "tests.handlers:BaseEchoHandler"\n',
+            "servers.echo.address: is required",
+        ),
+        ('[servers.echo]\naddress = "tcp://127.0.0.1:0"\n', "servers.echo.handler: is required"),
+        ("", "servers: at least one server is required"),
+        ("[supervisor]\n[servers]\n", "servers: at least one server is required"),
+    ],
+)
+def test_missing_required_keys(toml: str, message: str) -> None:
+    assert error_of(toml) == f"{SOURCE}: {message}"
+
+
+def test_backlog_on_a_datagram_server() -> None:
+    assert error_of(server("udp://127.0.0.1:0", "backlog = 16")) == (
+        f"{SOURCE}: servers.echo.backlog: only applies to stream addresses (tcp://, unix://)"
+    )
+
+
+def test_backlog_on_a_unixgram_server() -> None:
+    assert error_of(server("unixgram:///run/a.sock", "backlog = 16")) == (
+        f"{SOURCE}: servers.echo.backlog: only applies to stream addresses (tcp://, unix://)"
+    )
+
+
+@pytest.mark.parametrize("address", ["tcp://127.0.0.1:0", "unix:///run/a.sock"])
+def test_max_packet_size_on_a_stream_server(address: str) -> None:
+    assert error_of(server(address, "max_packet_size = 512")) == (
+        f"{SOURCE}: servers.echo.max_packet_size: only applies to datagram addresses"
+    )
+
+
+@pytest.mark.parametrize("name", ['"bad name"', '"x/y"', '"-echo"', '"' + "a" * 65 + '"'])
+def test_bad_server_names(name: str) -> None:
+    shown = name.strip('"')
+    assert error_of(server("tcp://127.0.0.1:0", name=name)) == (
+        f"{SOURCE}: servers.{shown}: a server name is 1-64 letters, digits, '_', '.' or '-'"
+    )
+
+
+def test_a_64_character_server_name_is_accepted() -> None:
+    name = "a" * 64
+    assert list(parse(server("tcp://127.0.0.1:0", name=name)).servers) == [name]
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "tests.handlers",
+        "tests.handlers.LineEchoHandler",
+        ":LineEchoHandler",
+        "tests.handlers:",
+        "a:b:c",
+        "1mod:C",
+        "mod:C-D",
+    ],
+)
+def test_bad_handler_specs(spec: str) -> None:
+    toml = f'[servers.echo]\naddress = "tcp://127.0.0.1:0"\nhandler = "{spec}"\n'
+    assert error_of(toml) == f"{SOURCE}: servers.echo.handler: must be 'module:Class', got {spec!r}"
+
+
+def test_the_first_problem_is_reported_with_its_own_source() -> None:
+    message = error_of(server("tcp://127.0.0.1:0", "max_children = 0"), source="/srv/x.toml")
+    assert message == "/srv/x.toml: servers.echo.max_children: must be an integer >= 1, got 0"
