@@ -31,6 +31,12 @@ class HelloHandler(BaseHTTPRequestHandler):
         if with_body:
             self.wfile.write(body)
 
+    def address_string(self) -> str:
+        """The client's host; a unix socket client has no address, so show the socket's path."""
+        if self.client_address:
+            return str(self.client_address[0])
+        return str(self.server.server_address) or "unix"
+
     def log_message(self, format: str, *args: Any) -> None:
         log.info(
             "%s: %s %s", getattr(self.server, "name", "hello"), self.address_string(), format % args

@@ -1,0 +1,122 @@
+"""The bundled example configuration, etc/supervisor.toml, run as shipped.
+
+It binds fixed loopback ports (7007...) and fixed unix paths: if one is already in use, the test
+is skipped (not failed), since the cause is outside this checkout.
+"""
+
+import calendar
+import errno
+import os
+import re
+import signal
+import socket
+import struct
+import time
+import tomllib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, Supervisor, exchange
+
+EXAMPLE = ROOT / "etc" / "supervisor.toml"
+TIMEOUT = 10.0
+RFC868_OFFSET = 2_208_988_800
+BIND_ERROR = r"servers\.(\S+): cannot bind (\S+) \((.*)\)"
+
+
+@pytest.fixture
+def example() -> Iterator[Supervisor]:
+    """The example running, or a skip if one of its addresses is taken."""
+    supervisor = Supervisor(EXAMPLE)
+    try:
+        match = supervisor.wait_for_log(rf"ready: |{BIND_ERROR}", timeout=20)
+        if match[1] is not None:
+            assert supervisor.wait() == os.EX_OSERR
+            if match[3] == os.strerror(errno.EADDRNOTAVAIL) and "[::1]" in match[2]:
+                pytest.skip(f"this host has no IPv6 loopback address for servers.{match[1]}")
+            if match[3] != os.strerror(errno.EADDRINUSE):
+                pytest.fail(f"the example cannot bind {match[2]}: {match[3]}")
+            pytest.skip(f"the example's servers.{match[1]} address {match[2]} is already in use")
+        yield supervisor.wait_ready()
+    finally:
+        supervisor.stop()
+
+
+def datagram(
+    family: socket.AddressFamily, address: tuple[str, int] | str, client: Path | None = None
+) -> bytes:
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(TIMEOUT)
+        if client is not None:
+            sock.bind(str(client))
+        sock.sendto(b"example\n", address)
+        reply, sender = sock.recvfrom(65536)
+    assert sender == address
+    return reply
+
+
+def daytime_stamp(reply: bytes) -> int:
+    assert reply.endswith(b"\r\n")
+    text = reply[:-2].decode("ascii")
+    return calendar.timegm(time.strptime(text, "%A, %B %d, %Y %H:%M:%S-UTC"))
+
+
+def requests(supervisor: Supervisor, sockdir: Path) -> dict[str, Callable[[], bytes]]:
+    """One request per server of the example, returning the reply."""
+    inet, unix = supervisor.inet, supervisor.unix_path
+    return {
+        "echo": lambda: exchange(inet("echo"), b"echo\n"),
+        "echo-udp": lambda: datagram(socket.AF_INET, inet("echo-udp")),
+        "echo-v6": lambda: exchange(inet("echo-v6"), b"six\n"),
+        "discard": lambda: exchange(inet("discard"), b"x" * 100_000),
+        "daytime": lambda: exchange(inet("daytime"), b""),
+        "qotd": lambda: exchange(inet("qotd"), b""),
+        "chargen": lambda: exchange(inet("chargen"), b""),
+        "time": lambda: exchange(inet("time"), b""),
+        "time-udp": lambda: datagram(socket.AF_INET, inet("time-udp")),
+        "hello": lambda: exchange(inet("hello"), b"GET /example HTTP/1.0\r\n\r\n"),
+        "echo-unix": lambda: exchange(unix("echo-unix"), b"unix\n"),
+        "daytime-unixgram": lambda: datagram(
+            socket.AF_UNIX, unix("daytime-unixgram"), sockdir / "client.sock"
+        ),
+    }
+
+
+def test_example_serves_every_server_then_stops(example: Supervisor, sockdir: Path) -> None:
+    with EXAMPLE.open("rb") as file:
+        configured = {
+            name: server["address"] for name, server in tomllib.load(file)["servers"].items()
+        }
+    assert example.addresses == configured
+
+    before = int(time.time())
+    replies = {name: request() for name, request in requests(example, sockdir).items()}
+    after = time.time()
+    assert set(replies) == set(configured)
+
+    assert replies["echo"] == b"echo\n"
+    assert replies["echo-udp"] == b"example\n"
+    assert replies["echo-v6"] == b"six\n"
+    assert replies["discard"] == b""
+    assert before <= daytime_stamp(replies["daytime"]) <= after
+    assert before <= daytime_stamp(replies["daytime-unixgram"]) <= after
+    assert replies["qotd"].endswith(b"\r\n")
+    assert 0 < len(replies["qotd"]) < 512
+    pattern = bytes(range(32, 127)) * 2
+    assert len(replies["chargen"]) == 1 << 20
+    assert replies["chargen"].startswith(pattern[:72] + b"\r\n" + pattern[1:73] + b"\r\n")
+    for name in ("time", "time-udp"):
+        (seconds,) = struct.unpack("!I", replies[name])
+        assert before + RFC868_OFFSET <= seconds <= after + RFC868_OFFSET
+    head, _, body = replies["hello"].partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200 OK\r\n")
+    assert re.fullmatch(rb"Hello from hello \(pid \d+\): /example\n", body)
+
+    unix_paths = [example.unix_path(name) for name in ("echo-unix", "daytime-unixgram")]
+    assert all(os.path.exists(path) for path in unix_paths)
+    example.signal(signal.SIGTERM)
+    assert example.wait() == 0
+    assert example.lines[-1].endswith("stopped")
+    assert not any(os.path.exists(path) for path in unix_paths)
