@@ -1,0 +1,268 @@
+"""The selectors loop: timers, the thread-safe call queue, readers."""
+
+import functools
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from supervisor.loop import Loop
+
+# A loop that does not stop by itself within this many seconds has failed the test.
+GUARD = 5.0
+
+
+@pytest.fixture
+def loop() -> Iterator[Loop]:
+    loop = Loop()
+    yield loop
+    loop.close()
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    a, b = socket.socketpair()
+    with a, b:
+        yield a, b
+
+
+def run_guarded(loop: Loop) -> float:
+    """Run `loop` until it stops; fail if it needed the guard timer. Return the seconds taken."""
+    expired: list[bool] = []
+
+    def expire() -> None:
+        expired.append(True)
+        loop.stop()
+
+    guard = loop.call_later(GUARD, expire)
+    start = time.monotonic()
+    loop.run()
+    elapsed = time.monotonic() - start
+    guard.cancel()
+    assert not expired, f"the loop did not stop within {GUARD} s"
+    return elapsed
+
+
+def recorder(log: list[str], name: str) -> Callable[[], None]:
+    return lambda: log.append(name)
+
+
+def test_timers_run_in_deadline_order_not_creation_order(loop: Loop) -> None:
+    log: list[str] = []
+    loop.call_later(0.03, recorder(log, "c"))
+    loop.call_later(0.01, recorder(log, "a"))
+    loop.call_later(0.02, recorder(log, "b"))
+    loop.call_later(0.04, loop.stop)
+    run_guarded(loop)
+    assert log == ["a", "b", "c"]
+
+
+def test_timers_with_the_same_delay_run_in_call_order(loop: Loop) -> None:
+    log: list[str] = []
+    for name in "abcde":
+        loop.call_later(0, recorder(log, name))
+    loop.call_later(0, loop.stop)
+    run_guarded(loop)
+    assert log == list("abcde")
+
+
+def test_a_timer_does_not_run_before_its_deadline(loop: Loop) -> None:
+    fired: list[float] = []
+    start = time.monotonic()
+    loop.call_later(0.05, lambda: fired.append(time.monotonic() - start))
+    loop.call_later(0.05, loop.stop)
+    run_guarded(loop)
+    assert len(fired) == 1
+    assert fired[0] >= 0.05
+
+
+def test_cancelled_timer_does_not_run(loop: Loop) -> None:
+    log: list[str] = []
+    cancelled = loop.call_later(0, recorder(log, "cancelled"))
+    loop.call_later(0.01, recorder(log, "kept"))
+    loop.call_later(0.02, loop.stop)
+    cancelled.cancel()
+    run_guarded(loop)
+    assert log == ["kept"]
+
+
+def test_a_timer_can_cancel_a_later_one(loop: Loop) -> None:
+    log: list[str] = []
+    later = loop.call_later(0.02, recorder(log, "later"))
+
+    def first() -> None:
+        log.append("first")
+        later.cancel()
+
+    loop.call_later(0.01, first)
+    loop.call_later(0.03, loop.stop)
+    run_guarded(loop)
+    assert log == ["first"]
+
+
+def test_a_cancelled_far_timer_does_not_keep_the_loop_asleep(loop: Loop) -> None:
+    far = loop.call_later(60, lambda: None)
+    far.cancel()
+    loop.call_later(0, loop.stop)
+    assert run_guarded(loop) < GUARD
+
+
+def test_a_timer_may_schedule_another(loop: Loop) -> None:
+    log: list[str] = []
+
+    def second() -> None:
+        log.append("second")
+        loop.stop()
+
+    def first() -> None:
+        log.append("first")
+        loop.call_later(0, second)
+
+    loop.call_later(0, first)
+    run_guarded(loop)
+    assert log == ["first", "second"]
+
+
+def test_call_soon_threadsafe_wakes_a_loop_blocked_in_select(loop: Loop) -> None:
+    blocked = threading.Event()
+    ran_in: list[int] = []
+
+    def stop_from_thread() -> None:
+        blocked.wait(GUARD)
+
+        def stop() -> None:
+            ran_in.append(threading.get_ident())
+            loop.stop()
+
+        loop.call_soon_threadsafe(stop)
+
+    # The loop sets the event from a timer, then has nothing to do but block in select():
+    # the only timer left is the guard, GUARD seconds away.
+    loop.call_later(0, blocked.set)
+    thread = threading.Thread(target=stop_from_thread)
+    thread.start()
+    try:
+        elapsed = run_guarded(loop)
+    finally:
+        thread.join(GUARD)
+    assert ran_in == [threading.get_ident()]
+    assert elapsed < GUARD / 2
+
+
+def test_call_soon_threadsafe_before_run_keeps_order(loop: Loop) -> None:
+    log: list[str] = []
+
+    def post() -> None:
+        for name in "abc":
+            loop.call_soon_threadsafe(recorder(log, name))
+        loop.call_soon_threadsafe(loop.stop)
+
+    thread = threading.Thread(target=post)
+    thread.start()
+    thread.join(GUARD)
+    run_guarded(loop)
+    assert log == ["a", "b", "c"]
+
+
+def test_call_soon_threadsafe_many_times_from_several_threads(loop: Loop) -> None:
+    count = 500
+    done: list[int] = []
+
+    def post(base: int) -> None:
+        for i in range(count):
+            loop.call_soon_threadsafe(functools.partial(done.append, base + i))
+
+    threads = [threading.Thread(target=post, args=(n * count,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(GUARD)
+    loop.call_soon_threadsafe(loop.stop)
+    run_guarded(loop)
+    assert sorted(done) == list(range(4 * count))
+
+
+def test_add_reader_fires_when_readable(
+    loop: Loop, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    a, b = pair
+    received: list[bytes] = []
+
+    def on_readable() -> None:
+        received.append(a.recv(100))
+        loop.stop()
+
+    loop.add_reader(a, on_readable)
+    b.sendall(b"ping")
+    run_guarded(loop)
+    loop.remove_reader(a)
+    assert received == [b"ping"]
+
+
+def test_reader_does_not_fire_until_data_arrives(
+    loop: Loop, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    a, b = pair
+    log: list[str] = []
+
+    def on_readable() -> None:
+        log.append(a.recv(100).decode())
+        loop.stop()
+
+    def send() -> None:
+        log.append("timer")
+        b.sendall(b"data")
+
+    loop.add_reader(a, on_readable)
+    loop.call_later(0.01, send)
+    run_guarded(loop)
+    loop.remove_reader(a)
+    assert log == ["timer", "data"]
+
+
+def test_removed_reader_does_not_fire(
+    loop: Loop, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    a, b = pair
+    fired: list[bool] = []
+    loop.add_reader(a, lambda: fired.append(True))
+    loop.remove_reader(a)
+    b.sendall(b"ignored")
+    loop.call_later(0.01, loop.stop)
+    run_guarded(loop)
+    assert fired == []
+
+
+def test_stop_from_a_reader_skips_the_other_ready_readers(
+    loop: Loop, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    a, b = pair
+    calls: list[str] = []
+
+    def on_a() -> None:
+        calls.append("a")
+        loop.stop()
+
+    def on_b() -> None:
+        calls.append("b")
+        loop.stop()
+
+    loop.add_reader(a, on_a)
+    loop.add_reader(b, on_b)
+    a.sendall(b"x")
+    b.sendall(b"y")
+    run_guarded(loop)
+    loop.remove_reader(a)
+    loop.remove_reader(b)
+    assert calls in (["a"], ["b"])
+
+
+def test_the_loop_can_run_again_after_stop(loop: Loop) -> None:
+    log: list[str] = []
+    for name in ("one", "two"):
+        loop.call_later(0, recorder(log, name))
+        loop.call_later(0, loop.stop)
+        run_guarded(loop)
+    assert log == ["one", "two"]
