@@ -9,6 +9,8 @@ import socket
 import socketserver
 from typing import Any
 
+PRIVILEGED_PORTS = 1024
+
 
 class InetdHandler(socketserver.BaseRequestHandler):
     """A handler that answers a stream connection or a datagram with `reply()`."""
@@ -27,9 +29,25 @@ class InetdHandler(socketserver.BaseRequestHandler):
         """Send `data` back: on the connection, or as a datagram to the client."""
         if self.is_stream:
             self.request.sendall(data)
-        elif self.client_address:  # an unbound unix datagram client cannot be answered
+        elif self.may_answer():
             _, sock = self.request
             sock.sendto(data, self.client_address)
+
+    def may_answer(self) -> bool:
+        """Whether a datagram may be answered, as inetd decides for its internal services.
+
+        An unbound unix datagram client has no address. A datagram from a privileged port, or
+        from our own port, is most likely another service's answer (or a forged one): replying
+        would start an endless ping-pong between two such services.
+        """
+        if not self.client_address:
+            return False
+        if isinstance(self.client_address, tuple):
+            port: int = self.client_address[1]
+            own = self.server.server_address
+            own_port = own[1] if isinstance(own, tuple) else 0
+            return port >= PRIVILEGED_PORTS and port != own_port
+        return True
 
     def received(self) -> Any:
         """The datagram's payload (datagram requests only)."""

@@ -5,6 +5,7 @@ An `Address` always prints back as the canonical URL it was parsed from.
 """
 
 import ipaddress
+import os
 import re
 import socket
 from dataclasses import dataclass
@@ -102,3 +103,33 @@ def _parse_port(text: str) -> int:
     if port > 65535:
         raise ValueError(f"port {port} is out of range 0-65535")
     return port
+
+
+def overlaps(a: Address, b: Address) -> bool:
+    """Whether two addresses would compete for one socket: the same unix path, or the same
+    protocol and port on hosts that are equal or where one is the wildcard of the other's family
+    (port 0 never overlaps: each binds its own ephemeral port)."""
+    if a.is_unix or b.is_unix:
+        return a.is_unix and b.is_unix and _normpath(a.path) == _normpath(b.path)
+    if a.scheme != b.scheme or a.port != b.port or a.port == 0:
+        return False
+    host_a, host_b = _canonical_host(a.host), _canonical_host(b.host)
+    if host_a == host_b:
+        return True
+    return any(
+        isinstance(wild, ipaddress.IPv4Address | ipaddress.IPv6Address)
+        and wild.is_unspecified
+        and (not isinstance(other, str) and other.version == wild.version)
+        for wild, other in ((host_a, host_b), (host_b, host_a))
+    )
+
+
+def _canonical_host(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | str:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return host.lower()
+
+
+def _normpath(path: str) -> str:
+    return os.path.normpath(path)

@@ -1,9 +1,13 @@
 """The child table: fork, reap, and exit status decoding.
 
 Invariants: every pid we fork is in the table until it is reaped; `reap()` collects every child
-that has exited (ours or a stranger's, as PID 1 in a container) without ever blocking; counts per
-owner are derived from the table. System calls come in through `SystemCalls` so unit tests can
-replace them.
+of ours that has exited, without ever blocking; counts per owner are derived from the table.
+
+Processes that are not in the table are reaped only with `reap_strangers` (PID 1 in a container,
+where orphans are re-parented to us). Otherwise such a process was started by code running in
+the supervisor itself (a thread-mode handler's `subprocess.run`), and reaping it would steal its
+exit status from its owner. System calls come in through `SystemCalls` so unit tests can replace
+them.
 """
 
 import os
@@ -22,6 +26,7 @@ class SystemCalls:
     """The seam between the child table and the kernel."""
 
     fork: Callable[[], int] = os.fork
+    waitid: Callable[[int, int, int], object | None] = os.waitid
     wait4: Callable[[int, int], tuple[int, int, object]] = os.wait4
     kill: Callable[[int, int], None] = os.kill
     clock: Callable[[], float] = time.monotonic
@@ -48,8 +53,16 @@ class ExitStatus:
 
     def __str__(self) -> str:
         if self.signal is not None:
-            return f"killed by signal {signal.Signals(self.signal).name}"
+            return f"killed by signal {signal_name(self.signal)}"
         return f"exited with status {self.code}"
+
+
+def signal_name(signum: int) -> str:
+    """SIGTERM for 15; real-time signals, which have no name, as SIGRTMIN+N."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"SIGRTMIN+{signum - signal.SIGRTMIN}"
 
 
 @dataclass
@@ -78,6 +91,7 @@ class ChildTable(Generic[Owner]):
     """The parent's own record of its children, per owner."""
 
     calls: SystemCalls = field(default_factory=SystemCalls)
+    reap_strangers: bool = False
     _children: dict[int, Child[Owner]] = field(default_factory=dict)
     _counts: Counter[Owner] = field(default_factory=Counter)
 
@@ -100,20 +114,36 @@ class ChildTable(Generic[Owner]):
         return pid
 
     def reap(self) -> list[Reaped[Owner]]:
-        """Collect every exited process without blocking."""
-        reaped = []
-        while True:
-            try:
-                pid, status, rusage = self.calls.wait4(-1, os.WNOHANG)
-            except ChildProcessError:
+        """Collect every exited child of ours (and strangers if asked), never blocking."""
+        reaped: list[Reaped[Owner]] = []
+        while (pid := self._next_exited()) is not None:
+            if pid not in self._children and not self.reap_strangers:
+                # Someone else's process heads the queue: collect ours one by one instead.
+                reaped.extend(r for p in list(self._children) if (r := self._collect(p)))
                 break
-            if pid == 0:
+            collected = self._collect(pid)
+            if collected is None:
                 break
-            exit_status = ExitStatus.decode(status)
-            if exit_status.code is None and exit_status.signal is None:
-                continue
-            reaped.append(self._forget(pid, exit_status, rusage))
+            reaped.append(collected)
         return reaped
+
+    def _next_exited(self) -> int | None:
+        """The pid of an exited child, left waitable (WNOWAIT), or None."""
+        try:
+            info = self.calls.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return None
+        pid: int | None = getattr(info, "si_pid", None)
+        return pid or None
+
+    def _collect(self, pid: int) -> Reaped[Owner] | None:
+        try:
+            pid, status, rusage = self.calls.wait4(pid, os.WNOHANG)
+        except ChildProcessError:
+            return None  # already collected by someone else
+        if pid == 0:
+            return None
+        return self._forget(pid, ExitStatus.decode(status), rusage)
 
     def _forget(self, pid: int, status: ExitStatus, rusage: object) -> Reaped[Owner]:
         child = self._children.pop(pid, None)

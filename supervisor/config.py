@@ -125,22 +125,19 @@ def _server(name: str, table: "_Table") -> ServerConfig:
 
 
 def _check_unique_addresses(source: str, servers: Mapping[str, ServerConfig]) -> None:
-    seen: dict[tuple[str, str, int], str] = {}
-    for name, server in servers.items():
+    """Two servers may not compete for one socket. Host names are compared as written."""
+    # Only addresses with the same port (or unix path) can overlap: compare within those.
+    buckets: dict[object, list[ServerConfig]] = {}
+    for server in servers.values():
         address = server.address
-        if address.is_unix:
-            key = ("unix", os.path.normpath(address.path), 0)
-        elif address.port == 0:
-            continue
-        else:
-            key = (address.scheme, address.host.lower(), address.port)
-        if key in seen:
-            raise ConfigError(
-                source,
-                f"servers.{name}.address",
-                f"{address} is already used by servers.{seen[key]}",
-            )
-        seen[key] = name
+        key = os.path.normpath(address.path) if address.is_unix else address.port
+        bucket = buckets.setdefault(key, [])
+        for earlier in bucket:
+            if addresses.overlaps(address, earlier.address):
+                where = f"servers.{server.name}.address"
+                what = f"{address} is already used by servers.{earlier.name} ({earlier.address})"
+                raise ConfigError(source, where, what)
+        bucket.append(server)
 
 
 _TOML_TYPES: tuple[tuple[type, str], ...] = (

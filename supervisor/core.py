@@ -15,6 +15,7 @@ import errno
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Mapping
@@ -51,6 +52,12 @@ TRANSIENT_ERRNOS = frozenset(
 )
 
 
+def flush_standard_streams() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+
+
 class State(enum.Enum):
     STARTING = "starting"
     RUNNING = "running"
@@ -70,7 +77,10 @@ class Supervisor:
     ) -> None:
         self.config = config
         self.loop = Loop()
-        self.children: ChildTable[Server] = ChildTable(calls or SystemCalls())
+        # As PID 1 (in a container) orphans are re-parented to us: reap them too.
+        self.children: ChildTable[Server] = ChildTable(
+            calls or SystemCalls(), reap_strangers=os.getpid() == 1
+        )
         self.servers = {
             name: Server(server, handlers[name], listeners[name])
             for name, server in config.servers.items()
@@ -79,6 +89,9 @@ class Supervisor:
         self.active = 0  # children and busy threads across all servers
         self._signals: SignalWakeup | None = None
         self._stop_timer: Timer | None = None
+        self._terminating = False  # SIGTERM sent to the children; SIGKILL is next
+        # Connections being served by threads: a forked child must not keep them open.
+        self._thread_requests: set[Request] = set()
 
     # -- running ---------------------------------------------------------------------------
 
@@ -206,11 +219,15 @@ class Supervisor:
             try:
                 server.handle(request, client_address)
             finally:
+                self._thread_requests.discard(request)
                 self.loop.call_soon_threadsafe(partial(self._count, server, -1))
 
+        if isinstance(request, socket.socket):
+            self._thread_requests.add(request)
         try:
             threading.Thread(target=run, name=f"{server.name}-request", daemon=True).start()
         except RuntimeError as exc:
+            self._thread_requests.discard(request)
             log.error(
                 "%s: cannot start a thread for client %s (%s); connection closed",
                 server.name,
@@ -224,6 +241,7 @@ class Supervisor:
         # Signals stay blocked across fork() until the child has reset its handlers, so a
         # SIGTERM sent to a new child is never swallowed by the parent's no-op handler.
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, INTENTS)
+        flush_standard_streams()  # or each child would write the parent's buffered output again
         try:
             child = partial(self._child, server, request, client_address, mask)
             self.children.spawn(server, child)
@@ -249,21 +267,24 @@ class Supervisor:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             status = 0 if server.handle(request, client_address) else 1
         finally:
-            for stream in (sys.stdout, sys.stderr):
-                with contextlib.suppress(OSError, ValueError):
-                    stream.flush()
+            flush_standard_streams()
             os._exit(status)
 
     def _become_child(self, server: Server) -> None:
         """Drop what belongs to the parent: signal routing, the loop, other listening sockets."""
         if self._signals is not None:
             self._signals.close()
+            self._signals.restore_defaults()
         # A terminal's Ctrl-C reaches the whole process group: let the parent drain children.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         self.loop.close()
         for other in self.servers.values():
-            if other is not server or server.config.address.is_stream:
-                other.socket.close()
+            other.close_in_child(keep_handler_socket=other is server)
+        for request in list(self._thread_requests):
+            if isinstance(request, socket.socket):
+                # os.close: socket.close() waits for the handler thread's makefile() objects.
+                with contextlib.suppress(OSError):
+                    os.close(request.fileno())
 
     # -- reaping ---------------------------------------------------------------------------
 
@@ -291,8 +312,9 @@ class Supervisor:
 
     def _stop(self, reason: str) -> None:
         if self.state is State.STOPPING:
-            log.info("%s again: terminating the remaining requests now", reason)
-            self._terminate()
+            if not self._terminating:  # once: repeating it must not postpone SIGKILL
+                log.info("%s again: terminating the remaining requests now", reason)
+                self._terminate()
             return
         self.state = State.STOPPING  # RUNNING -> STOPPING
         for server in self.servers.values():
@@ -311,6 +333,7 @@ class Supervisor:
         self._stop_timer = self.loop.call_later(timeout, self._terminate)
 
     def _terminate(self) -> None:
+        self._terminating = True
         if self._stop_timer is not None:
             self._stop_timer.cancel()
         sent = self.children.signal_all(signal.SIGTERM)

@@ -60,7 +60,9 @@ class Loop:
     def call_soon_threadsafe(self, callback: Callback) -> None:
         """Run `callback` in the loop's thread soon; safe to call from any thread."""
         self._pending.append(callback)
-        with contextlib.suppress(BlockingIOError):  # a wake-up byte is already waiting
+        # BlockingIOError: a wake-up byte is already waiting. OSError: the loop is closed (a
+        # thread abandoned at shutdown finishing late); there is nothing left to wake.
+        with contextlib.suppress(OSError):
             self._wake_writer.send(b"\0")
 
     def stop(self) -> None:

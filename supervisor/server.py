@@ -2,9 +2,15 @@
 
 A `Server` is what a handler sees as `self.server`: it has the attributes of a
 `socketserver.BaseServer` that handlers use (`server_address`, `socket`, `RequestHandlerClass`,
-`address_family`, `socket_type`, `fileno()`), so handlers written for the standard library run
-unchanged. Running a request (`handle`) follows socketserver's `finish_request` then
+`address_family`, `socket_type`, `timeout`, `fileno()`, `handle_error()`; `server_name` and
+`server_port` for IP servers, as `http.server.HTTPServer`), so handlers written for the standard
+library run unchanged. Running a request (`handle`) follows socketserver's `finish_request` then
 `shutdown_request`, and never lets a handler's exception escape.
+
+The parent reads through `listener.socket` only. A datagram handler gets its own blocking
+duplicate (`socket`, in `self.request` as in socketserver): whatever a handler does to it
+(`settimeout`, `setblocking`) cannot make the parent's reads block, since those use
+`MSG_DONTWAIT`.
 """
 
 import contextlib
@@ -29,10 +35,16 @@ class Server:
         self.name = config.name
         self.RequestHandlerClass = handler
         self.listener = listener
-        self.socket = listener.socket
+        stream = config.address.is_stream
+        self.socket = listener.socket if stream else listener.socket.dup()
         self.address_family = listener.socket.family
         self.socket_type = listener.socket.type
         self.server_address: Any = listener.socket.getsockname()
+        self.timeout: float | None = None
+        self.max_packet_size = config.max_packet_size
+        if not config.address.is_unix:
+            self.server_name = listener.bound.host
+            self.server_port = listener.bound.port
         self.active = 0  # live children (fork) or busy threads (thread)
         self.listening = False  # registered in the selector
         self.backoff = False  # accept() hit a resource limit; wait before trying again
@@ -53,8 +65,10 @@ class Server:
     def get_request(self) -> tuple[Request, Any]:
         """Accept a connection or receive a datagram (raises BlockingIOError when none)."""
         if self.config.address.is_stream:
-            return self.socket.accept()
-        data, client_address = self.socket.recvfrom(self.config.max_packet_size)
+            return self.listener.socket.accept()
+        data, client_address = self.listener.socket.recvfrom(
+            self.config.max_packet_size, socket.MSG_DONTWAIT
+        )
         return (data, self.socket), client_address
 
     def handle(self, request: Request, client_address: Any) -> bool:
@@ -62,7 +76,7 @@ class Server:
         try:
             # A duck-typed socketserver.BaseServer: the attributes handlers use, no serve loop.
             self.RequestHandlerClass(request, client_address, self)  # type: ignore[arg-type]
-        except ConnectionError as exc:
+        except (ConnectionError, TimeoutError) as exc:
             log.warning(
                 "%s: connection with client %s lost (%s)",
                 self.name,
@@ -93,5 +107,19 @@ class Server:
         if isinstance(request, socket.socket):
             request.close()
 
+    def handle_error(self, request: Request, client_address: Any) -> None:
+        """socketserver's hook, for handlers that call it: log the current exception."""
+        log.exception("%s: error handling a request from %s", self.name, client_address)
+
     def server_close(self) -> None:
+        """Close the sockets and remove the unix socket file (in the parent)."""
+        if self.socket is not self.listener.socket:
+            self.socket.close()
         self.listener.close()
+
+    def close_in_child(self, keep_handler_socket: bool) -> None:
+        """In a forked child: close the inherited sockets, and never remove the parent's file."""
+        self.listener.created_file = None
+        self.listener.socket.close()
+        if not keep_handler_socket:
+            self.socket.close()

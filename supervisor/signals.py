@@ -52,15 +52,27 @@ class SignalWakeup:
         with contextlib.suppress(BlockingIOError):
             while chunk := self._reader.recv(4096):
                 received += chunk
-        for signum in dict.fromkeys(received):  # once each, in order of arrival
+        reaped = False
+        for signum in received:  # in order of arrival; a repeated stop signal counts again
             intent = INTENTS.get(signum)
+            if intent is Intent.REAP:
+                if reaped:
+                    continue  # one reap collects every exited child
+                reaped = True
             if intent is not None:
                 self._on_intent(intent, signum)
 
     def close(self) -> None:
-        """Detach from the signals: default actions again, no wake-up fd (used after fork)."""
+        """Stop waking the loop. Stop signals are ignored from here on: the process is on its way
+        out, and Python would otherwise restore their default action (death) while it exits."""
         signal.set_wakeup_fd(-1)
-        for signum in INTENTS:
-            signal.signal(signum, signal.SIG_DFL)
+        for signum, intent in INTENTS.items():
+            if intent is Intent.STOP:
+                signal.signal(signum, signal.SIG_IGN)
         self._reader.close()
         self._writer.close()
+
+    def restore_defaults(self) -> None:
+        """Default actions again, for a forked child."""
+        for signum in INTENTS:
+            signal.signal(signum, signal.SIG_DFL)

@@ -1,7 +1,9 @@
 """Binding listening sockets, and the unix socket files that come with them.
 
-Invariants: every socket returned is non-blocking and close-on-exec; a unix socket file is only
-ever removed by us if it is a socket nobody is listening on (stale) or the very file we created.
+Invariants: every socket returned is close-on-exec; a listening stream socket is non-blocking,
+a datagram socket stays blocking for its handlers and is read with MSG_DONTWAIT (see server.py);
+a unix socket file is only ever removed by us if it is a socket nobody is listening on (stale)
+or the very file we created.
 """
 
 import contextlib
@@ -52,7 +54,7 @@ def _bind_inet(address: Address, backlog: int) -> Listener:
         sock.bind(sockaddr)
         if address.is_stream:
             sock.listen(backlog)
-        sock.setblocking(False)
+            sock.setblocking(False)
     except OSError:
         sock.close()
         raise
@@ -69,7 +71,7 @@ def _bind_unix(address: Address, backlog: int) -> Listener:
         sock.bind(path)
         if address.is_stream:
             sock.listen(backlog)
-        sock.setblocking(False)
+            sock.setblocking(False)
         info = os.stat(path)
     except OSError:
         sock.close()
@@ -86,11 +88,14 @@ def _remove_if_stale(address: Address) -> None:
     if not stat.S_ISSOCK(info.st_mode):
         raise OSError(errno.EEXIST, f"{address.path} exists and is not a socket")
     with socket.socket(socket.AF_UNIX, address.socket_type) as probe:
+        probe.setblocking(False)  # a live listener with a full backlog must not hang us
         try:
             probe.connect(address.path)
         except ConnectionRefusedError:
             os.unlink(address.path)
             return
+        except BlockingIOError:
+            pass  # someone is listening, with a full queue
         except OSError:
             return  # let bind() report the real problem
     raise OSError(errno.EADDRINUSE, os.strerror(errno.EADDRINUSE))

@@ -28,7 +28,7 @@ class Supervisor:
 
     def __init__(self, config: Path, extra_env: dict[str, str] | None = None) -> None:
         self.config = config
-        env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1", **(extra_env or {}))
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **(extra_env or {})}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "supervisor", "run", "-c", str(config)],
             stdin=subprocess.DEVNULL,
@@ -157,10 +157,15 @@ def start_supervisor(tmp_path: Path) -> Iterator[StartSupervisor]:
     """Start supervisors from TOML text; every one is stopped, with its children, at the end."""
     started: list[Supervisor] = []
 
-    def start(toml: str, ready: bool = True, name: str = "supervisor.toml") -> Supervisor:
+    def start(
+        toml: str,
+        ready: bool = True,
+        name: str = "supervisor.toml",
+        env: dict[str, str] | None = None,
+    ) -> Supervisor:
         config = tmp_path / name
         config.write_text(textwrap.dedent(toml))
-        supervisor = Supervisor(config)
+        supervisor = Supervisor(config, env)
         started.append(supervisor)
         return supervisor.wait_ready() if ready else supervisor
 

@@ -6,6 +6,7 @@ Nothing here knows about the supervisor: the same classes run under socketserver
 import os
 import signal
 import socketserver
+import subprocess
 import time
 
 
@@ -83,3 +84,53 @@ class StubbornHandler(socketserver.StreamRequestHandler):
 
 class NotAHandler:
     """A class that is not a BaseRequestHandler subclass."""
+
+
+class SubprocessHandler(socketserver.StreamRequestHandler):
+    """Run a program and report its exit status, as handlers that shell out do."""
+
+    def handle(self) -> None:
+        self.rfile.readline()
+        done = subprocess.run(["sh", "-c", "exit 3"], check=False)
+        self.wfile.write(b"%d\n" % done.returncode)
+
+
+class BlockingDatagramHandler(socketserver.DatagramRequestHandler):
+    """Make the server socket blocking, as a handler may, then answer."""
+
+    def handle(self) -> None:
+        self.socket.setblocking(True)
+        self.wfile.write(b"echo " + self.rfile.read())
+
+
+class PrintHandler(socketserver.StreamRequestHandler):
+    """print() to stdout without flushing, as quick debugging does."""
+
+    def handle(self) -> None:
+        print("print-handler-was-here")
+        self.wfile.write(b"printed\n")
+
+
+class RealtimeSignalHandler(socketserver.BaseRequestHandler):
+    """Die of a real-time signal, which has no name in the signal module."""
+
+    def handle(self) -> None:
+        signal.signal(signal.SIGRTMIN + 3, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGRTMIN + 3)
+
+
+class IdleTimeoutHandler(socketserver.StreamRequestHandler):
+    """StreamRequestHandler's own idle timeout, short."""
+
+    timeout = 0.2
+
+    def handle(self) -> None:
+        self.rfile.readline()
+
+
+class CloseServerHandler(socketserver.StreamRequestHandler):
+    """Call self.server.server_close(), which a forked child may do with socketserver."""
+
+    def handle(self) -> None:
+        self.server.server_close()
+        self.wfile.write(b"closed\n")

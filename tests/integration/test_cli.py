@@ -168,12 +168,14 @@ CONFIG_ERRORS = [
     ),
     pytest.param(
         server("a", "unix:///tmp/sv-dup.sock") + server("b", "unixgram:///tmp/sv-dup.sock"),
-        "servers.b.address: unixgram:///tmp/sv-dup.sock is already used by servers.a",
+        "servers.b.address: unixgram:///tmp/sv-dup.sock is already used by servers.a"
+        " (unix:///tmp/sv-dup.sock)",
         id="same-unix-path",
     ),
     pytest.param(
         server("a", "tcp://127.0.0.1:7007") + server("b", "tcp://127.0.0.1:7007"),
-        "servers.b.address: tcp://127.0.0.1:7007 is already used by servers.a",
+        "servers.b.address: tcp://127.0.0.1:7007 is already used by servers.a"
+        " (tcp://127.0.0.1:7007)",
         id="same-tcp-address",
     ),
     pytest.param(

@@ -10,6 +10,7 @@ import os
 import re
 import selectors
 import shutil
+import socket
 import struct
 import subprocess
 import tempfile
@@ -313,3 +314,33 @@ def test_hello_head_with_curl(services: Services, name: str) -> None:
     without_pid = len(f"Hello from {name} (pid ): {path}\n")
     assert without_pid < int(header(lines, b"content-length:")) <= without_pid + 7
     assert body == b""
+
+
+def bind_privileged_udp() -> socket.socket:
+    for port in range(1023, 900, -1):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            sock.close()
+            continue
+        return sock
+    pytest.skip("no free privileged UDP port on 127.0.0.1")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="binding a privileged source port needs root")
+def test_udp_services_do_not_answer_privileged_ports(services: Services) -> None:
+    """inetd's guard against two UDP services answering each other forever."""
+    # chargen-udp is inline: datagrams are handled in order, one at a time, in the loop.
+    server = ("127.0.0.1", int(services.port("chargen-udp")))
+    with (
+        bind_privileged_udp() as privileged,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as ordinary,
+    ):
+        privileged.sendto(b"x", server)
+        ordinary.settimeout(REPLY_TIMEOUT)
+        ordinary.sendto(b"x", server)
+        assert ordinary.recv(1024).startswith(chargen_line(0))  # so the first one was handled
+        privileged.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            privileged.recv(1024)

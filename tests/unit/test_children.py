@@ -5,6 +5,7 @@ import os
 import signal
 from collections import deque
 from collections.abc import Iterable, Iterator
+from types import SimpleNamespace
 from typing import NoReturn
 
 import pytest
@@ -27,10 +28,21 @@ class FakeKernel:
     def fork(self) -> int:
         return self.pids.popleft()
 
+    def waitid(self, idtype: int, ident: int, options: int) -> object | None:
+        """Peek (WNOWAIT) at the first process that has exited; stopped ones are not reported."""
+        for pid, status, _ in self.exited:
+            if pid and not os.WIFSTOPPED(status):
+                return SimpleNamespace(si_pid=pid)
+        if self.no_children:
+            raise ChildProcessError(10, "No child processes")
+        return None
+
     def wait4(self, pid: int, options: int) -> tuple[int, int, object]:
         self.wait_calls.append((pid, options))
-        if self.exited:
-            return self.exited.popleft()
+        for entry in self.exited:
+            if entry[0] == pid and not os.WIFSTOPPED(entry[1]):
+                self.exited.remove(entry)
+                return entry
         if self.no_children:
             raise ChildProcessError(10, "No child processes")
         return (0, 0, None)
@@ -44,7 +56,9 @@ class FakeKernel:
         return self.now
 
     def calls(self) -> SystemCalls:
-        return SystemCalls(fork=self.fork, wait4=self.wait4, kill=self.kill, clock=self.clock)
+        return SystemCalls(
+            fork=self.fork, waitid=self.waitid, wait4=self.wait4, kill=self.kill, clock=self.clock
+        )
 
 
 class InChildError(Exception):
@@ -143,7 +157,7 @@ def test_reap_with_nothing_exited(kernel: FakeKernel, table: ChildTable[str]) ->
     table.spawn("echo", never_runs)
     assert table.reap() == []
     assert len(table) == 1
-    assert kernel.wait_calls == [(-1, os.WNOHANG)]
+    assert kernel.wait_calls == []  # waitid said nothing had exited
 
 
 def test_reap_with_no_children_at_all(kernel: FakeKernel, table: ChildTable[str]) -> None:
@@ -171,8 +185,8 @@ def test_reap_collects_several_children_in_one_call(
     assert len(table) == 1
     assert [child.pid for child in table] == [102]
     assert (table.count("echo"), table.count("daytime")) == (1, 0)
-    # wait4 was called until it said nothing more had exited.
-    assert len(kernel.wait_calls) == 3
+    # wait4 was called once for each exited child, by pid, without blocking.
+    assert kernel.wait_calls == [(101, os.WNOHANG), (103, os.WNOHANG)]
 
 
 def test_reap_until_the_kernel_has_no_children(kernel: FakeKernel, table: ChildTable[str]) -> None:
@@ -184,12 +198,26 @@ def test_reap_until_the_kernel_has_no_children(kernel: FakeKernel, table: ChildT
     assert len(table) == 0
 
 
-def test_reap_a_stranger(kernel: FakeKernel, table: ChildTable[str]) -> None:
+def test_reap_a_stranger_as_pid_1(kernel: FakeKernel, table: ChildTable[str]) -> None:
+    table.reap_strangers = True
     table.spawn("echo", never_runs)
     kernel.exited.append((4242, exited(1), "rusage"))
     assert table.reap() == [Reaped(4242, ExitStatus(code=1), "rusage", None, 0.0)]
     assert len(table) == 1
     assert table.count("echo") == 1
+
+
+def test_a_process_that_is_not_ours_is_left_to_its_owner(
+    kernel: FakeKernel, table: ChildTable[str]
+) -> None:
+    """A handler thread's subprocess must keep its exit status for subprocess.run to read."""
+    table.spawn("echo", never_runs)
+    table.spawn("echo", never_runs)
+    kernel.exited.extend([(4242, exited(3), None), (102, exited(0), None)])
+    (reaped,) = table.reap()
+    assert reaped.pid == 102
+    assert [child.pid for child in table] == [101]
+    assert [entry[0] for entry in kernel.exited] == [4242]  # still waitable by its owner
 
 
 def test_reap_skips_a_stopped_child(kernel: FakeKernel, table: ChildTable[str]) -> None:

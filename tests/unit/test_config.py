@@ -443,14 +443,33 @@ def test_malformed_addresses(address: str, reason: str) -> None:
         ("udp://[::1]:53", "udp://[::1]:53"),
         ("unix:///run/sv/echo.sock", "unixgram:///run/sv/echo.sock"),
         ("unix:///run/sv/echo.sock", "unix:///run//sv/../sv/echo.sock"),
+        ("tcp://0.0.0.0:7007", "tcp://127.0.0.1:7007"),
+        ("tcp://127.0.0.2:7007", "tcp://0.0.0.0:7007"),
+        ("udp://[::]:53", "udp://[::1]:53"),
+        ("tcp://[::1]:7007", "tcp://[0:0::1]:7007"),
     ],
 )
 def test_two_servers_on_one_address(first: str, second: str) -> None:
     toml = server(first, name="one") + server("tcp://127.0.0.1:0", name="two")
     toml += server(second, name="three")
     assert error_of(toml) == (
-        f"{SOURCE}: servers.three.address: {second} is already used by servers.one"
+        f"{SOURCE}: servers.three.address: {second} is already used by servers.one ({first})"
     )
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ("tcp://0.0.0.0:7007", "tcp://[::1]:7007"),  # IPv6 sockets are bound IPV6_V6ONLY
+        ("tcp://[::]:7007", "tcp://127.0.0.1:7007"),
+        ("tcp://127.0.0.1:7007", "udp://127.0.0.1:7007"),
+        ("tcp://127.0.0.1:7007", "tcp://127.0.0.2:7007"),
+        ("tcp://127.0.0.1:0", "tcp://0.0.0.0:0"),
+    ],
+)
+def test_addresses_that_do_not_overlap(first: str, second: str) -> None:
+    toml = server(first, name="one") + server(second, name="two")
+    assert set(parse(toml).servers) == {"one", "two"}
 
 
 @pytest.mark.parametrize(
