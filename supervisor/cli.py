@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from supervisor import __version__, config, handlers
+from supervisor.config import Mode
 from supervisor.core import Supervisor
 from supervisor.errors import BindError, SupervisorError, UsageError
 from supervisor.sockets import Listener, bind
@@ -68,10 +69,13 @@ def check(path: str) -> int:
     loaded = config.load(path)
     handlers.import_all(loaded)
     for server in loaded.servers.values():
-        limits = f"max_children={server.max_children}"
+        limits = [] if server.mode is Mode.INLINE else [f"max_children={server.max_children}"]
         if server.address.is_stream:
-            limits += f" backlog={server.backlog}"
-        print(f"{server.name}  {server.address}  {server.handler}  {server.mode}  {limits}")
+            limits.append(f"backlog={server.backlog}")
+        else:
+            limits.append(f"max_packet_size={server.max_packet_size}")
+        fields = [server.name, str(server.address), server.handler, server.mode, *limits]
+        print("  ".join(fields))
     print(f"{path}: ok, {len(loaded.servers)} servers")
     return 0
 

@@ -81,10 +81,11 @@ def test_check_prints_one_line_per_server(tmp_path: Path) -> None:
     result = run_cli("check", "-c", str(path))
     assert (result.returncode, result.stderr) == (0, "")
     assert result.stdout.splitlines() == [
-        "echo  tcp://127.0.0.1:0  tests.handlers:LineEchoHandler  fork  max_children=3 backlog=16",
-        "udp  udp://[::1]:0  tests.handlers:DatagramEchoHandler  thread  max_children=40",
+        "echo  tcp://127.0.0.1:0  tests.handlers:LineEchoHandler  fork  max_children=3  backlog=16",
+        "udp  udp://[::1]:0  tests.handlers:DatagramEchoHandler  thread  max_children=40  "
+        "max_packet_size=8192",
         "local  unix:///tmp/sv-cli-check/local.sock  tests.handlers:BaseEchoHandler  inline  "
-        "max_children=40 backlog=1024",
+        "backlog=1024",
         f"{path}: ok, 3 servers",
     ]
     assert not Path("/tmp/sv-cli-check").exists(), "check must not create socket directories"
