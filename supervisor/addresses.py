@@ -124,6 +124,15 @@ def overlaps(a: Address, b: Address) -> bool:
     )
 
 
+def same(a: Address, b: Address) -> bool:
+    """Whether two addresses name the same socket (IP spellings and unix paths normalised)."""
+    if a.is_unix or b.is_unix:
+        return a.scheme == b.scheme and _normpath(a.path) == _normpath(b.path)
+    return (a.scheme, a.port) == (b.scheme, b.port) and _canonical_host(a.host) == _canonical_host(
+        b.host
+    )
+
+
 def _canonical_host(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | str:
     try:
         return ipaddress.ip_address(host)

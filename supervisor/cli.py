@@ -1,4 +1,4 @@
-"""The `supervisor` command: `run` and `check`.
+"""The `supervisor` command: `run`, `check`, `reload`, `stop` and `status`.
 
 Every user mistake ends as one line on stderr and a sysexits status (see errors.py); only a bug
 in the supervisor itself prints a traceback.
@@ -6,18 +6,13 @@ in the supervisor itself prints a traceback.
 
 import argparse
 import importlib.resources
-import logging
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from supervisor import __version__, config, handlers
+from supervisor import __version__, commands, config, daemon, handlers
 from supervisor.config import Mode
-from supervisor.core import Supervisor
-from supervisor.errors import BindError, SupervisorError, UsageError
-from supervisor.sockets import Listener, bind
-
-LOG_FORMAT = "%(asctime)s %(levelname)s supervisor[%(process)d]: %(message)s"
+from supervisor.errors import SupervisorError, UsageError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -40,8 +35,11 @@ def _parser() -> argparse.ArgumentParser:
         dest="command", required=True, metavar="COMMAND", parser_class=_Parser
     )
     for name, text in (
-        ("run", "run the servers in the foreground until SIGTERM or SIGINT"),
+        ("run", "run the servers until SIGTERM or SIGINT (in the foreground by default)"),
         ("check", "validate the configuration and import its handlers"),
+        ("reload", "make the running supervisor reload its configuration; wait for the outcome"),
+        ("stop", "stop the running supervisor and wait until it has exited"),
+        ("status", "show the running supervisor's servers and processes"),
     ):
         command = commands.add_parser(name, help=text, description=text)
         command.add_argument(
@@ -50,6 +48,18 @@ def _parser() -> argparse.ArgumentParser:
             metavar="FILE",
             help="the configuration file (default: the bundled example)",
         )
+        if name in ("reload", "stop", "status"):
+            command.add_argument(
+                "--pidfile", metavar="PATH", help="the pidfile (default: the configuration's)"
+            )
+    commands.choices["run"].add_argument(
+        "--daemon", action="store_true", help="detach (needs [supervisor] pidfile and log_file)"
+    )
+    stop = commands.choices["stop"]
+    stop.add_argument(
+        "--fast", action="store_true", help="terminate running requests at once (SIGQUIT)"
+    )
+    stop.add_argument("--timeout", type=float, metavar="SECONDS", help="how long to wait")
     return parser
 
 
@@ -59,10 +69,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         path = args.config or example_config()
         if args.command == "check":
             return check(path)
-        return run(path)
+        if args.command == "run":
+            return daemon.run(path, detach=args.daemon)
+        pid_path = commands.find_pidfile(path, args.pidfile)
+        if args.command == "reload":
+            return commands.reload(pid_path)
+        if args.command == "status":
+            return commands.status(pid_path)
+        return commands.stop(pid_path, args.fast, args.timeout or _stop_timeout(path))
     except SupervisorError as exc:
         print(exc, file=sys.stderr)
         return exc.exit_status
+
+
+def _stop_timeout(path: str) -> float:
+    """Long enough for a graceful stop under this configuration."""
+    try:
+        settings = config.load(path).supervisor
+    except SupervisorError:
+        return commands.DEFAULT_STOP_TIMEOUT
+    return settings.shutdown_timeout + 2 * settings.kill_grace + 5
 
 
 def check(path: str) -> int:
@@ -78,29 +104,3 @@ def check(path: str) -> int:
         print("  ".join(fields))
     print(f"{path}: ok, {len(loaded.servers)} servers")
     return 0
-
-
-def run(path: str) -> int:
-    loaded = config.load(path)
-    classes = handlers.import_all(loaded)
-    logging.basicConfig(
-        level=loaded.supervisor.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr
-    )
-    listeners = bind_all(loaded)
-    return Supervisor(loaded, classes, listeners).run()
-
-
-def bind_all(loaded: config.Config) -> dict[str, Listener]:
-    """Bind every server; on the first failure close what was bound and raise BindError."""
-    listeners: dict[str, Listener] = {}
-    for name, server in loaded.servers.items():
-        try:
-            listeners[name] = bind(server.address, server.backlog)
-        except OSError as exc:
-            for listener in listeners.values():
-                listener.close()
-            reason = exc.strerror or str(exc)
-            raise BindError(
-                f"{loaded.source}: servers.{name}: cannot bind {server.address} ({reason})"
-            ) from exc
-    return listeners

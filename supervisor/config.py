@@ -54,6 +54,17 @@ class SupervisorConfig:
     max_children: int | None = None
     log_level: str = "info"
     path: tuple[str, ...] = ()
+    pidfile: str | None = None
+    log_file: str | None = None
+
+    @property
+    def control_socket(self) -> str | None:
+        return None if self.pidfile is None else control_socket_for(self.pidfile)
+
+
+def control_socket_for(pidfile: str) -> str:
+    """The control socket lives next to the pidfile: supervisor.pid -> supervisor.sock."""
+    return pidfile.removesuffix(".pid") + ".sock"
 
 
 @dataclass(frozen=True)
@@ -92,10 +103,48 @@ def parse(data: Mapping[str, Any], source: str) -> Config:
     return Config(source, supervisor, servers)
 
 
+@dataclass(frozen=True)
+class Diff:
+    """What a reload changes, by server name."""
+
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+    changed: tuple[str, ...]
+
+    def __str__(self) -> str:
+        parts = [
+            f"{label} {', '.join(names)}"
+            for label, names in (
+                ("added", self.added),
+                ("removed", self.removed),
+                ("changed", self.changed),
+            )
+            if names
+        ]
+        return "; ".join(parts) or "no server changed"
+
+
+def diff(old: Config, new: Config) -> Diff:
+    """Servers added, removed and changed (any key) between two configurations."""
+    return Diff(
+        added=tuple(name for name in new.servers if name not in old.servers),
+        removed=tuple(name for name in old.servers if name not in new.servers),
+        changed=tuple(
+            name
+            for name, server in new.servers.items()
+            if name in old.servers and old.servers[name] != server
+        ),
+    )
+
+
 def _supervisor(table: "_Table", source: str) -> SupervisorConfig:
-    table.only("shutdown_timeout", "kill_grace", "max_children", "log_level", "path")
+    table.only(
+        "shutdown_timeout", "kill_grace", "max_children", "log_level", "path", "pidfile", "log_file"
+    )
     base = os.path.dirname(os.path.abspath(source))
     return SupervisorConfig(
+        pidfile=table.optional_path("pidfile", base),
+        log_file=table.optional_path("log_file", base),
         shutdown_timeout=table.number("shutdown_timeout", 10.0, minimum=0, maximum=MAX_SECONDS),
         kill_grace=table.number("kill_grace", 2.0, minimum=0, maximum=MAX_SECONDS),
         max_children=table.optional_integer("max_children", minimum=1),
@@ -236,6 +285,15 @@ class _Table:
         if not all(isinstance(value, str) for value in values):
             raise self.error(key, "must be an array of strings")
         return tuple(values)
+
+    def optional_path(self, key: str, base: str) -> str | None:
+        """A file path, relative to the configuration file's directory."""
+        if key not in self.data:
+            return None
+        value = self.string(key)
+        if not value or value.endswith("/"):
+            raise self.error(key, f"must name a file, got {value!r}")
+        return os.path.normpath(os.path.join(base, value))
 
     def address(self, key: str) -> Address:
         text = self.string(key)

@@ -1,7 +1,9 @@
 """The supervisor: servers, children and signals around one loop.
 
 States: STARTING -> RUNNING (every server bound and registered) -> STOPPING (SIGTERM/SIGINT:
-listeners closed, children draining) -> STOPPED (no child left, or given up on).
+listeners closed, children draining; SIGQUIT: children terminated at once) -> STOPPED (no child
+left, or given up on). A reload (SIGHUP or the control socket) happens within RUNNING: it is
+prepared completely first (reload.py), and only then switched over in one step of the loop.
 
 Admission invariant: a server's socket is in the selector exactly when the supervisor is
 RUNNING, the server is below its `max_children`, the global cap is not reached, and accept is not
@@ -18,14 +20,19 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, NoReturn
 
+from supervisor import config, logs, systemd
 from supervisor.children import Child, ChildTable, Reaped, SystemCalls
-from supervisor.config import Config, Mode
-from supervisor.handlers import HandlerClass
+from supervisor.config import Mode
+from supervisor.control import ControlServer
+from supervisor.errors import SupervisorError
 from supervisor.loop import Loop, Timer
+from supervisor.reload import Prepared, prepare
 from supervisor.server import Request, Server
 from supervisor.signals import INTENTS, Intent, SignalWakeup
 from supervisor.sockets import Listener
@@ -65,29 +72,45 @@ class State(enum.Enum):
     STOPPED = "stopped"
 
 
+@dataclass(frozen=True)
+class ReloadResult:
+    """The outcome of the last reload, for `supervisor reload`, `status` and systemd."""
+
+    ok: bool
+    message: str  # what changed, or the one-line error
+    at: float  # time.time()
+    exit_status: int = 0
+
+
 class Supervisor:
     """Hosts the configured servers until told to stop."""
 
     def __init__(
         self,
-        config: Config,
-        handlers: Mapping[str, HandlerClass],
-        listeners: Mapping[str, Listener],
+        prepared: Prepared,
+        config_path: str | None = None,
+        spare: Iterable[Listener] = (),
         calls: SystemCalls | None = None,
     ) -> None:
-        self.config = config
+        self.config = prepared.config
+        self.config_path = config_path or prepared.config.source  # re-read on every reload
         self.loop = Loop()
         # As PID 1 (in a container) orphans are re-parented to us: reap them too.
         self.children: ChildTable[Server] = ChildTable(
             calls or SystemCalls(), reap_strangers=os.getpid() == 1
         )
         self.servers = {
-            name: Server(server, handlers[name], listeners[name])
-            for name, server in config.servers.items()
+            name: Server(server, prepared.handlers[name], prepared.listeners[name])
+            for name, server in prepared.config.servers.items()
         }
+        self.draining: set[Server] = set()  # removed by a reload, with requests still running
+        self.spare = [listener for listener in spare if listener.inherited]  # unused, from systemd
         self.state = State.STARTING
         self.active = 0  # children and busy threads across all servers
+        self.started = time.time()
+        self.last_reload: ReloadResult | None = None
         self._signals: SignalWakeup | None = None
+        self._control: ControlServer | None = None
         self._stop_timer: Timer | None = None
         self._terminating = False  # SIGTERM sent to the children; SIGKILL is next
         # Connections being served by threads: a forked child must not keep them open.
@@ -98,21 +121,20 @@ class Supervisor:
     def run(self) -> int:
         """Serve until stopped; return the exit status."""
         self._signals = SignalWakeup(self.loop, self._on_intent)
+        control_path = self.config.supervisor.control_socket
+        if control_path is not None:
+            self._control = ControlServer(self.loop, control_path, self._on_command)
         self.state = State.RUNNING  # STARTING -> RUNNING
         for server in self.servers.values():
             self._refresh(server)
-            limit = (
-                "" if server.mode is Mode.INLINE else f", max_children={server.config.max_children}"
-            )
-            log.info(
-                "%s: listening on %s (%s, handler %s%s)",
-                server.name,
-                server.listener.bound,
-                server.mode,
-                server.config.handler,
-                limit,
+            self._log_listening(server)
+        for listener in self.spare:
+            log.warning(
+                "inherited socket %s (name %r) matches no server", listener.bound, listener.fd_name
             )
         log.info("ready: %d servers, pid %d", len(self.servers), os.getpid())
+        systemd.notify(f"READY=1\nSTATUS={self._summary()}\nMAINPID={os.getpid()}")
+        self._start_watchdog()
         try:
             self.loop.run()
         finally:
@@ -120,9 +142,25 @@ class Supervisor:
         log.info("stopped")
         return 0
 
+    def _log_listening(self, server: Server) -> None:
+        limit = "" if server.mode is Mode.INLINE else f", max_children={server.config.max_children}"
+        log.info(
+            "%s: listening on %s (%s, handler %s%s)",
+            server.name,
+            server.listener.bound,
+            server.mode,
+            server.config.handler,
+            limit,
+        )
+
     def _close(self) -> None:
-        for server in self.servers.values():
-            server.server_close()
+        for server in [*self.servers.values(), *self.draining]:
+            server.close_handler_socket()
+            self._release(server.listener)
+        for listener in self.spare:
+            listener.socket.close()
+        if self._control is not None:
+            self._control.close()
         if self._signals is not None:
             self._signals.close()
         self.loop.close()
@@ -132,6 +170,162 @@ class Supervisor:
             self._reap()
         elif intent is Intent.STOP:
             self._stop(signal.Signals(signum).name)
+        elif intent is Intent.FAST_STOP:
+            self._stop(signal.Signals(signum).name, fast=True)
+        elif intent is Intent.RELOAD:
+            self.reload()
+        elif intent is Intent.REOPEN_LOGS:
+            self._reopen_logs()
+
+    def _summary(self) -> str:
+        """A one-line state for systemd's STATUS=."""
+        text = f"{len(self.servers)} servers, {self.active} active requests"
+        if self.last_reload is not None:
+            outcome = "ok" if self.last_reload.ok else f"failed: {self.last_reload.message}"
+            text += f"; last reload {outcome}"
+        return text
+
+    def _start_watchdog(self) -> None:
+        interval = systemd.watchdog_interval()
+        if interval is None:
+            return
+
+        def ping() -> None:
+            systemd.notify(f"WATCHDOG=1\nSTATUS={self._summary()}")
+            self.loop.call_later(interval, ping)
+
+        ping()
+
+    def _reopen_logs(self) -> None:
+        log_file = self.config.supervisor.log_file
+        if log_file is None:
+            log.info("SIGUSR1: no log_file configured, nothing to reopen")
+            return
+        try:
+            logs.reopen(log_file)
+        except OSError as exc:
+            log.error(
+                "SIGUSR1: cannot reopen %s (%s); still logging to the old file",
+                log_file,
+                exc.strerror or exc,
+            )
+            return
+        log.info("SIGUSR1: reopened %s", log_file)
+
+    # -- reloading -----------------------------------------------------------------------
+
+    def reload(self) -> ReloadResult:
+        """Re-read the configuration and switch to it, or change nothing if any step fails."""
+        if self.state is not State.RUNNING:
+            return ReloadResult(False, f"cannot reload while {self.state.value}", time.time(), 69)
+        systemd.notify(systemd.reloading_message())
+        log.info("reloading %s", self.config_path)
+        current = {name: server.listener for name, server in self.servers.items()}
+        try:
+            prepared = prepare(self.config_path, current, self.spare, fresh=True)
+        except SupervisorError as exc:
+            log.error("reload failed, still running the previous configuration: %s", exc)
+            self.last_reload = ReloadResult(False, str(exc), time.time(), exc.exit_status)
+        else:
+            changes = config.diff(self.config, prepared.config)
+            self._switch(prepared)
+            log.info("reloaded: %s", changes)
+            self.last_reload = ReloadResult(True, str(changes), time.time())
+        systemd.notify(f"READY=1\nSTATUS={self._summary()}")
+        return self.last_reload
+
+    def _switch(self, prepared: Prepared) -> None:
+        """Run the prepared configuration: one step, nothing in it can fail."""
+        old = self.servers
+        for server in old.values():
+            self._unlisten(server)
+        in_use = {id(listener) for listener in prepared.listeners.values()}
+        servers = {}
+        for name, server_config in prepared.config.servers.items():
+            handler, listener = prepared.handlers[name], prepared.listeners[name]
+            existing = old.get(name)
+            if existing is None:
+                servers[name] = Server(server_config, handler, listener)
+                continue
+            previous = existing.listener
+            existing.reconfigure(server_config, handler, listener)
+            if id(previous) not in in_use:
+                self._release(previous)
+            servers[name] = existing
+        for name, server in old.items():
+            if name not in servers:
+                self._retire(server, released=id(server.listener) not in in_use)
+        self.spare = [listener for listener in self.spare if id(listener) not in in_use]
+        self.servers, self.config = servers, prepared.config
+        logs.set_level(prepared.config.supervisor.log_level)
+        for name, server in servers.items():
+            self._refresh(server)
+            if name not in old or old[name].config.address != server.config.address:
+                self._log_listening(server)
+
+    def _unlisten(self, server: Server) -> None:
+        if server.listening:
+            self.loop.remove_reader(server.listener.socket)
+            server.listening = False
+
+    def _retire(self, server: Server, released: bool) -> None:
+        """A server the new configuration removes: stop accepting, let its requests finish."""
+        server.retired = True
+        if released:
+            self._release(server.listener)
+        if server.active:
+            self.draining.add(server)
+            log.info("%s: removed; %d requests still running", server.name, server.active)
+        else:
+            server.close_handler_socket()
+            log.info("%s: removed", server.name)
+
+    def _release(self, listener: Listener) -> None:
+        """A listener no server uses any more: close it, or keep it if systemd passed it in."""
+        if listener.inherited:
+            if not any(listener is spare for spare in self.spare):
+                self.spare.append(listener)
+        else:
+            listener.close()
+
+    # -- control ---------------------------------------------------------------------------
+
+    def _on_command(self, command: str) -> dict[str, Any]:
+        if command == "status":
+            return {"ok": True, **self.status()}
+        if command == "reload":
+            result = self.reload()
+            return {"ok": result.ok, "message": result.message, "exit_status": result.exit_status}
+        return {"ok": False, "error": f"unknown command {command!r}"}
+
+    def status(self) -> dict[str, Any]:
+        """The state a `supervisor status` shows: plain data, ready for JSON."""
+        last = self.last_reload
+        return {
+            "pid": os.getpid(),
+            "state": self.state.value,
+            "config": self.config_path,
+            "started": self.started,
+            "active": self.active,
+            "max_children": self.config.supervisor.max_children,
+            "last_reload": None
+            if last is None
+            else {"ok": last.ok, "message": last.message, "at": last.at},
+            "servers": [
+                {
+                    "name": server.name,
+                    "address": str(server.listener.bound),
+                    "mode": server.mode.value,
+                    "active": server.active,
+                    "max_children": server.config.max_children,
+                    "requests": server.requests,
+                    "errors": server.errors,
+                    "removed": server.retired,
+                }
+                for server in [*self.servers.values(), *self.draining]
+            ],
+            "children": [{"pid": child.pid, "server": child.owner.name} for child in self.children],
+        }
 
     # -- admission -------------------------------------------------------------------------
 
@@ -143,6 +337,7 @@ class Supervisor:
         """Put the server's socket in the selector, or take it out, as the invariant says."""
         wanted = (
             self.state is State.RUNNING
+            and not server.retired
             and server.has_capacity()
             and not server.backoff
             and not (server.mode is not Mode.INLINE and self._global_full())
@@ -150,9 +345,9 @@ class Supervisor:
         if wanted == server.listening:
             return
         if wanted:
-            self.loop.add_reader(server.socket, partial(self._on_readable, server))
+            self.loop.add_reader(server.listener.socket, partial(self._on_readable, server))
         else:
-            self.loop.remove_reader(server.socket)
+            self.loop.remove_reader(server.listener.socket)
         server.listening = wanted
         log.debug(
             "%s: %s (%d active)", server.name, "accepting" if wanted else "paused", server.active
@@ -168,6 +363,12 @@ class Supervisor:
                 self._refresh(each)
         else:
             self._refresh(server)
+        if not server.active:
+            server.close_old_sockets()
+            if server.retired:
+                self.draining.discard(server)
+                server.close_handler_socket()
+                log.info("%s: removed server drained", server.name)
         if self.state is State.STOPPING and not self.active:
             self._stopped()
 
@@ -205,8 +406,10 @@ class Supervisor:
         self.loop.call_later(ACCEPT_BACKOFF, resume)
 
     def _dispatch(self, server: Server, request: Request, client_address: Any) -> None:
+        server.requests += 1
         if server.mode is Mode.INLINE:
-            server.handle(request, client_address)
+            if not server.handle(request, client_address):
+                server.errors += 1
             return
         self._count(server, +1)
         if server.mode is Mode.THREAD:
@@ -216,11 +419,12 @@ class Supervisor:
 
     def _start_thread(self, server: Server, request: Request, client_address: Any) -> None:
         def run() -> None:
+            ok = False
             try:
-                server.handle(request, client_address)
+                ok = server.handle(request, client_address)
             finally:
                 self._thread_requests.discard(request)
-                self.loop.call_soon_threadsafe(partial(self._count, server, -1))
+                self.loop.call_soon_threadsafe(partial(self._thread_done, server, ok))
 
         if isinstance(request, socket.socket):
             self._thread_requests.add(request)
@@ -236,6 +440,11 @@ class Supervisor:
             )
             server.close_request(request)
             self._count(server, -1)
+
+    def _thread_done(self, server: Server, ok: bool) -> None:
+        if not ok:
+            server.errors += 1
+        self._count(server, -1)
 
     def _fork(self, server: Server, request: Request, client_address: Any) -> None:
         # Signals stay blocked across fork() until the child has reset its handlers, so a
@@ -277,9 +486,14 @@ class Supervisor:
             self._signals.restore_defaults()
         # A terminal's Ctrl-C reaches the whole process group: let the parent drain children.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        self.loop.close()
-        for other in self.servers.values():
+        self.loop.close()  # also closes the control socket's connections' registrations
+        if self._control is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._control.fileno())
+        for other in [*self.servers.values(), *self.draining]:
             other.close_in_child(keep_handler_socket=other is server)
+        for listener in self.spare:
+            listener.socket.close()
         for request in list(self._thread_requests):
             if isinstance(request, socket.socket):
                 # os.close: socket.close() waits for the handler thread's makefile() objects.
@@ -294,6 +508,8 @@ class Supervisor:
                 log.debug("reaped pid %d, not a child of ours: %s", reaped.pid, reaped.status)
                 continue
             self._log_exit(reaped.child, reaped)
+            if not reaped.status.ok and reaped.child.signalled is None:
+                reaped.child.owner.errors += 1
             self._count(reaped.child.owner, -1)
 
     def _log_exit(self, child: Child[Server], reaped: Reaped[Server]) -> None:
@@ -310,17 +526,19 @@ class Supervisor:
 
     # -- stopping --------------------------------------------------------------------------
 
-    def _stop(self, reason: str) -> None:
+    def _stop(self, reason: str, fast: bool = False) -> None:
         if self.state is State.STOPPING:
             if not self._terminating:  # once: repeating it must not postpone SIGKILL
                 log.info("%s again: terminating the remaining requests now", reason)
                 self._terminate()
             return
         self.state = State.STOPPING  # RUNNING -> STOPPING
-        for server in self.servers.values():
+        systemd.notify("STOPPING=1")
+        for server in [*self.servers.values(), *self.draining]:
             self._refresh(server)
-            server.server_close()
-        timeout = self.config.supervisor.shutdown_timeout
+            server.close_handler_socket()
+            self._release(server.listener)
+        timeout = 0.0 if fast else self.config.supervisor.shutdown_timeout
         log.info(
             "%s: stopping; %d requests in progress, waiting up to %gs for them",
             reason,
@@ -329,8 +547,10 @@ class Supervisor:
         )
         if not self.active:
             self._stopped()
-            return
-        self._stop_timer = self.loop.call_later(timeout, self._terminate)
+        elif fast:
+            self._terminate()
+        else:
+            self._stop_timer = self.loop.call_later(timeout, self._terminate)
 
     def _terminate(self) -> None:
         self._terminating = True

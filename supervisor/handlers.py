@@ -2,12 +2,21 @@
 
 A handler is any `socketserver.BaseRequestHandler` subclass, written exactly as for the standard
 library. Every failure becomes one ConfigError line naming `servers.NAME.handler` and the cause.
+
+On a reload (`fresh=True`), a handler module whose source file changed on disk since we imported
+it is imported again as a new module object: new requests get the new classes, while requests
+already running keep the old ones. Each module remembers the file it was loaded from in
+`__supervisor_stamp__`; a failed fresh import leaves the old module in place.
 """
 
+import contextlib
 import importlib
+import importlib.util
+import os
 import socketserver
 import sys
 from collections.abc import Iterable
+from types import ModuleType
 
 from supervisor.config import Config, ServerConfig
 from supervisor.errors import ConfigError
@@ -22,12 +31,19 @@ def extend_path(entries: Iterable[str]) -> None:
             sys.path.insert(0, entry)
 
 
-def import_all(config: Config) -> dict[str, HandlerClass]:
-    """Import every server's handler class; raise ConfigError on the first that fails."""
+def import_all(config: Config, fresh: bool = False) -> dict[str, HandlerClass]:
+    """Import every server's handler class; raise ConfigError on the first that fails.
+
+    With `fresh`, modules changed on disk since they were imported are imported again."""
     extend_path(config.supervisor.path)
     classes = {}
+    refreshed: set[str] = set()
     for name, server in config.servers.items():
         try:
+            module_name = server.handler.partition(":")[0]
+            if fresh and module_name not in refreshed:
+                refresh_if_changed(module_name)
+                refreshed.add(module_name)
             classes[name] = import_handler(server.handler)
             check_fits(classes[name], server)
         except (ValueError, TypeError) as exc:
@@ -35,11 +51,48 @@ def import_all(config: Config) -> dict[str, HandlerClass]:
     return classes
 
 
+def _stamp(module: ModuleType) -> tuple[int, int] | None:
+    path = getattr(module, "__file__", None)
+    try:
+        info = os.stat(path) if path else None
+    except OSError:
+        return None
+    return None if info is None else (info.st_mtime_ns, info.st_size)
+
+
+def refresh_if_changed(module_name: str) -> None:
+    """Import `module_name` afresh if its file changed since we imported it."""
+    old = sys.modules.get(module_name)
+    if old is None or getattr(old, "__supervisor_stamp__", None) in (None, _stamp(old)):
+        return
+    del sys.modules[module_name]
+    path = getattr(old, "__file__", None)
+    if path and path.endswith(".py"):
+        # The bytecode cache keys on the mtime in whole seconds and the size: an edit within
+        # the same second that keeps the size would load the old code.
+        with contextlib.suppress(OSError):
+            os.unlink(importlib.util.cache_from_source(path))
+    importlib.invalidate_caches()
+    try:
+        importlib.import_module(module_name)
+    except (Exception, SystemExit) as exc:
+        sys.modules[module_name] = old
+        raise _import_error(module_name, exc) from exc
+
+
+def _import_error(module_name: str, exc: BaseException) -> ValueError:
+    reason = " ".join(str(exc).split())
+    return ValueError(f"cannot import {module_name!r} ({type(exc).__name__}: {reason})")
+
+
 def import_handler(spec: str) -> HandlerClass:
     """Import `module:Class`; raise ValueError or TypeError with a one-line reason."""
     module_name, _, attribute = spec.partition(":")
     try:
-        found: object = importlib.import_module(module_name)
+        module = importlib.import_module(module_name)
+        if not hasattr(module, "__supervisor_stamp__"):
+            module.__supervisor_stamp__ = _stamp(module)  # type: ignore[attr-defined]
+        found: object = module
     except (Exception, SystemExit) as exc:
         reason = " ".join(str(exc).split())
         raise ValueError(f"cannot import {module_name!r} ({type(exc).__name__}: {reason})") from exc

@@ -31,23 +31,51 @@ class Server:
     """A server hosted by the supervisor, shaped like a socketserver server."""
 
     def __init__(self, config: ServerConfig, handler: HandlerClass, listener: Listener) -> None:
-        self.config = config
         self.name = config.name
+        self.config = config
         self.RequestHandlerClass = handler
-        self.listener = listener
-        stream = config.address.is_stream
-        self.socket = listener.socket if stream else listener.socket.dup()
-        self.address_family = listener.socket.family
-        self.socket_type = listener.socket.type
-        self.server_address: Any = listener.socket.getsockname()
-        self.timeout: float | None = None
         self.max_packet_size = config.max_packet_size
-        if not config.address.is_unix:
-            self.server_name = listener.bound.host
-            self.server_port = listener.bound.port
+        self.timeout: float | None = None
         self.active = 0  # live children (fork) or busy threads (thread)
         self.listening = False  # registered in the selector
         self.backoff = False  # accept() hit a resource limit; wait before trying again
+        self.retired = False  # removed by a reload: draining its last requests
+        self.requests = 0  # connections accepted or datagrams received
+        self.errors = 0  # requests whose handler failed (or whose child died)
+        self._old_sockets: list[socket.socket] = []  # handler sockets of replaced listeners
+        self.listener = listener
+        self.socket = self._attach(listener)
+
+    def _attach(self, listener: Listener) -> socket.socket:
+        """Take `listener`; return the socket handlers see (a blocking dup for datagrams)."""
+        self.listener = listener
+        self.address_family = listener.socket.family
+        self.socket_type = listener.socket.type
+        self.server_address: Any = listener.socket.getsockname()
+        if not listener.address.is_unix:
+            self.server_name = listener.bound.host
+            self.server_port = listener.bound.port
+        return listener.socket if listener.address.is_stream else listener.socket.dup()
+
+    def reconfigure(self, config: ServerConfig, handler: HandlerClass, listener: Listener) -> None:
+        """Apply a new configuration; requests already running keep what they have."""
+        self.config = config
+        self.RequestHandlerClass = handler
+        self.max_packet_size = config.max_packet_size
+        if listener is self.listener:
+            if config.address.is_stream:
+                listener.socket.listen(config.backlog)  # the backlog may have changed
+            return
+        if self.socket is not self.listener.socket:
+            self._old_sockets.append(self.socket)  # a thread may still be answering on it
+        self.socket = self._attach(listener)
+
+    def close_old_sockets(self) -> None:
+        """Close the handler sockets of replaced listeners, once no request can use them."""
+        if not self.active:
+            for old in self._old_sockets:
+                old.close()
+            self._old_sockets.clear()
 
     def __repr__(self) -> str:
         return f"<Server {self.name} {self.listener.bound}>"
@@ -113,9 +141,16 @@ class Server:
 
     def server_close(self) -> None:
         """Close the sockets and remove the unix socket file (in the parent)."""
+        self.close_handler_socket()
+        self.listener.close()
+
+    def close_handler_socket(self) -> None:
+        """Close the datagram handlers' duplicate of the listening socket, and older ones."""
         if self.socket is not self.listener.socket:
             self.socket.close()
-        self.listener.close()
+        for old in self._old_sockets:
+            old.close()
+        self._old_sockets.clear()
 
     def close_in_child(self, keep_handler_socket: bool) -> None:
         """In a forked child: close the inherited sockets, and never remove the parent's file."""

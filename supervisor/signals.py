@@ -19,14 +19,22 @@ class Intent(enum.Enum):
     """What a signal asks the supervisor to do."""
 
     STOP = "stop"
+    FAST_STOP = "fast stop"
+    RELOAD = "reload"
+    REOPEN_LOGS = "reopen logs"
     REAP = "reap"
 
 
 INTENTS: dict[int, Intent] = {
     signal.SIGTERM: Intent.STOP,
     signal.SIGINT: Intent.STOP,
+    signal.SIGQUIT: Intent.FAST_STOP,
+    signal.SIGHUP: Intent.RELOAD,
+    signal.SIGUSR1: Intent.REOPEN_LOGS,
     signal.SIGCHLD: Intent.REAP,
 }
+# One of these does the work of any number that arrived together.
+_COALESCED = frozenset({Intent.REAP, Intent.RELOAD, Intent.REOPEN_LOGS})
 
 
 def _ignore(signum: int, frame: FrameType | None) -> None:
@@ -52,22 +60,21 @@ class SignalWakeup:
         with contextlib.suppress(BlockingIOError):
             while chunk := self._reader.recv(4096):
                 received += chunk
-        reaped = False
+        done: set[Intent] = set()
         for signum in received:  # in order of arrival; a repeated stop signal counts again
             intent = INTENTS.get(signum)
-            if intent is Intent.REAP:
-                if reaped:
-                    continue  # one reap collects every exited child
-                reaped = True
-            if intent is not None:
-                self._on_intent(intent, signum)
+            if intent is None or intent in done:
+                continue
+            if intent in _COALESCED:
+                done.add(intent)
+            self._on_intent(intent, signum)
 
     def close(self) -> None:
-        """Stop waking the loop. Stop signals are ignored from here on: the process is on its way
+        """Stop waking the loop. Our signals are ignored from here on: the process is on its way
         out, and Python would otherwise restore their default action (death) while it exits."""
         signal.set_wakeup_fd(-1)
         for signum, intent in INTENTS.items():
-            if intent is Intent.STOP:
+            if intent is not Intent.REAP:
                 signal.signal(signum, signal.SIG_IGN)
         self._reader.close()
         self._writer.close()

@@ -24,6 +24,8 @@ class Listener:
     socket: socket.socket
     bound: Address
     created_file: tuple[int, int] | None = None  # (st_dev, st_ino) of the unix socket file
+    inherited: bool = False  # passed in by systemd: kept open for the whole life of the process
+    fd_name: str = ""  # systemd's FileDescriptorName= for an inherited socket
 
     def close(self) -> None:
         """Close the socket and remove the unix socket file if it is still ours."""

@@ -288,7 +288,7 @@ def test_config_file_that_is_not_utf8(tmp_path: Path) -> None:
         (
             ("frobnicate",),
             "supervisor: argument COMMAND: invalid choice: 'frobnicate' "
-            "(choose from 'run', 'check') (see --help)",
+            "(choose from 'run', 'check', 'reload', 'stop', 'status') (see --help)",
         ),
         (("check", "--bogus"), "supervisor: unrecognized arguments: --bogus (see --help)"),
         (("run", "extra"), "supervisor: unrecognized arguments: extra (see --help)"),

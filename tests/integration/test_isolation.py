@@ -9,10 +9,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from supervisor import config, handlers
 from supervisor.children import SystemCalls
-from supervisor.cli import bind_all
 from supervisor.core import State, Supervisor
+from supervisor.reload import prepare
 from tests.conftest import StartSupervisor, connect, exchange, readline
 
 
@@ -117,14 +116,11 @@ def failing_fork_supervisor(tmp_path: os.PathLike[str]) -> Iterator[Supervisor]:
             '[servers.echo]\naddress = "tcp://127.0.0.1:0"\n'
             'handler = "tests.handlers:LineEchoHandler"\n'
         )
-    loaded = config.load(path)
 
     def no_fork() -> int:
         raise OSError(errno.EAGAIN, os.strerror(errno.EAGAIN))
 
-    supervisor = Supervisor(
-        loaded, handlers.import_all(loaded), bind_all(loaded), SystemCalls(fork=no_fork)
-    )
+    supervisor = Supervisor(prepare(path), calls=SystemCalls(fork=no_fork))
     supervisor.state = State.RUNNING
     for server in supervisor.servers.values():
         supervisor._refresh(server)

@@ -1,0 +1,165 @@
+"""The control commands: `supervisor reload`, `stop` and `status`, run against a live instance.
+
+The instance is found through its pidfile (from the configuration, or `--pidfile`): it is live
+when its lock is held and its process exists (see pidfile.py). `stop` uses signals; `reload` and
+`status` ask the control socket next to the pidfile, which answers only root and the
+supervisor's own user.
+"""
+
+import os
+import signal
+import sys
+import time
+import tomllib
+from typing import Any
+
+import psutil
+
+from supervisor import config, control, pidfile
+from supervisor.errors import ConfigError, SupervisorError, UsageError
+
+DEFAULT_STOP_TIMEOUT = 60.0
+
+
+class NotRunning(SupervisorError):
+    """No live supervisor owns the pidfile."""
+
+    exit_status = os.EX_UNAVAILABLE
+
+
+class StillRunning(SupervisorError):
+    """`stop` gave up waiting."""
+
+    exit_status = os.EX_TEMPFAIL
+
+
+def find_pidfile(config_path: str, given: str | None) -> str:
+    """The pidfile to use: `--pidfile`, or the configuration's, even from a broken file."""
+    if given is not None:
+        return given
+    try:
+        path = config.load(config_path).supervisor.pidfile
+    except ConfigError as error:
+        path = _pidfile_of_broken(config_path, error)
+    if path is None:
+        raise UsageError(
+            f"{config_path}: no [supervisor] pidfile is configured: pass --pidfile PATH"
+        )
+    return path
+
+
+def _pidfile_of_broken(config_path: str, error: ConfigError) -> str | None:
+    """`supervisor reload` must still find the instance when the new file is rejected."""
+    try:
+        with open(config_path, "rb") as file:
+            value = tomllib.load(file).get("supervisor", {}).get("pidfile")
+    except (OSError, ValueError, AttributeError):
+        raise error from None
+    if not isinstance(value, str) or not value:
+        raise error
+    return os.path.join(os.path.dirname(os.path.abspath(config_path)), value)
+
+
+def running(pid_path: str) -> int:
+    pid = pidfile.running_pid(pid_path)
+    if pid is None:
+        raise NotRunning(f"{pid_path}: supervisor is not running")
+    return pid
+
+
+def ask(pid_path: str, command: str) -> dict[str, Any]:
+    running(pid_path)
+    path = config.control_socket_for(pid_path)
+    try:
+        return control.request(path, command)
+    except (OSError, ValueError, TypeError) as exc:
+        raise NotRunning(f"{path}: cannot reach the control socket ({exc})") from exc
+
+
+def reload(pid_path: str) -> int:
+    answer = ask(pid_path, "reload")
+    if answer.get("ok"):
+        print(f"reloaded: {answer.get('message')}")
+        return 0
+    print(f"reload rejected: {answer.get('message') or answer.get('error')}", file=sys.stderr)
+    status = answer.get("exit_status")
+    return status if isinstance(status, int) and status > 0 else 1
+
+
+def stop(pid_path: str, fast: bool, timeout: float) -> int:
+    pid = running(pid_path)
+    os.kill(pid, signal.SIGQUIT if fast else signal.SIGTERM)
+    try:
+        psutil.Process(pid).wait(timeout)
+    except psutil.NoSuchProcess:
+        pass
+    except psutil.TimeoutExpired as exc:
+        raise StillRunning(f"supervisor (pid {pid}) is still running after {timeout:g}s") from exc
+    print(f"stopped supervisor (pid {pid})")
+    return 0
+
+
+def status(pid_path: str) -> int:
+    print(render(ask(pid_path, "status")))
+    return 0
+
+
+def render(state: dict[str, Any]) -> str:
+    """The status answer as a table per server and a process tree."""
+    now = time.time()
+    lines = [
+        f"supervisor: {state['state']}, pid {state['pid']}, up {_age(now - state['started'])}, "
+        f"config {state['config']}",
+        f"last reload: {_last_reload(state.get('last_reload'))}",
+        "",
+    ]
+    rows = [("SERVER", "ADDRESS", "MODE", "CHILDREN", "REQUESTS", "ERRORS")]
+    for server in state["servers"]:
+        name = server["name"] + (" (removed)" if server["removed"] else "")
+        children = f"{server['active']}/{server['max_children']}"
+        if server["mode"] == "inline":
+            children = "-"
+        rows.append(
+            (
+                name,
+                server["address"],
+                server["mode"],
+                children,
+                str(server["requests"]),
+                str(server["errors"]),
+            )
+        )
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    lines += [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
+    lines += ["", *_process_tree(state, now)]
+    return "\n".join(lines)
+
+
+def _last_reload(last: dict[str, Any] | None) -> str:
+    if last is None:
+        return "none"
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last["at"]))
+    return f"{'ok' if last['ok'] else 'FAILED'} at {when}: {last['message']}"
+
+
+def _process_tree(state: dict[str, Any], now: float) -> list[str]:
+    lines = [f"{state['pid']}  supervisor  up {_age(now - state['started'])}"]
+    for child in state["children"]:
+        try:
+            age = _age(now - psutil.Process(child["pid"]).create_time())
+        except psutil.Error:
+            age = "exited"
+        lines.append(f"  {child['pid']}  {child['server']}  up {age}")
+    return lines
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"

@@ -1,0 +1,131 @@
+"""The control socket: how `supervisor reload` and `supervisor status` talk to a running process.
+
+A unix stream socket next to the pidfile (`supervisor.pid` -> `supervisor.sock`), mode 0600,
+served from the loop without blocking it. Every peer is checked with SO_PEERCRED: only root and
+the supervisor's own user are answered. One request per connection: a JSON object on one line,
+`{"command": "status"}`, answered with one JSON line. A request is bounded in size and time.
+"""
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import struct
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from supervisor.loop import Loop, Timer
+
+log = logging.getLogger("supervisor")
+
+MAX_REQUEST = 4096  # bytes
+REQUEST_TIMEOUT = 5.0  # seconds for a peer to send its request
+SEND_TIMEOUT = 5.0  # seconds for a peer to take the answer
+
+Handler = Callable[[str], dict[str, Any]]
+
+
+class ControlServer:
+    """Answers control requests on a unix socket, from the loop."""
+
+    def __init__(self, loop: Loop, path: str, handler: Handler) -> None:
+        self.path = path
+        self._loop = loop
+        self._handler = handler
+        self._pending: dict[socket.socket, tuple[bytearray, Timer]] = {}
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # the pidfile lock says no other supervisor owns it
+        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o177)
+        try:
+            self._socket.bind(path)
+        finally:
+            os.umask(old_umask)
+        self._socket.listen(16)
+        self._socket.setblocking(False)
+        loop.add_reader(self._socket, self._accept)
+
+    def close(self) -> None:
+        for conn in list(self._pending):
+            self._drop(conn)
+        self._loop.remove_reader(self._socket)
+        self._socket.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+    def fileno(self) -> int:
+        return self._socket.fileno()
+
+    def _accept(self) -> None:
+        try:
+            conn, _ = self._socket.accept()
+        except (BlockingIOError, ConnectionAbortedError):
+            return
+        uid = peer_uid(conn)
+        if uid not in (0, os.geteuid()):
+            log.warning("control: refused a request from uid %d", uid)
+            conn.close()
+            return
+        conn.setblocking(False)
+        timer = self._loop.call_later(REQUEST_TIMEOUT, partial(self._drop, conn))
+        self._pending[conn] = (bytearray(), timer)
+        self._loop.add_reader(conn, partial(self._read, conn))
+
+    def _read(self, conn: socket.socket) -> None:
+        buffer, _ = self._pending[conn]
+        try:
+            chunk = conn.recv(MAX_REQUEST)
+        except BlockingIOError:
+            return
+        except OSError:
+            self._drop(conn)
+            return
+        buffer += chunk
+        if chunk and b"\n" not in buffer and len(buffer) < MAX_REQUEST:
+            return
+        line = bytes(buffer).partition(b"\n")[0]
+        self._drop(conn, answer=self._answer(line))
+
+    def _answer(self, line: bytes) -> dict[str, Any]:
+        try:
+            command = json.loads(line)["command"]
+        except (ValueError, KeyError, TypeError):
+            command = None
+        if not isinstance(command, str):
+            return {"ok": False, "error": 'bad request: expected {"command": NAME}'}
+        return self._handler(command)
+
+    def _drop(self, conn: socket.socket, answer: dict[str, Any] | None = None) -> None:
+        _, timer = self._pending.pop(conn)
+        timer.cancel()
+        self._loop.remove_reader(conn)
+        if answer is not None:
+            with contextlib.suppress(OSError):
+                conn.settimeout(SEND_TIMEOUT)  # the peer is root or ourselves: a short wait
+                conn.sendall(json.dumps(answer).encode() + b"\n")
+        conn.close()
+
+
+def peer_uid(conn: socket.socket) -> int:
+    """The user id of the process at the other end of a unix socket."""
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return int(uid)
+
+
+def request(path: str, command: str, timeout: float = 60.0) -> dict[str, Any]:
+    """Send one command to the control socket at `path`; raise OSError, ValueError or TypeError."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(path)
+        sock.sendall(json.dumps({"command": command}).encode() + b"\n")
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    answer = json.loads(b"".join(chunks))
+    if not isinstance(answer, dict):
+        raise TypeError("the control socket answered something other than an object")
+    return answer

@@ -1,0 +1,41 @@
+"""Logging: one event per line on stderr, which is the log file when one is configured.
+
+With `log_file`, the file is opened in append mode and put in place of file descriptors 1 and 2,
+so the supervisor's own lines, handler output and anything a child prints all land in it.
+`reopen()` does that again for logrotate (SIGUSR1): the rotated file is closed, a new one opened.
+"""
+
+import logging
+import os
+import sys
+
+LOG_FORMAT = "%(asctime)s %(levelname)s supervisor[%(process)d]: %(message)s"
+
+
+def setup(level: str, log_file: str | None = None) -> None:
+    """Log at `level` to stderr, after pointing stdout and stderr at `log_file` if given."""
+    if log_file is not None:
+        reopen(log_file)
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        root.addHandler(handler)
+    set_level(level)
+
+
+def set_level(level: str) -> None:
+    logging.getLogger().setLevel(level.upper())
+
+
+def reopen(log_file: str) -> None:
+    """Open `log_file` (append, created 0640) and make it stdout and stderr; raises OSError."""
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os.makedirs(os.path.dirname(log_file) or ".", exist_ok=True)
+    fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    try:
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+    finally:
+        os.close(fd)

@@ -1,0 +1,91 @@
+"""Preparing a configuration to run: every step that can fail, done before anything changes.
+
+`prepare()` loads and validates the file, imports the handlers (afresh on a reload) and finds a
+listening socket for every server: the very socket it already has when its address did not
+change, an inherited one (systemd socket activation) whose name or address matches, or one bound
+now. If any step fails, the sockets bound here are closed again and the error is raised, so the
+running configuration is untouched. Start-up is the same with nothing to reuse.
+"""
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from supervisor import addresses, config, handlers
+from supervisor.config import Config, ServerConfig
+from supervisor.errors import BindError
+from supervisor.handlers import HandlerClass
+from supervisor.sockets import Listener, bind
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A validated configuration with its handler classes and a listener for every server."""
+
+    config: Config
+    handlers: Mapping[str, HandlerClass]
+    listeners: Mapping[str, Listener]
+
+
+def prepare(
+    source: str | Config,
+    current: Mapping[str, Listener] | None = None,
+    spare: Iterable[Listener] = (),
+    fresh: bool = False,
+) -> Prepared:
+    """Everything a (re)start needs; raises ConfigError or BindError and then changes nothing.
+
+    `source` is the configuration file (or one already loaded); `current` maps the running
+    servers' names to their listeners; `spare` are inherited sockets no server uses now."""
+    loaded = config.load(source) if isinstance(source, str) else source
+    classes = handlers.import_all(loaded, fresh=fresh)
+    return Prepared(loaded, classes, _listeners(loaded, current or {}, list(spare)))
+
+
+def _listeners(
+    loaded: Config, current: Mapping[str, Listener], spare: list[Listener]
+) -> dict[str, Listener]:
+    found: dict[str, Listener] = {}
+    bound: list[Listener] = []
+    for name, server in loaded.servers.items():
+        taken = [*found.values()]
+        listener = _reusable(name, server, current, spare, taken)
+        if listener is None:
+            try:
+                listener = bind(server.address, server.backlog)
+            except OSError as exc:
+                for new in bound:
+                    new.close()
+                reason = exc.strerror or str(exc)
+                raise BindError(
+                    f"{loaded.source}: servers.{name}: cannot bind {server.address} ({reason})"
+                ) from exc
+            bound.append(listener)
+        found[name] = listener
+    return found
+
+
+def _reusable(
+    name: str,
+    server: ServerConfig,
+    current: Mapping[str, Listener],
+    spare: list[Listener],
+    taken: list[Listener],
+) -> Listener | None:
+    """The listener this server keeps: its own, another one bound to its address (a server's
+    or an inherited one), or the only inherited one named after it (FileDescriptorName=)."""
+    own = current.get(name)
+    if own is not None and own.address == server.address:
+        return own
+    free = [
+        listener
+        for listener in [*current.values(), *spare]
+        if not any(listener is other for other in taken)
+        and listener.address.socket_type == server.address.socket_type
+    ]
+    ephemeral = not server.address.is_unix and server.address.port == 0
+    if not ephemeral:
+        for listener in free:
+            if addresses.same(listener.bound, server.address):
+                return listener
+    named = [listener for listener in free if listener.inherited and listener.fd_name == name]
+    return named[0] if len(named) == 1 else None
