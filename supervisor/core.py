@@ -241,13 +241,17 @@ class Supervisor:
             self._unlisten(server)
         in_use = {id(listener) for listener in prepared.listeners.values()}
         servers = {}
+        moved: list[str] = []  # new servers, and servers on a new socket
         for name, server_config in prepared.config.servers.items():
             handler, listener = prepared.handlers[name], prepared.listeners[name]
             existing = old.get(name)
             if existing is None:
                 servers[name] = Server(server_config, handler, listener)
+                moved.append(name)
                 continue
             previous = existing.listener
+            if previous is not listener:
+                moved.append(name)
             existing.reconfigure(server_config, handler, listener)
             if id(previous) not in in_use:
                 self._release(previous)
@@ -258,10 +262,10 @@ class Supervisor:
         self.spare = [listener for listener in self.spare if id(listener) not in in_use]
         self.servers, self.config = servers, prepared.config
         logs.set_level(prepared.config.supervisor.log_level)
-        for name, server in servers.items():
+        for server in servers.values():
             self._refresh(server)
-            if name not in old or old[name].config.address != server.config.address:
-                self._log_listening(server)
+        for name in moved:
+            self._log_listening(servers[name])
 
     def _unlisten(self, server: Server) -> None:
         if server.listening:

@@ -27,6 +27,7 @@ log = logging.getLogger("supervisor")
 
 def run(path: str, detach: bool = False) -> int:
     """Start the supervisor on the configuration at `path` and serve until it stops."""
+    config_path = os.path.abspath(path)  # reloads read it after --daemon has changed directory
     loaded = config.load(path)
     settings = loaded.supervisor
     logs.setup(settings.log_level)
@@ -48,7 +49,7 @@ def run(path: str, detach: bool = False) -> int:
     with context:
         if settings.log_file is not None:
             logs.reopen(settings.log_file)
-        supervisor = Supervisor(prepared, os.path.abspath(path), spare)
+        supervisor = Supervisor(prepared, config_path, spare)
         return supervisor.run()
 
 
