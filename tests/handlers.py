@@ -134,3 +134,17 @@ class CloseServerHandler(socketserver.StreamRequestHandler):
     def handle(self) -> None:
         self.server.server_close()
         self.wfile.write(b"closed\n")
+
+
+class GreetingHandler(socketserver.StreamRequestHandler):
+    """Answer each line with a greeting, so tests can tell handler classes apart."""
+
+    greeting = b"hello"
+
+    def handle(self) -> None:
+        for line in self.rfile:
+            self.wfile.write(self.greeting + b" " + line)
+
+
+class OtherGreetingHandler(GreetingHandler):
+    greeting = b"howdy"

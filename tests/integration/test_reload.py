@@ -1,0 +1,330 @@
+"""Reload on SIGHUP: atomic, and without losing a connection on the servers it does not change."""
+
+import os
+import signal
+import socket
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import StartSupervisor, Supervisor, connect, exchange, readline
+
+
+def write(path: Path, toml: str) -> None:
+    """Replace the file atomically, as an editor or a configuration manager does."""
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(textwrap.dedent(toml))
+    os.replace(temporary, path)
+
+
+def reload(supervisor: Supervisor, toml: str, outcome: str = "reloaded: ") -> str:
+    """Write the file, send SIGHUP, and return the log line that reports the outcome."""
+    start = len(supervisor.lines)
+    write(supervisor.config, toml)
+    supervisor.signal(signal.SIGHUP)
+    pattern = r"(reloaded: .*|reload failed, .*)"
+    line = supervisor.wait_for_log(pattern, start=start).group(0)
+    assert line.startswith(outcome), line
+    return line
+
+
+STABLE = """
+    [servers.stable]
+    address = "tcp://127.0.0.1:0"
+    handler = "tests.handlers:LineEchoHandler"
+
+    [servers.stable-unix]
+    address = "unix://{sockdir}/stable.sock"
+    handler = "tests.handlers:LineEchoHandler"
+    mode = "thread"
+"""
+
+
+class Clients:
+    """Threads that keep making requests to some servers, counting every failure."""
+
+    def __init__(self, addresses: list[tuple[str, int] | str], per_address: int = 2) -> None:
+        self.done = threading.Event()
+        self.requests = 0
+        self.failures: list[str] = []
+        self._lock = threading.Lock()
+        self._threads = [
+            threading.Thread(target=self._run, args=(address,), daemon=True)
+            for address in addresses
+            for _ in range(per_address)
+        ]
+
+    def _run(self, address: tuple[str, int] | str) -> None:
+        while not self.done.is_set():
+            try:
+                reply = exchange(address, b"ping\n", timeout=10)
+                ok = reply.endswith(b" ping\n")
+                error = "" if ok else f"bad reply {reply!r}"
+            except OSError as exc:
+                error = f"{address}: {exc!r}"
+            with self._lock:
+                self.requests += 1
+                if error:
+                    self.failures.append(error)
+
+    def __enter__(self) -> "Clients":
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        for thread in self._threads:
+            thread.join(30)
+
+
+@pytest.fixture
+def stable(start_supervisor: StartSupervisor, sockdir: Path) -> Supervisor:
+    return start_supervisor(STABLE.format(sockdir=sockdir))
+
+
+def test_many_reloads_under_load_lose_no_connection(stable: Supervisor, sockdir: Path) -> None:
+    base = STABLE.format(sockdir=sockdir)
+    variants = [
+        base
+        + """
+        [servers.flip]
+        address = "tcp://127.0.0.1:0"
+        handler = "tests.handlers:GreetingHandler"
+        """,
+        base
+        + f"""
+        [servers.flip]
+        address = "unix://{sockdir}/flip.sock"
+        handler = "tests.handlers:OtherGreetingHandler"
+        mode = "thread"
+        max_children = 3
+        """,
+        base + "\n[servers.broken\n",  # a TOML syntax error: rejected, nothing changes
+    ]
+    addresses: list[tuple[str, int] | str] = [
+        stable.inet("stable"),
+        stable.unix_path("stable-unix"),
+    ]
+    with Clients(addresses) as clients:
+        for number in range(24):
+            variant = variants[number % 3]
+            reload(stable, variant, "reload failed" if number % 3 == 2 else "reloaded: ")
+    assert clients.failures == []
+    print(f"{clients.requests} requests during 24 reloads, none failed")
+    assert clients.requests > 48  # the clients really ran during the reloads
+    assert stable.process.poll() is None
+
+
+def test_a_burst_of_hups_ends_in_the_state_of_the_last_file(
+    stable: Supervisor, sockdir: Path
+) -> None:
+    base = STABLE.format(sockdir=sockdir)
+    for number in range(10):
+        write(
+            stable.config,
+            base
+            + f"""
+            [servers.v{number}]
+            address = "unix://{sockdir}/v{number}.sock"
+            handler = "tests.handlers:LineEchoHandler"
+            """,
+        )
+        stable.signal(signal.SIGHUP)
+    write(
+        stable.config,
+        base
+        + f"""
+        [servers.final]
+        address = "unix://{sockdir}/final.sock"
+        handler = "tests.handlers:GreetingHandler"
+        """,
+    )
+    stable.signal(signal.SIGHUP)
+    stable.wait_for_log(r"final: listening on")
+    # Every HUP has been handled once `final` listens: the intermediate servers are gone.
+    assert exchange(str(sockdir / "final.sock"), b"hi\n") == b"hello hi\n"
+    assert sorted(path.name for path in sockdir.glob("*.sock")) == ["final.sock", "stable.sock"]
+
+
+def test_one_reload_adds_removes_moves_and_changes_servers(
+    start_supervisor: StartSupervisor, sockdir: Path
+) -> None:
+    supervisor = start_supervisor(
+        f"""
+        [servers.keeper]
+        address = "tcp://127.0.0.1:0"
+        handler = "tests.handlers:PidHandler"
+        max_children = 1
+
+        [servers.gone]
+        address = "unix://{sockdir}/gone.sock"
+        handler = "tests.handlers:PidHandler"
+
+        [servers.mover]
+        address = "unix://{sockdir}/mover-a.sock"
+        handler = "tests.handlers:GreetingHandler"
+
+        [servers.changer]
+        address = "tcp://127.0.0.1:0"
+        handler = "tests.handlers:PidHandler"
+        max_children = 3
+        """
+    )
+    keeper, changer = supervisor.inet("keeper"), supervisor.inet("changer")
+    keeper_held, queued = connect(keeper), connect(keeper)
+    gone_held = connect(str(sockdir / "gone.sock"))
+    changer_held = [connect(changer) for _ in range(3)]
+    try:
+        for sock in [keeper_held, gone_held, *changer_held]:
+            assert int(readline(sock)) > 0  # all running; `queued` waits in keeper's queue
+        line = reload(
+            supervisor,
+            f"""
+            [servers.keeper]
+            address = "tcp://127.0.0.1:0"
+            handler = "tests.handlers:PidHandler"
+            max_children = 1
+
+            [servers.mover]
+            address = "unix://{sockdir}/mover-b.sock"
+            handler = "tests.handlers:GreetingHandler"
+
+            [servers.changer]
+            address = "tcp://{changer[0]}:{changer[1]}"
+            handler = "tests.handlers:GreetingHandler"
+            mode = "thread"
+            max_children = 1
+
+            [servers.newbie]
+            address = "unix://{sockdir}/newbie.sock"
+            handler = "tests.handlers:OtherGreetingHandler"
+            """,
+        )
+        assert line == "reloaded: added newbie; removed gone; changed mover, changer"
+        # added
+        assert exchange(str(sockdir / "newbie.sock"), b"hi\n") == b"howdy hi\n"
+        # moved: the old path is gone, the new one answers
+        assert exchange(str(sockdir / "mover-b.sock"), b"hi\n") == b"hello hi\n"
+        assert not (sockdir / "mover-a.sock").exists()
+        # removed: no longer accepting, its file removed, its running request finishes
+        assert not (sockdir / "gone.sock").exists()
+        gone_held.sendall(b"done\n")
+        assert readline(gone_held) == b"bye\n"
+        supervisor.wait_for_log(r"gone: removed server drained")
+        # changed: running requests (3, over the new limit of 1) are not killed and finish
+        # with the old handler; the new handler serves once the count is below the limit.
+        for sock in changer_held:
+            sock.sendall(b"done\n")
+            assert readline(sock) == b"bye\n"
+        assert exchange(changer, b"hi\n") == b"hello hi\n"
+        # unchanged: the very same socket, so the queued connection was not lost
+        keeper_held.sendall(b"done\n")
+        assert readline(keeper_held) == b"bye\n"
+        assert int(readline(queued)) > 0
+        queued.sendall(b"done\n")
+        assert readline(queued) == b"bye\n"
+    finally:
+        for sock in [keeper_held, queued, gone_held, *changer_held]:
+            sock.close()
+
+
+def test_a_handler_module_edited_on_disk_is_imported_again(
+    start_supervisor: StartSupervisor, tmp_path: Path
+) -> None:
+    module = tmp_path / "handlers_dir" / "versioned.py"
+    module.parent.mkdir()
+    source = textwrap.dedent(
+        """
+        import socketserver
+
+        VERSION = b"one"
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self):
+                self.wfile.write(b"ready\\n")
+                self.wfile.flush()
+                self.rfile.readline()
+                self.wfile.write(VERSION + b"\\n")
+        """
+    )
+    module.write_text(source)
+    toml = """
+        [supervisor]
+        path = ["handlers_dir"]
+
+        [servers.versioned]
+        address = "tcp://127.0.0.1:0"
+        handler = "versioned:Handler"
+        mode = "thread"
+    """
+    supervisor = start_supervisor(toml)
+    address = supervisor.inet("versioned")
+    with connect(address) as running:
+        assert readline(running) == b"ready\n"
+        module.write_text(source.replace('b"one"', 'b"two"'))  # same size, same second
+        reload(supervisor, toml)
+        assert exchange(address, b"go\n") == b"ready\ntwo\n"
+        running.sendall(b"go\n")
+        assert readline(running) == b"one\n"  # the request already running kept the old code
+    module.write_text(source.replace("VERSION = ", "VERSION = ("))  # a syntax error
+    line = reload(supervisor, toml, "reload failed")
+    assert "servers.versioned.handler: cannot import 'versioned' (SyntaxError:" in line
+    assert exchange(address, b"go\n") == b"ready\ntwo\n"
+
+
+@pytest.mark.parametrize(
+    ("broken", "error"),
+    [
+        ("[servers.new\n", "TOML syntax error"),
+        (
+            '[servers.new]\naddress = "tcp://127.0.0.1:0"\n'
+            'handler = "tests.handlers:GreetingHandler"\nmax_children = 0\n',
+            "servers.new.max_children: must be an integer >= 1, got 0",
+        ),
+        (
+            '[servers.new]\naddress = "tcp://127.0.0.1:0"\nhandler = "no_such_module:Handler"\n',
+            "servers.new.handler: cannot import 'no_such_module'",
+        ),
+    ],
+)
+def test_a_rejected_reload_changes_nothing(
+    stable: Supervisor, sockdir: Path, broken: str, error: str
+) -> None:
+    line = reload(stable, STABLE.format(sockdir=sockdir) + broken, "reload failed")
+    assert line == (
+        f"reload failed, still running the previous configuration: {stable.config}: "
+        + line.split(f"{stable.config}: ", 1)[1]
+    )
+    assert error in line
+    assert "new: listening" not in stable.log
+    assert exchange(stable.inet("stable"), b"x\n").endswith(b" x\n")
+    assert exchange(stable.unix_path("stable-unix"), b"x\n").endswith(b" x\n")
+
+
+def test_a_reload_that_cannot_bind_closes_what_it_bound(stable: Supervisor, sockdir: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        line = reload(
+            stable,
+            STABLE.format(sockdir=sockdir)
+            + f"""
+            [servers.first]
+            address = "unix://{sockdir}/first.sock"
+            handler = "tests.handlers:GreetingHandler"
+
+            [servers.second]
+            address = "tcp://127.0.0.1:{port}"
+            handler = "tests.handlers:GreetingHandler"
+            """,
+            "reload failed",
+        )
+    assert line.endswith(
+        f"servers.second: cannot bind tcp://127.0.0.1:{port} (Address already in use)"
+    )
+    assert not (sockdir / "first.sock").exists()  # bound during the attempt, closed again
+    assert exchange(stable.inet("stable"), b"x\n").endswith(b" x\n")
