@@ -7,6 +7,7 @@ Nothing here opens a socket or imports a handler: see `sockets.py` and `handlers
 
 import difflib
 import enum
+import json
 import os
 import re
 import tomllib
@@ -21,6 +22,7 @@ from supervisor.errors import ConfigError
 LOG_LEVELS = ("debug", "info", "warning", "error")
 MAX_SECONDS = 86400.0  # a day: the longest wait a setting may ask for
 _SERVER_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 _HANDLER_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 
@@ -206,6 +208,14 @@ def _type_name(value: object) -> str:
     return type(value).__name__
 
 
+def _quote_key(key: str) -> str:
+    """A key as TOML would write it: bare when it can be, else quoted with escapes, so that an
+    error naming it stays on one line."""
+    if not key or _BARE_KEY.match(key):
+        return key
+    return json.dumps(key)
+
+
 class _Table:
     """One TOML table being read; every error names `source: where.key`."""
 
@@ -217,6 +227,7 @@ class _Table:
         self.data: dict[str, Any] = data
 
     def error(self, key: str, what: str) -> ConfigError:
+        key = _quote_key(key)
         where = f"{self.where}.{key}" if self.where and key else self.where or key
         return ConfigError(self.source, where, what)
 
@@ -228,7 +239,8 @@ class _Table:
                 raise self.error(key, f"unknown key{hint}")
 
     def table(self, key: str) -> "_Table":
-        where = f"{self.where}.{key}" if self.where else key
+        quoted = _quote_key(key)
+        where = f"{self.where}.{quoted}" if self.where else quoted
         return _Table(self.source, where, self.data.get(key, {}))
 
     def _get(self, key: str, kind: type | tuple[type, ...], expected: str) -> Any:

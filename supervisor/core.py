@@ -183,7 +183,7 @@ class Supervisor:
         if self.last_reload is not None:
             outcome = "ok" if self.last_reload.ok else f"failed: {self.last_reload.message}"
             text += f"; last reload {outcome}"
-        return text
+        return " ".join(text.split())  # one line: a newline would start another sd_notify field
 
     def _start_watchdog(self) -> None:
         interval = systemd.watchdog_interval()

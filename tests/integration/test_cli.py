@@ -192,7 +192,7 @@ CONFIG_ERRORS = [
     ),
     pytest.param(
         server("bad name", "tcp://127.0.0.1:0").replace("bad name", '"bad name"'),
-        "servers.bad name: a server name is 1-64 letters, digits, '_', '.' or '-'",
+        """servers."bad name": a server name is 1-64 letters, digits, '_', '.' or '-'""",
         id="bad-server-name",
     ),
     pytest.param(

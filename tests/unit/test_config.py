@@ -507,9 +507,17 @@ def test_max_packet_size_on_a_stream_server(address: str) -> None:
     )
 
 
-@pytest.mark.parametrize("name", ['"bad name"', '"x/y"', '"-echo"', '"' + "a" * 65 + '"'])
-def test_bad_server_names(name: str) -> None:
-    shown = name.strip('"')
+@pytest.mark.parametrize(
+    ("name", "shown"),
+    [
+        ('"bad name"', '"bad name"'),  # shown as TOML writes the key: quoted unless bare
+        ('"x/y"', '"x/y"'),
+        ('"-echo"', "-echo"),
+        ('"' + "a" * 65 + '"', "a" * 65),
+        ('"bad\\nSTOPPING=1"', '"bad\\nSTOPPING=1"'),  # a newline stays escaped: one line
+    ],
+)
+def test_bad_server_names(name: str, shown: str) -> None:
     assert error_of(server("tcp://127.0.0.1:0", name=name)) == (
         f"{SOURCE}: servers.{shown}: a server name is 1-64 letters, digits, '_', '.' or '-'"
     )

@@ -1,0 +1,653 @@
+"""systemd for real: sd_notify to a test-owned NOTIFY_SOCKET, the watchdog, and socket activation
+with Debian's `systemd-socket-activate` passing a TCP and a UDP socket.
+
+Every notification is awaited as a datagram with a deadline, and the exact messages are asserted
+in order, so an unexpected one (a WATCHDOG=1 where none is due) breaks the sequence.
+
+What `systemd-socket-activate` (systemd 252) does when nested, checked by hand before relying on
+it: the outer invocation binds its `-l` addresses as fds 3, 4, ... and, on the first connection,
+execs the inner one, which passes those fds through ("Received N descriptors via the
+environment") and adds its own after them; the queued connection makes the inner one exec at
+once, in the same pid. The outer `--fdname` names are lost: LISTEN_FDNAMES is the inner
+`--fdname` alone, applied by position to all fds (one single name is repeated for every fd; no
+`--fdname` leaves LISTEN_FDNAMES unset). So the inner invocation names all of them here.
+"""
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import psutil
+import pytest
+
+from tests.conftest import READY, ROOT, STOP_TIMEOUT, StartSupervisor, exchange
+
+SYSTEMD_VARIABLES = (
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+)
+DEADLINE = 10.0  # seconds to wait for any one event
+WATCHDOG_USEC = 200_000  # a WATCHDOG=1 is due every 0.1 s
+ATTEMPTS = 3  # tries with fresh ports when systemd-socket-activate cannot bind its addresses
+
+TWO_SERVERS = """
+[servers.echo]
+address = "tcp://127.0.0.1:0"
+handler = "tests.handlers:LineEchoHandler"
+mode = "thread"
+
+[servers.echo-udp]
+address = "udp://127.0.0.1:0"
+handler = "tests.handlers:DatagramEchoHandler"
+mode = "thread"
+"""
+THREE_SERVERS = (
+    TWO_SERVERS
+    + """
+[servers.base]
+address = "tcp://127.0.0.1:0"
+handler = "tests.handlers:BaseEchoHandler"
+mode = "inline"
+"""
+)
+
+
+@pytest.fixture(autouse=True)
+def _no_systemd_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test gives the supervisor exactly the systemd variables it means to."""
+    for variable in SYSTEMD_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+
+
+def monotonic_usec() -> int:
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+
+
+# -- processes started with a command line of our own ----------------------------------------
+
+
+class Process:
+    """A command started for a test, its stdout and stderr collected line by line."""
+
+    def __init__(self, command: Sequence[str], extra_env: dict[str, str]) -> None:
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **extra_env}
+        self.process = subprocess.Popen(
+            list(command),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            cwd=ROOT,
+        )
+        self.pid = self.process.pid
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            with self._changed:
+                self.lines.append(line.rstrip("\n"))
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    @property
+    def log(self) -> str:
+        with self._changed:
+            return "\n".join(self.lines)
+
+    def wait_for_log(
+        self, pattern: str, timeout: float = DEADLINE, start: int = 0
+    ) -> re.Match[str]:
+        """Wait until a line (from line `start` on) matches; AssertionError if the deadline
+        passes or the process has exited without printing it."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                for line in self.lines[start:]:
+                    if match := regex.search(line):
+                        return match
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self._reader.is_alive():
+                    raise AssertionError(f"no line matches {pattern!r}; output:\n{self.log}")
+                self._changed.wait(remaining)
+
+    def running(self) -> bool:
+        """Whether it may still print: False once its output is closed (it has exited)."""
+        return self._reader.is_alive()
+
+    def stop(self) -> None:
+        """Stop the process and everything it left behind, whatever state it is in."""
+        try:
+            descendants = psutil.Process(self.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            descendants = []
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        for process in descendants:
+            try:
+                process.kill()
+            except psutil.NoSuchProcess:
+                continue
+        self._reader.join(5)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+
+Spawn = Callable[[Sequence[str], dict[str, str]], Process]
+
+
+@pytest.fixture
+def spawn() -> Iterator[Spawn]:
+    """Start commands; every one is stopped, with what it started, at the end."""
+    started: list[Process] = []
+
+    def start(command: Sequence[str], extra_env: dict[str, str]) -> Process:
+        process = Process(command, extra_env)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+# -- NOTIFY_SOCKET ---------------------------------------------------------------------------
+
+
+class Logged(Protocol):
+    """A process whose output can be shown when an expected event does not come."""
+
+    @property
+    def log(self) -> str: ...
+
+
+class NotifyListener:
+    """The service manager's end of NOTIFY_SOCKET: one datagram is one notification."""
+
+    def __init__(self, sock: socket.socket, address: str) -> None:
+        self.socket = sock
+        self.address = address  # the value for NOTIFY_SOCKET
+
+    def receive(self, sender: Logged, timeout: float = DEADLINE) -> str:
+        """The next notification; fail (showing the sender's log) if none comes in time."""
+        self.socket.settimeout(timeout)
+        try:
+            data = self.socket.recv(65536)
+        except TimeoutError:
+            raise AssertionError(f"no notification in {timeout}s; log:\n{sender.log}") from None
+        return data.decode()
+
+    def pending(self) -> list[str]:
+        """Every notification already queued, without waiting."""
+        self.socket.setblocking(False)
+        messages = []
+        while True:
+            try:
+                messages.append(self.socket.recv(65536).decode())
+            except BlockingIOError:
+                return messages
+
+    def expect_reloading(self, sender: Logged, before: int) -> None:
+        """RELOADING=1 with a MONOTONIC_USEC= taken after `before` and before it arrived."""
+        message = self.receive(sender)
+        after = monotonic_usec()
+        match = re.fullmatch(r"RELOADING=1\nMONOTONIC_USEC=(\d+)", message)
+        assert match is not None, message
+        assert before <= int(match.group(1)) <= after
+
+
+def bind_listener(sock: socket.socket, address: str) -> NotifyListener:
+    sock.bind("\0" + address[1:] if address.startswith("@") else address)
+    return NotifyListener(sock, address)
+
+
+@pytest.fixture(params=["path", "abstract"])
+def notify_listener(request: pytest.FixtureRequest, sockdir: Path) -> Iterator[NotifyListener]:
+    """A datagram socket at a file path, or at an abstract address ('@name')."""
+    if request.param == "path":
+        address = str(sockdir / "notify")
+    else:
+        address = f"@supervisor-test-{uuid.uuid4().hex}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        yield bind_listener(sock, address)
+
+
+@pytest.fixture
+def path_listener(sockdir: Path) -> Iterator[NotifyListener]:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        yield bind_listener(sock, str(sockdir / "notify"))
+
+
+def ready_message(servers: int, pid: int) -> str:
+    return f"READY=1\nSTATUS={servers} servers, 0 active requests\nMAINPID={pid}"
+
+
+def test_notifications_across_start_reload_failed_reload_and_stop(
+    start_supervisor: StartSupervisor, notify_listener: NotifyListener
+) -> None:
+    supervisor = start_supervisor(TWO_SERVERS, env={"NOTIFY_SOCKET": notify_listener.address})
+    assert notify_listener.receive(supervisor) == ready_message(2, supervisor.pid)
+
+    supervisor.config.write_text(THREE_SERVERS)
+    before = monotonic_usec()
+    supervisor.signal(signal.SIGHUP)
+    notify_listener.expect_reloading(supervisor, before)
+    assert notify_listener.receive(supervisor) == (
+        "READY=1\nSTATUS=3 servers, 0 active requests; last reload ok"
+    )
+    supervisor.wait_for_log(r"reloaded: ")
+
+    supervisor.config.write_text(THREE_SERVERS + "\n[servers.broken\n")
+    start = len(supervisor.lines)
+    before = monotonic_usec()
+    supervisor.signal(signal.SIGHUP)
+    notify_listener.expect_reloading(supervisor, before)
+    ready = notify_listener.receive(supervisor)
+    error = supervisor.wait_for_log(
+        r"reload failed, still running the previous configuration: (.*)$", start=start
+    ).group(1)
+    assert error.startswith(f"{supervisor.config}: TOML syntax error: ")
+    assert ready == f"READY=1\nSTATUS=3 servers, 0 active requests; last reload failed: {error}"
+
+    supervisor.signal(signal.SIGTERM)
+    assert notify_listener.receive(supervisor) == "STOPPING=1"
+    assert supervisor.wait() == 0
+    assert notify_listener.pending() == []
+
+
+def test_a_reload_error_quoting_a_newline_stays_one_status_line(
+    start_supervisor: StartSupervisor, path_listener: NotifyListener
+) -> None:
+    """A TOML key may hold escaped newlines; the error that quotes it must not split the
+    notification, or systemd would read a line of it as an assignment (here STOPPING=1)."""
+    supervisor = start_supervisor(TWO_SERVERS, env={"NOTIFY_SOCKET": path_listener.address})
+    assert path_listener.receive(supervisor) == ready_message(2, supervisor.pid)
+
+    supervisor.config.write_text(
+        TWO_SERVERS
+        + """
+[servers."bad\\nSTOPPING=1\\nname"]
+address = "tcp://127.0.0.1:0"
+handler = "tests.handlers:LineEchoHandler"
+"""
+    )
+    before = monotonic_usec()
+    supervisor.signal(signal.SIGHUP)
+    path_listener.expect_reloading(supervisor, before)
+    lines = path_listener.receive(supervisor).split("\n")
+    assert len(lines) == 2, lines
+    assert lines[0] == "READY=1"
+    assert lines[1].startswith(
+        f"STATUS=2 servers, 0 active requests; last reload failed: {supervisor.config}: servers."
+    )
+    assert lines[1].endswith(": a server name is 1-64 letters, digits, '_', '.' or '-'")
+
+
+@pytest.mark.parametrize("notify_socket", ["unset", "empty", "missing"])
+def test_without_a_reachable_notify_socket_nothing_is_sent_and_all_works(
+    start_supervisor: StartSupervisor,
+    path_listener: NotifyListener,
+    sockdir: Path,
+    notify_socket: str,
+) -> None:
+    """NOTIFY_SOCKET unset, empty, or naming no socket: the supervisor runs, reloads and stops
+    as usual, and nothing reaches a listener it was not told about."""
+    env = {
+        "unset": {},
+        "empty": {"NOTIFY_SOCKET": ""},
+        "missing": {"NOTIFY_SOCKET": str(sockdir / "missing")},
+    }[notify_socket]
+    supervisor = start_supervisor(TWO_SERVERS, env=env)
+    assert exchange(supervisor.inet("echo"), b"one\n").endswith(b" one\n")
+    start = len(supervisor.lines)
+    supervisor.signal(signal.SIGHUP)
+    supervisor.wait_for_log(r"reloaded: ", start=start)
+    assert exchange(supervisor.inet("echo"), b"two\n").endswith(b" two\n")
+    supervisor.signal(signal.SIGTERM)
+    assert supervisor.wait() == 0
+    assert "stopped" in supervisor.log
+    assert path_listener.pending() == []
+
+
+# -- the watchdog ------------------------------------------------------------------------------
+
+PING = "WATCHDOG=1\nSTATUS=2 servers, 0 active requests"
+
+
+def expect_pings_then_stop(
+    listener: NotifyListener, sender: Logged, process: subprocess.Popen[str], began: float
+) -> None:
+    """After READY=1: three WATCHDOG=1, each within a deadline; then SIGTERM, STOPPING=1 (with
+    pings around it) and exit 0; pings never more often than every half WATCHDOG_USEC."""
+    for _ in range(3):
+        assert listener.receive(sender, timeout=2.0) == PING
+    process.send_signal(signal.SIGTERM)
+    pings = 3
+    while (message := listener.receive(sender)) != "STOPPING=1":
+        assert message == PING
+        pings += 1
+    assert process.wait(STOP_TIMEOUT) == 0
+    after = listener.pending()
+    assert set(after) <= {PING}, after
+    pings += len(after)
+    # Pings at least 0.1 s apart fit at most elapsed / 0.1 + 1 times in the supervisor's life.
+    assert pings <= (time.monotonic() - began) / (WATCHDOG_USEC / 2 / 1e6) + 1
+
+
+def test_watchdog_pings_at_half_of_watchdog_usec(
+    start_supervisor: StartSupervisor, path_listener: NotifyListener
+) -> None:
+    began = time.monotonic()
+    supervisor = start_supervisor(
+        TWO_SERVERS,
+        env={"NOTIFY_SOCKET": path_listener.address, "WATCHDOG_USEC": str(WATCHDOG_USEC)},
+    )
+    assert path_listener.receive(supervisor) == ready_message(2, supervisor.pid)
+    expect_pings_then_stop(path_listener, supervisor, supervisor.process, began)
+
+
+def test_watchdog_pings_when_watchdog_pid_is_the_supervisor(
+    spawn: Spawn, path_listener: NotifyListener, tmp_path: Path
+) -> None:
+    """WATCHDOG_PID names the supervisor's own pid: the shell execs into it, same pid."""
+    config = tmp_path / "supervisor.toml"
+    config.write_text(TWO_SERVERS)
+    began = time.monotonic()
+    process = spawn(
+        [
+            "sh",
+            "-c",
+            'WATCHDOG_PID=$$; export WATCHDOG_PID; exec "$0" -m supervisor run -c "$1"',
+            sys.executable,
+            str(config),
+        ],
+        {"NOTIFY_SOCKET": path_listener.address, "WATCHDOG_USEC": str(WATCHDOG_USEC)},
+    )
+    assert path_listener.receive(process) == ready_message(2, process.pid)
+    expect_pings_then_stop(path_listener, process, process.process, began)
+
+
+def test_no_watchdog_pings_when_watchdog_pid_is_another_process(
+    start_supervisor: StartSupervisor, path_listener: NotifyListener
+) -> None:
+    supervisor = start_supervisor(
+        TWO_SERVERS,
+        env={
+            "NOTIFY_SOCKET": path_listener.address,
+            "WATCHDOG_USEC": str(WATCHDOG_USEC),
+            "WATCHDOG_PID": str(os.getpid()),  # alive, and not the supervisor
+        },
+    )
+    assert path_listener.receive(supervisor) == ready_message(2, supervisor.pid)
+    # Reload after reload for 6 watchdog intervals: only the reloads' notifications come.
+    ready_at = monotonic_usec()
+    while monotonic_usec() - ready_at < 3 * WATCHDOG_USEC:
+        before = monotonic_usec()
+        supervisor.signal(signal.SIGHUP)
+        path_listener.expect_reloading(supervisor, before)
+        assert path_listener.receive(supervisor) == (
+            "READY=1\nSTATUS=2 servers, 0 active requests; last reload ok"
+        )
+    supervisor.signal(signal.SIGTERM)
+    assert path_listener.receive(supervisor) == "STOPPING=1"
+    assert supervisor.wait() == 0
+    assert path_listener.pending() == []
+
+
+# -- socket activation with systemd-socket-activate ------------------------------------------
+
+needs_socket_activate = pytest.mark.skipif(
+    shutil.which("systemd-socket-activate") is None,
+    reason="systemd-socket-activate is not installed (Debian's systemd package)",
+)
+
+
+@dataclass(frozen=True)
+class Ports:
+    tcp: int  # the activated TCP server, "echo", matched by address
+    extra: int  # an activated TCP socket no server wants at start
+    named: int  # an activated TCP socket matched by its name, "byname"
+    udp: int  # the activated UDP server, "echo-udp", matched by address
+
+
+def pick_ports() -> Ports:
+    """Ports free a moment ago (systemd-socket-activate binds them itself: a race, retried)."""
+    tcp: set[int] = set()
+    while len(tcp) < 3:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            tcp.add(sock.getsockname()[1])
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        udp = sock.getsockname()[1]
+    first, extra, named = sorted(tcp)
+    return Ports(first, extra, named, udp)
+
+
+def activated_config(ports: Ports, echo: bool = True, late: bool = False) -> str:
+    servers = []
+    if echo:
+        servers.append(
+            f"""
+            [servers.echo]
+            address = "tcp://127.0.0.1:{ports.tcp}"
+            handler = "tests.handlers:LineEchoHandler"
+            mode = "thread"
+            """
+        )
+    servers.append(
+        f"""
+        [servers.echo-udp]
+        address = "udp://127.0.0.1:{ports.udp}"
+        handler = "tests.handlers:DatagramEchoHandler"
+        mode = "thread"
+
+        [servers.byname]
+        address = "tcp://127.0.0.1:0"
+        handler = "tests.handlers:LineEchoHandler"
+        mode = "thread"
+
+        [servers.local]
+        address = "tcp://127.0.0.1:0"
+        handler = "tests.handlers:LineEchoHandler"
+        """
+    )
+    if late:
+        servers.append(
+            f"""
+            [servers.late]
+            address = "tcp://127.0.0.1:{ports.extra}"
+            handler = "tests.handlers:LineEchoHandler"
+            mode = "thread"
+            """
+        )
+    return "\n".join(textwrap.dedent(server) for server in servers)
+
+
+@dataclass
+class Activated:
+    process: Process
+    ports: Ports
+    config: Path
+    first: socket.socket  # the connection that made systemd-socket-activate exec
+    before_exec: dict[int, str]  # fd -> its /proc link, in systemd-socket-activate
+
+
+def fd_link(pid: int, fd: int) -> str:
+    return os.readlink(f"/proc/{pid}/fd/{fd}")
+
+
+def activate(spawn: Spawn, config: Path) -> Activated:
+    """Start the supervisor under two nested systemd-socket-activate and trigger the exec."""
+    for _ in range(ATTEMPTS):
+        ports = pick_ports()
+        config.write_text(activated_config(ports))
+        process = spawn(
+            [
+                "systemd-socket-activate",
+                *("-l", f"127.0.0.1:{ports.tcp}"),
+                *("-l", f"127.0.0.1:{ports.extra}"),
+                *("-l", f"127.0.0.1:{ports.named}"),
+                "systemd-socket-activate",
+                "--datagram",
+                *("-l", f"127.0.0.1:{ports.udp}"),
+                "--fdname=echo:extra:byname:echo-udp",
+                sys.executable,
+                *("-m", "supervisor", "run", "-c", str(config)),
+            ],
+            {},
+        )
+        try:
+            process.wait_for_log(rf"^Listening on 127\.0\.0\.1:{ports.named} as 5\.$")
+        except AssertionError:
+            if process.running():
+                raise
+            continue  # the outer one could not bind (a port was taken meanwhile): retry
+        before_exec = {fd: fd_link(process.pid, fd) for fd in (3, 4, 5)}
+        first = socket.create_connection(("127.0.0.1", ports.tcp), timeout=DEADLINE)
+        try:
+            first.sendall(b"first\n")
+            first.shutdown(socket.SHUT_WR)
+            process.wait_for_log(READY)
+        except (AssertionError, OSError):
+            first.close()
+            if process.running():
+                raise
+            continue  # the inner one could not bind: retry
+        return Activated(process, ports, config, first, before_exec)
+    raise AssertionError(f"systemd-socket-activate failed {ATTEMPTS} times; see the output")
+
+
+@pytest.fixture
+def activated(spawn: Spawn, tmp_path: Path) -> Iterator[Activated]:
+    started = activate(spawn, tmp_path / "supervisor.toml")
+    with started.first:
+        yield started
+
+
+def bound_sockets(pid: int) -> dict[tuple[socket.SocketKind, int], tuple[int, str]]:
+    """(type, local port) -> (fd, /proc link) of each listening TCP and bound UDP socket."""
+    found = {}
+    for conn in psutil.Process(pid).net_connections(kind="inet4"):
+        if conn.type == socket.SOCK_DGRAM or conn.status == psutil.CONN_LISTEN:
+            found[(conn.type, conn.laddr.port)] = (conn.fd, fd_link(pid, conn.fd))
+    return found
+
+
+def read_all(sock: socket.socket) -> bytes:
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def udp_exchange(port: int, data: bytes) -> bytes:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(DEADLINE)
+        sock.sendto(data, ("127.0.0.1", port))
+        return sock.recv(65536)
+
+
+def echoes(port: int, data: bytes = b"hello\n") -> bool:
+    return exchange(("127.0.0.1", port), data) == b"('127.0.0.1', %d) %s" % (port, data)
+
+
+def reload_activated(activated: Activated, config: str) -> None:
+    start = len(activated.process.lines)
+    activated.config.write_text(config)
+    activated.process.process.send_signal(signal.SIGHUP)
+    activated.process.wait_for_log(r"reloaded: ", start=start)
+
+
+@needs_socket_activate
+def test_socket_activation_of_tcp_and_udp_across_reloads(activated: Activated) -> None:
+    process, ports, pid = activated.process, activated.ports, activated.process.pid
+    local_match = process.wait_for_log(r"supervisor\[\d+\]: local: listening on \S+:(\d+) ")
+    local = int(local_match.group(1))
+    tcp, dgram = socket.SOCK_STREAM, socket.SOCK_DGRAM
+
+    # The connection that triggered the exec waited in the queue and is served.
+    assert read_all(activated.first) == b"('127.0.0.1', %d) first\n" % ports.tcp
+    assert echoes(ports.tcp)
+    assert udp_exchange(ports.udp, b"datagram") == b"echo datagram"
+    assert echoes(ports.named)  # "byname", configured on port 0, got its named socket
+    assert echoes(local)
+
+    # The same pid, now the supervisor, holds the sockets systemd-socket-activate bound.
+    assert psutil.Process(pid).cmdline()[1:4] == ["-m", "supervisor", "run"]
+    sockets = bound_sockets(pid)
+    assert set(sockets) == {
+        (tcp, ports.tcp),
+        (tcp, ports.extra),
+        (tcp, ports.named),
+        (dgram, ports.udp),
+        (tcp, local),
+    }
+    assert sockets[(tcp, ports.tcp)] == (3, activated.before_exec[3])
+    assert sockets[(tcp, ports.extra)] == (4, activated.before_exec[4])
+    assert sockets[(tcp, ports.named)] == (5, activated.before_exec[5])
+    assert sockets[(dgram, ports.udp)][0] == 6
+    assert sockets[(tcp, local)][0] > 6  # bound by the supervisor itself
+    # The log mentions each activated address once: listening (nothing bound), or unused.
+    me = f"supervisor[{pid}]:"
+    expected_lines = {
+        ports.tcp: f"INFO {me} echo: listening on tcp://127.0.0.1:{ports.tcp} (",
+        ports.udp: f"INFO {me} echo-udp: listening on udp://127.0.0.1:{ports.udp} (",
+        ports.named: f"INFO {me} byname: listening on tcp://127.0.0.1:{ports.named} (",
+        ports.extra: f"WARNING {me} inherited socket tcp://127.0.0.1:{ports.extra} "
+        "(name 'extra') matches no server",
+    }
+    own_lines = [line for line in process.lines if me in line]
+    for port, text in expected_lines.items():
+        about = [line for line in own_lines if re.search(rf"127\.0\.0\.1:{port}\b", line)]
+        assert len(about) == 1, (about, process.log)
+        assert f" {text}" in about[0], (text, process.log)
+
+    # An unchanged configuration keeps every inherited socket.
+    reload_activated(activated, activated_config(ports))
+    assert bound_sockets(pid) == sockets
+    assert echoes(ports.tcp)
+    assert udp_exchange(ports.udp, b"again") == b"echo again"
+
+    # Without "echo", its socket stays open; "late" takes the unmatched inherited socket.
+    reload_activated(activated, activated_config(ports, echo=False, late=True))
+    assert bound_sockets(pid) == sockets
+    assert echoes(ports.extra)
+
+    # "echo" back: served again from the socket systemd-socket-activate bound, not a new one.
+    reload_activated(activated, activated_config(ports, late=True))
+    assert bound_sockets(pid) == sockets
+    assert echoes(ports.tcp)
+    assert echoes(ports.extra)
+    assert udp_exchange(ports.udp, b"last") == b"echo last"
+
+    process.process.send_signal(signal.SIGTERM)
+    assert process.process.wait(STOP_TIMEOUT) == 0
+    process.wait_for_log(r"supervisor\[\d+\]: stopped$")
