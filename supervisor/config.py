@@ -144,8 +144,15 @@ def _supervisor(table: "_Table", source: str) -> SupervisorConfig:
         "shutdown_timeout", "kill_grace", "max_children", "log_level", "path", "pidfile", "log_file"
     )
     base = os.path.dirname(os.path.abspath(source))
+    pidfile = table.optional_path("pidfile", base)
+    if pidfile is not None and len(control_socket_for(pidfile).encode()) > addresses.UNIX_PATH_MAX:
+        raise table.error(
+            "pidfile",
+            f"the control socket next to it, {control_socket_for(pidfile)}, would be longer "
+            f"than the {addresses.UNIX_PATH_MAX} bytes a unix socket path may have",
+        )
     return SupervisorConfig(
-        pidfile=table.optional_path("pidfile", base),
+        pidfile=pidfile,
         log_file=table.optional_path("log_file", base),
         shutdown_timeout=table.number("shutdown_timeout", 10.0, minimum=0, maximum=MAX_SECONDS),
         kill_grace=table.number("kill_grace", 2.0, minimum=0, maximum=MAX_SECONDS),

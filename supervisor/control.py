@@ -30,22 +30,12 @@ Handler = Callable[[str], dict[str, Any]]
 class ControlServer:
     """Answers control requests on a unix socket, from the loop."""
 
-    def __init__(self, loop: Loop, path: str, handler: Handler) -> None:
-        self.path = path
+    def __init__(self, loop: Loop, sock: socket.socket, handler: Handler) -> None:
+        self.path = sock.getsockname()
         self._loop = loop
         self._handler = handler
         self._pending: dict[socket.socket, tuple[bytearray, Timer]] = {}
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)  # the pidfile lock says no other supervisor owns it
-        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old_umask = os.umask(0o177)
-        try:
-            self._socket.bind(path)
-        finally:
-            os.umask(old_umask)
-        self._socket.listen(16)
-        self._socket.setblocking(False)
+        self._socket = sock
         loop.add_reader(self._socket, self._accept)
 
     def close(self) -> None:
@@ -107,6 +97,28 @@ class ControlServer:
                 conn.settimeout(SEND_TIMEOUT)  # the peer is root or ourselves: a short wait
                 conn.sendall(json.dumps(answer).encode() + b"\n")
         conn.close()
+
+
+def bind(path: str) -> socket.socket:
+    """Create the control socket at `path`, mode 0600, listening; raise OSError.
+
+    A file left at `path` is replaced: the caller has checked that no live supervisor owns
+    the pidfile next to it."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)
+    try:
+        sock.bind(path)
+        sock.listen(16)
+    except OSError:
+        sock.close()
+        raise
+    finally:
+        os.umask(old_umask)
+    sock.setblocking(False)
+    return sock
 
 
 def peer_uid(conn: socket.socket) -> int:

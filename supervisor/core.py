@@ -91,6 +91,7 @@ class Supervisor:
         config_path: str | None = None,
         spare: Iterable[Listener] = (),
         calls: SystemCalls | None = None,
+        control_socket: socket.socket | None = None,
     ) -> None:
         self.config = prepared.config
         self.config_path = config_path or prepared.config.source  # re-read on every reload
@@ -110,6 +111,7 @@ class Supervisor:
         self.started = time.time()
         self.last_reload: ReloadResult | None = None
         self._signals: SignalWakeup | None = None
+        self._control_socket = control_socket  # bound by the caller, served from run()
         self._control: ControlServer | None = None
         self._stop_timer: Timer | None = None
         self._terminating = False  # SIGTERM sent to the children; SIGKILL is next
@@ -121,9 +123,8 @@ class Supervisor:
     def run(self) -> int:
         """Serve until stopped; return the exit status."""
         self._signals = SignalWakeup(self.loop, self._on_intent)
-        control_path = self.config.supervisor.control_socket
-        if control_path is not None:
-            self._control = ControlServer(self.loop, control_path, self._on_command)
+        if self._control_socket is not None:
+            self._control = ControlServer(self.loop, self._control_socket, self._on_command)
         self.state = State.RUNNING  # STARTING -> RUNNING
         for server in self.servers.values():
             self._refresh(server)

@@ -11,15 +11,16 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 from contextlib import AbstractContextManager
 
 import daemon
 
-from supervisor import config, logs, systemd
+from supervisor import config, control, logs, systemd
 from supervisor.core import Supervisor
 from supervisor.errors import BindError, ConfigError
 from supervisor.pidfile import AlreadyRunning, PidFile, running_pid
-from supervisor.reload import Prepared, prepare
+from supervisor.reload import prepare
 from supervisor.sockets import Listener
 
 log = logging.getLogger("supervisor")
@@ -39,9 +40,11 @@ def run(path: str, detach: bool = False) -> int:
     prepared = prepare(loaded, spare=inherited)
     used = [id(listener) for listener in prepared.listeners.values()]
     spare = [listener for listener in inherited if id(listener) not in used]
+    control_socket = _bind_control(path, settings.control_socket)
     context: AbstractContextManager[object]
     if detach and settings.pidfile is not None:
-        context = _daemon_context(prepared, spare, settings.pidfile)
+        keep = [listener.socket for listener in [*prepared.listeners.values(), *spare]]
+        context = _daemon_context([*keep, control_socket], settings.pidfile)
     else:
         context = (
             contextlib.nullcontext() if settings.pidfile is None else PidFile(settings.pidfile)
@@ -49,8 +52,20 @@ def run(path: str, detach: bool = False) -> int:
     with context:
         if settings.log_file is not None:
             logs.reopen(settings.log_file)
-        supervisor = Supervisor(prepared, config_path, spare)
+        supervisor = Supervisor(prepared, config_path, spare, control_socket=control_socket)
         return supervisor.run()
+
+
+def _bind_control(source: str, path: str | None) -> socket.socket | None:
+    if path is None:
+        return None
+    try:
+        return control.bind(path)
+    except OSError as exc:
+        raise BindError(
+            f"{source}: supervisor.pidfile: cannot create the control socket {path} "
+            f"({exc.strerror or exc})"
+        ) from exc
 
 
 def inherited_listeners() -> list[Listener]:
@@ -73,16 +88,13 @@ def inherited_listeners() -> list[Listener]:
     return listeners
 
 
-def _daemon_context(
-    prepared: Prepared, spare: list[Listener], pidfile: str
-) -> daemon.DaemonContext:
-    sockets = [listener.socket for listener in [*prepared.listeners.values(), *spare]]
+def _daemon_context(sockets: list[socket.socket | None], pidfile: str) -> daemon.DaemonContext:
     return daemon.DaemonContext(
         working_directory="/",
         umask=0o022,
         pidfile=PidFile(pidfile),
         detach_process=True,
-        files_preserve=sockets,
+        files_preserve=[sock for sock in sockets if sock is not None],
         # The supervisor handles its signals itself, from its loop: no 'terminate' handler.
         signal_map={signal.SIGTSTP: None, signal.SIGTTIN: None, signal.SIGTTOU: None},
     )
