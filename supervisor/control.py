@@ -16,7 +16,9 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+from supervisor.addresses import Address
 from supervisor.loop import Loop, Timer
+from supervisor.sockets import Listener, remove_if_stale
 
 log = logging.getLogger("supervisor")
 
@@ -30,24 +32,26 @@ Handler = Callable[[str], dict[str, Any]]
 class ControlServer:
     """Answers control requests on a unix socket, from the loop."""
 
-    def __init__(self, loop: Loop, sock: socket.socket, handler: Handler) -> None:
-        self.path = sock.getsockname()
+    def __init__(self, loop: Loop, listener: Listener, handler: Handler) -> None:
+        self._listener = listener
+        self._socket = listener.socket
         self._loop = loop
         self._handler = handler
         self._pending: dict[socket.socket, tuple[bytearray, Timer]] = {}
-        self._socket = sock
         loop.add_reader(self._socket, self._accept)
 
     def close(self) -> None:
         for conn in list(self._pending):
             self._drop(conn)
         self._loop.remove_reader(self._socket)
-        self._socket.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+        self._listener.close()  # removes the socket file if it is still ours
 
-    def fileno(self) -> int:
-        return self._socket.fileno()
+    def close_in_child(self) -> None:
+        """In a forked child: let go of the socket and of requests being answered, or a peer
+        waiting for end-of-file would wait for the child too."""
+        for sock in [self._socket, *self._pending]:
+            with contextlib.suppress(OSError):
+                os.close(sock.fileno())
 
     def _accept(self) -> None:
         try:
@@ -99,26 +103,26 @@ class ControlServer:
         conn.close()
 
 
-def bind(path: str) -> socket.socket:
+def bind(path: str) -> Listener:
     """Create the control socket at `path`, mode 0600, listening; raise OSError.
 
-    A file left at `path` is replaced: the caller has checked that no live supervisor owns
-    the pidfile next to it."""
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
+    A socket left at `path` by a dead process is replaced; a live one is EADDRINUSE."""
     os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    remove_if_stale(Address("unix", path=path))
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old_umask = os.umask(0o177)
     try:
         sock.bind(path)
         sock.listen(16)
+        info = os.stat(path)
     except OSError:
         sock.close()
         raise
     finally:
         os.umask(old_umask)
     sock.setblocking(False)
-    return sock
+    address = Address("unix", path=path)
+    return Listener(address, sock, address, created_file=(info.st_dev, info.st_ino))
 
 
 def peer_uid(conn: socket.socket) -> int:

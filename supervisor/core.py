@@ -91,7 +91,7 @@ class Supervisor:
         config_path: str | None = None,
         spare: Iterable[Listener] = (),
         calls: SystemCalls | None = None,
-        control_socket: socket.socket | None = None,
+        control_socket: Listener | None = None,
     ) -> None:
         self.config = prepared.config
         self.config_path = config_path or prepared.config.source  # re-read on every reload
@@ -254,6 +254,7 @@ class Supervisor:
             if previous is not listener:
                 moved.append(name)
             existing.reconfigure(server_config, handler, listener)
+            existing.close_old_sockets()
             if id(previous) not in in_use:
                 self._release(previous)
             servers[name] = existing
@@ -278,11 +279,12 @@ class Supervisor:
         server.retired = True
         if released:
             self._release(server.listener)
+        if not server.threads:
+            server.close_handler_socket()
         if server.active:
             self.draining.add(server)
             log.info("%s: removed; %d requests still running", server.name, server.active)
         else:
-            server.close_handler_socket()
             log.info("%s: removed", server.name)
 
     def _release(self, listener: Listener) -> None:
@@ -368,12 +370,10 @@ class Supervisor:
                 self._refresh(each)
         else:
             self._refresh(server)
-        if not server.active:
-            server.close_old_sockets()
-            if server.retired:
-                self.draining.discard(server)
-                server.close_handler_socket()
-                log.info("%s: removed server drained", server.name)
+        if server.retired and not server.active:
+            self.draining.discard(server)
+            server.close_handler_socket()
+            log.info("%s: removed server drained", server.name)
         if self.state is State.STOPPING and not self.active:
             self._stopped()
 
@@ -433,10 +433,12 @@ class Supervisor:
 
         if isinstance(request, socket.socket):
             self._thread_requests.add(request)
+        server.threads += 1
         try:
             threading.Thread(target=run, name=f"{server.name}-request", daemon=True).start()
         except RuntimeError as exc:
             self._thread_requests.discard(request)
+            server.threads -= 1
             log.error(
                 "%s: cannot start a thread for client %s (%s); connection closed",
                 server.name,
@@ -449,6 +451,11 @@ class Supervisor:
     def _thread_done(self, server: Server, ok: bool) -> None:
         if not ok:
             server.errors += 1
+        server.threads -= 1
+        if not server.threads:
+            server.close_old_sockets()
+            if server.retired or self.state is not State.RUNNING:
+                server.close_handler_socket()
         self._count(server, -1)
 
     def _fork(self, server: Server, request: Request, client_address: Any) -> None:
@@ -493,8 +500,7 @@ class Supervisor:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         self.loop.close()  # also closes the control socket's connections' registrations
         if self._control is not None:
-            with contextlib.suppress(OSError):
-                os.close(self._control.fileno())
+            self._control.close_in_child()
         for other in [*self.servers.values(), *self.draining]:
             other.close_in_child(keep_handler_socket=other is server)
         for listener in self.spare:
@@ -541,8 +547,9 @@ class Supervisor:
         systemd.notify("STOPPING=1")
         for server in [*self.servers.values(), *self.draining]:
             self._refresh(server)
-            server.close_handler_socket()
             self._release(server.listener)
+            if not server.threads:  # else closed when the last thread is done
+                server.close_handler_socket()
         timeout = 0.0 if fast else self.config.supervisor.shutdown_timeout
         log.info(
             "%s: stopping; %d requests in progress, waiting up to %gs for them",

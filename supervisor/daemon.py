@@ -18,7 +18,7 @@ import daemon
 
 from supervisor import config, control, logs, systemd
 from supervisor.core import Supervisor
-from supervisor.errors import BindError, ConfigError
+from supervisor.errors import BindError, ConfigError, LogFileError
 from supervisor.pidfile import AlreadyRunning, PidFile, running_pid
 from supervisor.reload import prepare
 from supervisor.sockets import Listener
@@ -40,23 +40,40 @@ def run(path: str, detach: bool = False) -> int:
     prepared = prepare(loaded, spare=inherited)
     used = [id(listener) for listener in prepared.listeners.values()]
     spare = [listener for listener in inherited if id(listener) not in used]
+    log_fd = _open_log(path, settings.log_file)
     control_socket = _bind_control(path, settings.control_socket)
     context: AbstractContextManager[object]
     if detach and settings.pidfile is not None:
-        keep = [listener.socket for listener in [*prepared.listeners.values(), *spare]]
-        context = _daemon_context([*keep, control_socket], settings.pidfile)
+        keep = [*prepared.listeners.values(), *spare, *([control_socket] if control_socket else [])]
+        context = _daemon_context([listener.socket for listener in keep], log_fd, settings.pidfile)
     else:
         context = (
             contextlib.nullcontext() if settings.pidfile is None else PidFile(settings.pidfile)
         )
-    with context:
-        if settings.log_file is not None:
-            logs.reopen(settings.log_file)
-        supervisor = Supervisor(prepared, config_path, spare, control_socket=control_socket)
-        return supervisor.run()
+    try:
+        with context:
+            if log_fd is not None:
+                logs.redirect(log_fd)
+            supervisor = Supervisor(prepared, config_path, spare, control_socket=control_socket)
+            return supervisor.run()
+    finally:
+        if control_socket is not None:
+            control_socket.close()  # if start-up failed; it removes only its own file
 
 
-def _bind_control(source: str, path: str | None) -> socket.socket | None:
+def _open_log(source: str, log_file: str | None) -> int | None:
+    """Open the log file while the terminal still sees errors."""
+    if log_file is None:
+        return None
+    try:
+        return logs.open_log(log_file)
+    except OSError as exc:
+        raise LogFileError(
+            f"{source}: supervisor.log_file: cannot open {log_file} ({exc.strerror or exc})"
+        ) from exc
+
+
+def _bind_control(source: str, path: str | None) -> Listener | None:
     if path is None:
         return None
     try:
@@ -88,13 +105,15 @@ def inherited_listeners() -> list[Listener]:
     return listeners
 
 
-def _daemon_context(sockets: list[socket.socket | None], pidfile: str) -> daemon.DaemonContext:
+def _daemon_context(
+    sockets: list[socket.socket], log_fd: int | None, pidfile: str
+) -> daemon.DaemonContext:
     return daemon.DaemonContext(
         working_directory="/",
         umask=0o022,
         pidfile=PidFile(pidfile),
         detach_process=True,
-        files_preserve=[sock for sock in sockets if sock is not None],
+        files_preserve=[*sockets, *([] if log_fd is None else [log_fd])],
         # The supervisor handles its signals itself, from its loop: no 'terminate' handler.
         signal_map={signal.SIGTSTP: None, signal.SIGTTIN: None, signal.SIGTTOU: None},
     )

@@ -35,3 +35,9 @@ class BindError(SupervisorError):
     """A server's address cannot be bound (in use, permission): `servers.NAME: ...`."""
 
     exit_status = os.EX_OSERR
+
+
+class LogFileError(SupervisorError):
+    """The log file cannot be opened."""
+
+    exit_status = os.EX_CANTCREAT

@@ -28,14 +28,23 @@ def set_level(level: str) -> None:
     logging.getLogger().setLevel(level.upper())
 
 
-def reopen(log_file: str) -> None:
-    """Open `log_file` (append, created 0640) and make it stdout and stderr; raises OSError."""
+def open_log(log_file: str) -> int:
+    """Open `log_file` for appending (created 0640, with its directory); raise OSError."""
+    os.makedirs(os.path.dirname(log_file) or ".", exist_ok=True)
+    return os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+
+
+def redirect(fd: int) -> None:
+    """Make the open file `fd` the process's stdout and stderr, and close `fd`."""
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
-    os.makedirs(os.path.dirname(log_file) or ".", exist_ok=True)
-    fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
     try:
         os.dup2(fd, 1)
         os.dup2(fd, 2)
     finally:
         os.close(fd)
+
+
+def reopen(log_file: str) -> None:
+    """Open `log_file` afresh and make it stdout and stderr; raise OSError."""
+    redirect(open_log(log_file))

@@ -15,10 +15,11 @@ Invariants:
   `PidFile.fileno`). Its flip side: a process drops all its locks on a file as soon as it closes
   *any* descriptor for that file, so the process that holds a `PidFile` must never open the
   same path otherwise (not even through `running_pid`), and enters one `PidFile` per path.
-- `running_pid` reports a pid only when another process holds the lock and that pid is a live
-  process started before the pid was written; every other state (missing, empty, garbage, a
-  dead pid, a recycled pid) is stale and gives None. A stale file is taken over silently by
-  the next `PidFile.__enter__`; logging that is the caller's business.
+- `running_pid` reports a pid only when another process holds the lock and psutil finds the
+  pid written in the file alive; every other state (missing, empty, garbage, a dead pid, or a
+  pid now used by an unrelated process: nobody holds the lock) is stale and gives None. A stale
+  file is taken over silently by the next `PidFile.__enter__`; logging that is the caller's
+  business.
 - A `PidFile` removes only the file it wrote: same inode, still holding its pid, and only in the
   process that entered it (not in a forked child running exit handlers).
 """
@@ -192,7 +193,9 @@ def running_pid(path: str | os.PathLike[str]) -> int | None:
         pid = _read_pid(fd)
         if pid is None:
             return None
-        return pid if _started_before(pid, os.fstat(fd).st_mtime + 1.0) else None
+        # The lock is held, so its owner is alive: trust it over timestamps, which a stepped
+        # wall clock (NTP at boot) can make disagree with the process's start time.
+        return pid if psutil.pid_exists(pid) else None
     finally:
         os.close(fd)
 
@@ -209,16 +212,6 @@ def _is_locked(fd: int, path: str) -> bool:
         raise PidFileError(path, "lock", exc) from exc
     fcntl.lockf(fd, fcntl.LOCK_UN)
     return False
-
-
-def _started_before(pid: int, deadline: float) -> bool:
-    """Whether `pid` is a live process created no later than `deadline` (not a recycled pid)."""
-    try:
-        return psutil.Process(pid).create_time() <= deadline
-    except psutil.NoSuchProcess:
-        return False
-    except psutil.AccessDenied:
-        return True  # it exists and another process holds the lock: trust the lock
 
 
 def _read_pid(fd: int) -> int | None:

@@ -47,8 +47,7 @@ def _listeners(
     found: dict[str, Listener] = {}
     bound: list[Listener] = []
     for name, server in loaded.servers.items():
-        taken = [*found.values()]
-        listener = _reusable(name, server, current, spare, taken)
+        listener = _reusable(name, server, current, spare, [*found.values()])
         if listener is None:
             try:
                 listener = bind(server.address, server.backlog)
@@ -74,12 +73,12 @@ def _reusable(
     """The listener this server keeps: its own, another one bound to its address (a server's
     or an inherited one), or the only inherited one named after it (FileDescriptorName=)."""
     own = current.get(name)
-    if own is not None and own.address == server.address:
+    if own is not None and own.address == server.address and not _among(own, taken):
         return own
     free = [
         listener
         for listener in [*current.values(), *spare]
-        if not any(listener is other for other in taken)
+        if not _among(listener, taken)
         and listener.address.socket_type == server.address.socket_type
     ]
     ephemeral = not server.address.is_unix and server.address.port == 0
@@ -89,3 +88,7 @@ def _reusable(
                 return listener
     named = [listener for listener in free if listener.inherited and listener.fd_name == name]
     return named[0] if len(named) == 1 else None
+
+
+def _among(listener: Listener, listeners: Iterable[Listener]) -> bool:
+    return any(listener is other for other in listeners)

@@ -37,6 +37,7 @@ class Server:
         self.max_packet_size = config.max_packet_size
         self.timeout: float | None = None
         self.active = 0  # live children (fork) or busy threads (thread)
+        self.threads = 0  # busy threads: they may be answering on a datagram handler socket
         self.listening = False  # registered in the selector
         self.backoff = False  # accept() hit a resource limit; wait before trying again
         self.retired = False  # removed by a reload: draining its last requests
@@ -71,8 +72,9 @@ class Server:
         self.socket = self._attach(listener)
 
     def close_old_sockets(self) -> None:
-        """Close the handler sockets of replaced listeners, once no request can use them."""
-        if not self.active:
+        """Close the handler sockets of replaced listeners once no thread can be using them
+        (forked children have their own copies)."""
+        if not self.threads:
             for old in self._old_sockets:
                 old.close()
             self._old_sockets.clear()
@@ -145,7 +147,8 @@ class Server:
         self.listener.close()
 
     def close_handler_socket(self) -> None:
-        """Close the datagram handlers' duplicate of the listening socket, and older ones."""
+        """Close the datagram handlers' duplicate of the listening socket, and older ones (when
+        no thread can be using them any more)."""
         if self.socket is not self.listener.socket:
             self.socket.close()
         for old in self._old_sockets:
@@ -156,5 +159,7 @@ class Server:
         """In a forked child: close the inherited sockets, and never remove the parent's file."""
         self.listener.created_file = None
         self.listener.socket.close()
+        for old in self._old_sockets:
+            old.close()
         if not keep_handler_socket:
             self.socket.close()

@@ -67,7 +67,7 @@ def _bind_inet(address: Address, backlog: int) -> Listener:
 def _bind_unix(address: Address, backlog: int) -> Listener:
     path = address.path
     os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-    _remove_if_stale(address)
+    remove_if_stale(address)
     sock = socket.socket(socket.AF_UNIX, address.socket_type)
     try:
         sock.bind(path)
@@ -81,7 +81,7 @@ def _bind_unix(address: Address, backlog: int) -> Listener:
     return Listener(address, sock, address, created_file=(info.st_dev, info.st_ino))
 
 
-def _remove_if_stale(address: Address) -> None:
+def remove_if_stale(address: Address) -> None:
     """Remove a socket file left behind by a dead process; refuse to touch anything else."""
     try:
         info = os.lstat(address.path)
