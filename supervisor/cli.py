@@ -59,7 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     stop.add_argument(
         "--fast", action="store_true", help="terminate running requests at once (SIGQUIT)"
     )
-    stop.add_argument("--timeout", type=float, metavar="SECONDS", help="how long to wait")
+    stop.add_argument(
+        "--timeout", type=seconds, metavar="SECONDS", help="how long to wait for the exit"
+    )
     return parser
 
 
@@ -76,14 +78,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             return commands.reload(pid_path)
         if args.command == "status":
             return commands.status(pid_path)
-        return commands.stop(pid_path, args.fast, args.timeout or _stop_timeout(path))
+        timeout = args.timeout or _stop_timeout(args.config)
+        return commands.stop(pid_path, args.fast, timeout)
     except SupervisorError as exc:
         print(exc, file=sys.stderr)
         return exc.exit_status
 
 
-def _stop_timeout(path: str) -> float:
-    """Long enough for a graceful stop under this configuration."""
+def seconds(text: str) -> float:
+    """A positive number of seconds (argparse names the type after this function)."""
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise ValueError(text)  # argparse reports it as an invalid value
+    return value
+
+
+def _stop_timeout(path: str | None) -> float:
+    """Long enough for a graceful stop under the given configuration."""
+    if path is None:
+        return commands.DEFAULT_STOP_TIMEOUT
     try:
         settings = config.load(path).supervisor
     except SupervisorError:

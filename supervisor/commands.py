@@ -27,6 +27,15 @@ class NotRunning(SupervisorError):
     exit_status = os.EX_UNAVAILABLE
 
 
+class NotPermitted(SupervisorError):
+    """The running supervisor belongs to another user."""
+
+    exit_status = os.EX_NOPERM
+
+
+PERMISSION_HINT = "run it as root or as the supervisor's user"
+
+
 class StillRunning(SupervisorError):
     """`stop` gave up waiting."""
 
@@ -72,6 +81,8 @@ def ask(pid_path: str, command: str) -> dict[str, Any]:
     path = config.control_socket_for(pid_path)
     try:
         return control.request(path, command)
+    except PermissionError as exc:
+        raise NotPermitted(f"{path}: not permitted ({PERMISSION_HINT})") from exc
     except (OSError, ValueError, TypeError) as exc:
         raise NotRunning(f"{path}: cannot reach the control socket ({exc})") from exc
 
@@ -88,7 +99,12 @@ def reload(pid_path: str) -> int:
 
 def stop(pid_path: str, fast: bool, timeout: float) -> int:
     pid = running(pid_path)
-    os.kill(pid, signal.SIGQUIT if fast else signal.SIGTERM)
+    try:
+        os.kill(pid, signal.SIGQUIT if fast else signal.SIGTERM)
+    except ProcessLookupError as exc:
+        raise NotRunning(f"{pid_path}: supervisor is not running") from exc
+    except PermissionError as exc:
+        raise NotPermitted(f"not permitted to signal pid {pid} ({PERMISSION_HINT})") from exc
     try:
         psutil.Process(pid).wait(timeout)
     except psutil.NoSuchProcess:

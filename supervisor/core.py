@@ -197,21 +197,22 @@ class Supervisor:
 
         ping()
 
-    def _reopen_logs(self) -> None:
+    def _reopen_logs(self, reason: str = "SIGUSR1") -> None:
         log_file = self.config.supervisor.log_file
         if log_file is None:
-            log.info("SIGUSR1: no log_file configured, nothing to reopen")
+            log.info("%s: no log_file configured, nothing to reopen", reason)
             return
         try:
             logs.reopen(log_file)
         except OSError as exc:
             log.error(
-                "SIGUSR1: cannot reopen %s (%s); still logging to the old file",
+                "%s: cannot open %s (%s); still logging to the previous file",
+                reason,
                 log_file,
                 exc.strerror or exc,
             )
             return
-        log.info("SIGUSR1: reopened %s", log_file)
+        log.info("%s: reopened %s", reason, log_file)
 
     # -- reloading -----------------------------------------------------------------------
 
@@ -229,8 +230,11 @@ class Supervisor:
             self.last_reload = ReloadResult(False, str(exc), time.time(), exc.exit_status)
         else:
             changes = config.diff(self.config, prepared.config)
+            old_log = self.config.supervisor.log_file
             self._switch(prepared)
             log.info("reloaded: %s", changes)
+            if prepared.config.supervisor.log_file not in (old_log, None):
+                self._reopen_logs("log_file changed")
             self.last_reload = ReloadResult(True, str(changes), time.time())
         systemd.notify(f"READY=1\nSTATUS={self._summary()}")
         return self.last_reload

@@ -15,13 +15,28 @@ import importlib.util
 import os
 import socketserver
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from types import ModuleType
 
 from supervisor.config import Config, ServerConfig
 from supervisor.errors import ConfigError
 
 HandlerClass = type[socketserver.BaseRequestHandler]
+
+
+@contextlib.contextmanager
+def rollback_on_error() -> Iterator[None]:
+    """Undo what imports did to sys.modules and sys.path if the block fails (a rejected
+    reload changes nothing there either)."""
+    path, modules = list(sys.path), dict(sys.modules)
+    try:
+        yield
+    except BaseException:
+        sys.path[:] = path
+        for name in [name for name in sys.modules if name not in modules]:
+            del sys.modules[name]
+        sys.modules.update(modules)
+        raise
 
 
 def extend_path(entries: Iterable[str]) -> None:

@@ -37,16 +37,25 @@ def prepare(
     `source` is the configuration file (or one already loaded); `current` maps the running
     servers' names to their listeners; `spare` are inherited sockets no server uses now."""
     loaded = config.load(source) if isinstance(source, str) else source
-    classes = handlers.import_all(loaded, fresh=fresh)
-    return Prepared(loaded, classes, _listeners(loaded, current or {}, list(spare)))
+    with handlers.rollback_on_error():
+        classes = handlers.import_all(loaded, fresh=fresh)
+        return Prepared(loaded, classes, _listeners(loaded, current or {}, list(spare)))
 
 
 def _listeners(
     loaded: Config, current: Mapping[str, Listener], spare: list[Listener]
 ) -> dict[str, Listener]:
-    found: dict[str, Listener] = {}
+    # First every server whose address did not change keeps its very socket; then the others
+    # look for a free one at their address, or bind.
+    found: dict[str, Listener] = {
+        name: current[name]
+        for name, server in loaded.servers.items()
+        if name in current and current[name].address == server.address
+    }
     bound: list[Listener] = []
     for name, server in loaded.servers.items():
+        if name in found:
+            continue
         listener = _reusable(name, server, current, spare, [*found.values()])
         if listener is None:
             try:
@@ -70,11 +79,8 @@ def _reusable(
     spare: list[Listener],
     taken: list[Listener],
 ) -> Listener | None:
-    """The listener this server keeps: its own, another one bound to its address (a server's
-    or an inherited one), or the only inherited one named after it (FileDescriptorName=)."""
-    own = current.get(name)
-    if own is not None and own.address == server.address and not _among(own, taken):
-        return own
+    """A listener not `taken` for a new or moved server: one bound to its address (another
+    server's, or an inherited one), or the only inherited one named after it."""
     free = [
         listener
         for listener in [*current.values(), *spare]

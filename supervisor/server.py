@@ -63,13 +63,13 @@ class Server:
         self.config = config
         self.RequestHandlerClass = handler
         self.max_packet_size = config.max_packet_size
-        if listener is self.listener:
-            if config.address.is_stream:
-                listener.socket.listen(config.backlog)  # the backlog may have changed
-            return
-        if self.socket is not self.listener.socket:
-            self._old_sockets.append(self.socket)  # a thread may still be answering on it
-        self.socket = self._attach(listener)
+        if listener is not self.listener:
+            if self.socket is not self.listener.socket:
+                self._old_sockets.append(self.socket)  # a thread may still be answering on it
+            self.socket = self._attach(listener)
+        if config.address.is_stream and not listener.inherited:
+            listener.socket.listen(config.backlog)  # the backlog may have changed
+            # (an inherited socket keeps the Backlog= its service manager gave it)
 
     def close_old_sockets(self) -> None:
         """Close the handler sockets of replaced listeners once no thread can be using them

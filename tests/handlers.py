@@ -148,3 +148,14 @@ class GreetingHandler(socketserver.StreamRequestHandler):
 
 class OtherGreetingHandler(GreetingHandler):
     greeting = b"howdy"
+
+
+class SlowDatagramHandler(socketserver.DatagramRequestHandler):
+    """Answer a datagram after a pause long enough to still be running at a stop."""
+
+    delay = 0.5
+
+    def handle(self) -> None:
+        data = self.rfile.read()
+        time.sleep(self.delay)
+        self.wfile.write(b"late " + data)

@@ -520,3 +520,43 @@ def test_control_socket_protocol(start_supervisor: StartSupervisor, sockdir: Pat
         assert status_of(sockdir)["pid"] == supervisor.pid
         silent.sendall(b'{"command": "status"}\n')  # still served afterwards
         assert json.loads(readline(silent))["pid"] == supervisor.pid
+
+
+def test_a_control_request_pending_during_a_fork_is_not_held_by_the_child(
+    start_supervisor: StartSupervisor, sockdir: Path
+) -> None:
+    supervisor = start_supervisor(config_text(sockdir, HELD))
+    with (
+        connect(str(sockdir / "sv.sock")) as pending,
+        connect(supervisor.inet("held")) as held,
+    ):
+        child = int(readline(held))  # forked while `pending` was connected
+        pending.sendall(b'{"command": "status"}\n')
+        chunks = []
+        while chunk := pending.recv(65536):  # the end of the answer: not held by the child
+            chunks.append(chunk)
+        assert json.loads(b"".join(chunks))["children"] == [{"pid": child, "server": "held"}]
+        held.sendall(b"done\n")
+        assert readline(held) == b"bye\n"
+
+
+def test_stop_by_another_user_is_refused_in_one_line(
+    start_supervisor: StartSupervisor, sockdir: Path
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("running the command as another user needs root")
+    supervisor = start_supervisor(config_text(sockdir))
+    sockdir.chmod(0o755)  # nobody may read the pidfile, but not signal its process
+    (sockdir / "sv.pid").chmod(0o644)
+    python = python_for_nobody()
+    script = (
+        f"import sys; sys.path.insert(0, {str(ROOT)!r}); sys.path[1:1] = {sys.path[1:]!r}; "
+        "from supervisor.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    result = run_as_nobody(python, "-c", script, "stop", "--pidfile", str(sockdir / "sv.pid"))
+    assert result.returncode == os.EX_NOPERM, result.stderr
+    assert result.stderr == (
+        f"not permitted to signal pid {supervisor.pid} "
+        "(run it as root or as the supervisor's user)\n"
+    )
+    assert supervisor.process.poll() is None

@@ -27,6 +27,7 @@ from tests.conftest import LISTENING, ROOT, exchange
 
 PR_SET_CHILD_SUBREAPER = 36
 EX_UNAVAILABLE = 69
+EX_CANTCREAT = 73
 EX_CONFIG = 78
 CLI_TIMEOUT = 30.0
 WAIT = 10.0  # deadline for anything the daemon does
@@ -345,6 +346,24 @@ def test_daemon_needs_a_pidfile_and_a_log_file(
     assert our_children() - reaper == set()
     assert not pidfile.exists()
     assert not log_file.exists()
+
+
+@pytest.mark.parametrize("args", [["run", "--daemon"], ["run"]], ids=" ".join)
+def test_a_log_file_that_cannot_be_opened_is_reported_before_detaching(
+    reaper: frozenset[int], tmp_path: Path, sockdir: Path, args: list[str]
+) -> None:
+    pidfile, blocker = sockdir / "sv.pid", tmp_path / "not-a-directory"
+    blocker.write_text("")
+    log_file = blocker / "sv.log"
+    config = write_config(tmp_path / "sv.toml", pidfile, log_file)
+    result = run_cli(*args, "-c", str(config))
+    assert result.returncode == EX_CANTCREAT
+    assert result.stderr == (
+        f"{config}: supervisor.log_file: cannot open {log_file} (File exists)\n"
+    )
+    assert our_children() - reaper == set()  # nothing was left running
+    assert not pidfile.exists()
+    assert not (sockdir / "sv.sock").exists()
 
 
 @pytest.mark.parametrize("args", [["run", "--daemon"], ["run"], ["check"]], ids=" ".join)

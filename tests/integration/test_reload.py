@@ -3,12 +3,16 @@
 import os
 import signal
 import socket
+import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
+from supervisor.errors import ConfigError
+from supervisor.reload import prepare
 from tests.conftest import StartSupervisor, Supervisor, connect, exchange, readline
 
 
@@ -35,6 +39,11 @@ STABLE = """
     address = "tcp://127.0.0.1:0"
     handler = "tests.handlers:LineEchoHandler"
 
+    [servers.stable-udp]
+    address = "udp://127.0.0.1:0"
+    handler = "tests.handlers:DatagramEchoHandler"
+    mode = "thread"
+
     [servers.stable-unix]
     address = "unix://{sockdir}/stable.sock"
     handler = "tests.handlers:LineEchoHandler"
@@ -42,10 +51,28 @@ STABLE = """
 """
 
 
+class Datagram:
+    """A UDP server address: one datagram out, one back, with a deadline."""
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        self.address = address
+
+    def __repr__(self) -> str:
+        return f"udp://{self.address[0]}:{self.address[1]}"
+
+    def exchange(self, data: bytes) -> bytes:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(5)
+            sock.sendto(data, self.address)
+            return sock.recv(65536)
+
+
 class Clients:
     """Threads that keep making requests to some servers, counting every failure."""
 
-    def __init__(self, addresses: list[tuple[str, int] | str], per_address: int = 2) -> None:
+    def __init__(
+        self, addresses: list[tuple[str, int] | str | Datagram], per_address: int = 2
+    ) -> None:
         self.done = threading.Event()
         self.requests = 0
         self.failures: list[str] = []
@@ -56,12 +83,14 @@ class Clients:
             for _ in range(per_address)
         ]
 
-    def _run(self, address: tuple[str, int] | str) -> None:
+    def _run(self, address: tuple[str, int] | str | Datagram) -> None:
         while not self.done.is_set():
             try:
-                reply = exchange(address, b"ping\n", timeout=10)
-                ok = reply.endswith(b" ping\n")
-                error = "" if ok else f"bad reply {reply!r}"
+                if isinstance(address, Datagram):
+                    reply, expected = address.exchange(b"ping"), b"echo ping"
+                else:
+                    reply, expected = exchange(address, b"ping\n", timeout=10), b" ping\n"
+                error = "" if reply.endswith(expected) else f"bad reply {reply!r}"
             except OSError as exc:
                 error = f"{address}: {exc!r}"
             with self._lock:
@@ -104,9 +133,10 @@ def test_many_reloads_under_load_lose_no_connection(stable: Supervisor, sockdir:
         """,
         base + "\n[servers.broken\n",  # a TOML syntax error: rejected, nothing changes
     ]
-    addresses: list[tuple[str, int] | str] = [
+    addresses: list[tuple[str, int] | str | Datagram] = [
         stable.inet("stable"),
         stable.unix_path("stable-unix"),
+        Datagram(stable.inet("stable-udp")),
     ]
     with Clients(addresses) as clients:
         for number in range(24):
@@ -114,7 +144,7 @@ def test_many_reloads_under_load_lose_no_connection(stable: Supervisor, sockdir:
             reload(stable, variant, "reload failed" if number % 3 == 2 else "reloaded: ")
     assert clients.failures == []
     print(f"{clients.requests} requests during 24 reloads, none failed")
-    assert clients.requests > 48  # the clients really ran during the reloads
+    assert clients.requests > 72  # the clients really ran during the reloads
     assert stable.process.poll() is None
 
 
@@ -328,3 +358,97 @@ def test_a_reload_that_cannot_bind_closes_what_it_bound(stable: Supervisor, sock
     )
     assert not (sockdir / "first.sock").exists()  # bound during the attempt, closed again
     assert exchange(stable.inet("stable"), b"x\n").endswith(b" x\n")
+
+
+def test_a_datagram_server_moves_away_and_back(stable: Supervisor, sockdir: Path) -> None:
+    """Moving releases the old socket at once, so moving back can bind it again."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        first = probe.getsockname()[1]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        second = probe.getsockname()[1]
+    base = STABLE.format(sockdir=sockdir)
+    for port in (first, second, first, second):
+        reload(
+            stable,
+            base
+            + f"""
+            [servers.mover]
+            address = "udp://127.0.0.1:{port}"
+            handler = "tests.handlers:DatagramEchoHandler"
+            mode = "inline"
+            """,
+        )
+        assert Datagram(("127.0.0.1", port)).exchange(b"here") == b"echo here"
+
+
+def test_names_for_one_address_cannot_share_a_socket(
+    start_supervisor: StartSupervisor, sockdir: Path
+) -> None:
+    """localhost and 127.0.0.1 pass the configuration check: the server that did not change
+    keeps its socket, and the newcomer's bind is refused."""
+    base = STABLE.format(sockdir=sockdir).replace("tcp://127.0.0.1:0", "tcp://localhost:0")
+    supervisor = start_supervisor(base)
+    host, port = supervisor.inet("stable")
+    intruder = f"""
+        [servers.intruder]
+        address = "tcp://127.0.0.1:{port}"
+        handler = "tests.handlers:GreetingHandler"
+    """
+    line = reload(supervisor, intruder + base, "reload failed")
+    assert line.endswith(f"cannot bind tcp://127.0.0.1:{port} (Address already in use)")
+    assert exchange((host, port), b"x\n").endswith(b" x\n")
+    assert supervisor.process.poll() is None
+
+
+def test_a_changed_log_file_applies_at_once(
+    start_supervisor: StartSupervisor, tmp_path: Path, sockdir: Path
+) -> None:
+    first, second = tmp_path / "first.log", tmp_path / "second.log"
+    toml = STABLE.format(sockdir=sockdir)
+    supervisor = start_supervisor(f'[supervisor]\nlog_file = "{first}"\n' + toml, ready=False)
+    wait_in_file(first, "ready: ")
+    write(supervisor.config, f'[supervisor]\nlog_file = "{second}"\n' + toml)
+    supervisor.signal(signal.SIGHUP)
+    wait_in_file(second, "log_file changed: reopened")  # the log goes to the new file
+    assert "reloaded: no server changed" in first.read_text()
+    assert "reopened" not in first.read_text()
+
+
+def wait_in_file(path: Path, text: str) -> None:
+    """Wait for `text` in a file another process writes (re-read, with a deadline)."""
+    deadline = time.monotonic() + 10
+    while text not in (path.read_text() if path.exists() else ""):
+        assert time.monotonic() < deadline, f"{text!r} not in {path}"
+        time.sleep(0.02)
+
+
+def test_a_rejected_reload_leaves_the_imported_modules_as_they_were(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In-process: a handler module refreshed before another one fails is put back."""
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setattr(sys, "modules", dict(sys.modules))
+    handlers_dir = tmp_path / "hd"
+    handlers_dir.mkdir()
+    source = "import socketserver\nclass H(socketserver.BaseRequestHandler):\n    v = {}\n"
+    (handlers_dir / "rb_first.py").write_text(source.format(1))
+    (handlers_dir / "rb_second.py").write_text(source.format(1))
+    config = tmp_path / "sv.toml"
+    config.write_text(
+        '[supervisor]\npath = ["hd"]\n'
+        '[servers.a]\naddress = "tcp://127.0.0.1:0"\nhandler = "rb_first:H"\n'
+        '[servers.b]\naddress = "tcp://127.0.0.1:0"\nhandler = "rb_second:H"\n'
+    )
+    running = prepare(str(config))
+    try:
+        original = sys.modules["rb_first"]
+        (handlers_dir / "rb_first.py").write_text(source.format(22))  # changed: re-imported
+        (handlers_dir / "rb_second.py").write_text("syntax error (")
+        with pytest.raises(ConfigError, match=r"servers\.b\.handler: cannot import 'rb_second'"):
+            prepare(str(config), running.listeners, fresh=True)
+        assert sys.modules["rb_first"] is original
+    finally:
+        for listener in running.listeners.values():
+            listener.close()

@@ -147,3 +147,26 @@ def test_a_stale_unix_socket_file_is_replaced(
         sock.sendall(b"hi\n")
         assert readline(sock).endswith(b" hi\n")
     assert supervisor.process.poll() is None
+
+
+def test_a_thread_mode_datagram_request_finishes_during_a_stop(
+    start_supervisor: StartSupervisor,
+) -> None:
+    supervisor = start_supervisor(
+        """
+        [servers.slow-udp]
+        address = "udp://127.0.0.1:0"
+        handler = "tests.handlers:SlowDatagramHandler"
+        mode = "thread"
+        """
+    )
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        client.settimeout(10)
+        client.sendto(b"ping", supervisor.inet("slow-udp"))
+        supervisor.wait_for_log("ready: ")
+        # The datagram is being handled once the supervisor counts it: then stop.
+        supervisor.signal(signal.SIGTERM)
+        supervisor.wait_for_log(r"stopping; 1 requests in progress")
+        assert client.recv(100) == b"late ping"  # answered on the handler's socket
+    assert supervisor.wait() == 0
+    assert "Traceback" not in supervisor.log
