@@ -204,3 +204,49 @@ def readline(sock: socket.socket) -> bytes:
             break
         line += byte
     return bytes(line)
+
+
+# -- the command line ----------------------------------------------------------------------
+
+CLI_TIMEOUT = 30.0
+CLI_ENV = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+
+
+def cli_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "supervisor", *args]
+
+
+def run_cli(*args: str, timeout: float = CLI_TIMEOUT) -> subprocess.CompletedProcess[str]:
+    """`python -m supervisor ARGS` from the source tree, as an operator types it; a hang is
+    killed at the timeout."""
+    return subprocess.run(
+        cli_command(*args),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=CLI_ENV,
+        cwd=ROOT,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def one_line_error(result: subprocess.CompletedProcess[str], status: int) -> str:
+    """Check the failure shape (status, nothing on stdout, one stderr line); return the line."""
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == status, result.stderr
+    assert result.stdout == ""
+    assert result.stderr.endswith("\n")
+    assert result.stderr.count("\n") == 1, result.stderr
+    return result.stderr.rstrip("\n")
+
+
+@pytest.fixture
+def unrelated_process() -> Iterator[subprocess.Popen[bytes]]:
+    """A live process that has nothing to do with the supervisor (its pid in a stale file)."""
+    process = subprocess.Popen(["sleep", "60"])
+    try:
+        yield process
+    finally:
+        process.kill()
+        process.wait()

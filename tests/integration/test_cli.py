@@ -2,8 +2,6 @@
 
 import os
 import socket
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -11,43 +9,17 @@ import pytest
 
 import supervisor
 from supervisor import config
-from tests.conftest import ROOT
+from tests.conftest import ROOT, one_line_error, run_cli
 
-CLI_TIMEOUT = 30.0
 EX_USAGE = 64
 EX_OSERR = 71
 EX_CONFIG = 78
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    """Run `python -m supervisor ARGS` from the source tree; a hang is killed at the timeout."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
-    return subprocess.run(
-        [sys.executable, "-m", "supervisor", *args],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=CLI_TIMEOUT,
-        check=False,
-    )
 
 
 def write_config(tmp_path: Path, toml: str, name: str = "supervisor.toml") -> Path:
     path = tmp_path / name
     path.write_text(textwrap.dedent(toml))
     return path
-
-
-def one_line_error(result: subprocess.CompletedProcess[str], status: int) -> str:
-    """Check the failure shape (status, nothing on stdout, one stderr line); return the line."""
-    assert "Traceback" not in result.stderr, result.stderr
-    assert result.returncode == status, result.stderr
-    assert result.stdout == ""
-    assert result.stderr.endswith("\n")
-    assert result.stderr.count("\n") == 1, result.stderr
-    return result.stderr.rstrip("\n")
 
 
 def server(name: str, address: str, handler: str = "tests.handlers:BaseEchoHandler") -> str:

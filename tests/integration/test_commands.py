@@ -19,13 +19,24 @@ import psutil
 import pytest
 
 from supervisor import control
-from tests.conftest import ROOT, StartSupervisor, Supervisor, connect, exchange, readline
+from tests.conftest import (
+    CLI_ENV,
+    CLI_TIMEOUT,
+    ROOT,
+    StartSupervisor,
+    Supervisor,
+    cli_command,
+    connect,
+    exchange,
+    one_line_error,
+    readline,
+    run_cli,
+)
 
 EX_USAGE = 64
 EX_UNAVAILABLE = 69
 EX_OSERR = 71
 EX_CONFIG = 78
-CLI_TIMEOUT = 30.0
 NOBODY = 65534
 
 ECHO = """
@@ -55,27 +66,6 @@ def config_text(sockdir: Path, servers: str = ECHO, settings: str = "") -> str:
     return f'[supervisor]\npidfile = "{sockdir}/sv.pid"\n{settings}\n{servers}'
 
 
-def cli_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "supervisor", *args]
-
-
-CLI_ENV = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    """`python -m supervisor ARGS`, as an operator types it; a hang is killed at the timeout."""
-    return subprocess.run(
-        cli_command(*args),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        env=CLI_ENV,
-        cwd=ROOT,
-        timeout=CLI_TIMEOUT,
-        check=False,
-    )
-
-
 @contextlib.contextmanager
 def cli_process(*args: str) -> Iterator[subprocess.Popen[str]]:
     """The command running in the background, killed if it is still running at the end.
@@ -100,16 +90,6 @@ def cli_process(*args: str) -> Iterator[subprocess.Popen[str]]:
         for stream in (process.stdout, process.stderr):
             if stream is not None:
                 stream.close()
-
-
-def one_line_error(result: subprocess.CompletedProcess[str], status: int) -> str:
-    """Check the failure shape (status, nothing on stdout, one stderr line); return the line."""
-    assert "Traceback" not in result.stderr, result.stderr
-    assert result.returncode == status, result.stderr
-    assert result.stdout == ""
-    assert result.stderr.endswith("\n")
-    assert result.stderr.count("\n") == 1, result.stderr
-    return result.stderr.rstrip("\n")
 
 
 def inet(address: str) -> tuple[str, int]:
@@ -348,16 +328,6 @@ def test_stop_fast_terminates_requests_at_once(
 
 
 # --- finding the instance -----------------------------------------------------------------
-
-
-@pytest.fixture
-def unrelated_process() -> Iterator[subprocess.Popen[bytes]]:
-    process = subprocess.Popen(["sleep", "60"])
-    try:
-        yield process
-    finally:
-        process.kill()
-        process.wait()
 
 
 @pytest.mark.parametrize("command", ["reload", "stop", "status"])

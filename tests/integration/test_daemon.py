@@ -12,7 +12,6 @@ import re
 import signal
 import stat
 import subprocess
-import sys
 import textwrap
 import time
 from collections.abc import Callable, Iterator
@@ -23,13 +22,12 @@ import psutil
 import pytest
 
 from supervisor import control
-from tests.conftest import LISTENING, ROOT, exchange
+from tests.conftest import LISTENING, ROOT, exchange, run_cli
 
 PR_SET_CHILD_SUBREAPER = 36
 EX_UNAVAILABLE = 69
 EX_CANTCREAT = 73
 EX_CONFIG = 78
-CLI_TIMEOUT = 30.0
 WAIT = 10.0  # deadline for anything the daemon does
 POLL = 0.02  # how often a log file is re-read while waiting for a line
 
@@ -43,21 +41,6 @@ FAILING = """
 address = "tcp://127.0.0.1:0"
 handler = "tests.handlers:FailingHandler"
 """
-
-
-def run_cli(*args: str, timeout: float = CLI_TIMEOUT) -> subprocess.CompletedProcess[str]:
-    """`python -m supervisor ARGS` from the source tree, as an operator types it."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
-    return subprocess.run(
-        [sys.executable, "-m", "supervisor", *args],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=timeout,
-        check=False,
-    )
 
 
 def write_config(
@@ -268,16 +251,6 @@ def test_a_second_instance_on_a_live_pidfile_is_refused(
     assert stat.S_ISSOCK(daemon.control_socket.stat().st_mode)
     assert control.request(str(daemon.control_socket), "status")["pid"] == daemon.pid
     assert exchange(daemon.inet("echo"), b"ping") == b"base ping"
-
-
-@pytest.fixture
-def unrelated_process() -> Iterator[subprocess.Popen[bytes]]:
-    process = subprocess.Popen(["sleep", "60"])
-    try:
-        yield process
-    finally:
-        process.kill()
-        process.wait()
 
 
 @pytest.mark.parametrize("stale", ["dead pid", "unrelated live pid", "garbage"])
