@@ -11,7 +11,7 @@ import tempfile
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import psutil
@@ -23,14 +23,13 @@ READY = "ready: "
 STOP_TIMEOUT = 20.0
 
 
-class Supervisor:
-    """A running `python -m supervisor run` process, with its log collected line by line."""
+class LoggedProcess:
+    """A command started for a test, its stdout and stderr collected line by line."""
 
-    def __init__(self, config: Path, extra_env: dict[str, str] | None = None) -> None:
-        self.config = config
+    def __init__(self, command: Sequence[str], extra_env: dict[str, str] | None = None) -> None:
         env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **(extra_env or {})}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "supervisor", "run", "-c", str(config)],
+            list(command),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -43,7 +42,6 @@ class Supervisor:
         self._changed = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
-        self.addresses: dict[str, str] = {}
 
     def _read(self) -> None:
         assert self.process.stdout is not None
@@ -59,8 +57,13 @@ class Supervisor:
         with self._changed:
             return "\n".join(self.lines)
 
+    def running(self) -> bool:
+        """Whether it may still print: False once its output is closed (it has exited)."""
+        return self._reader.is_alive()
+
     def wait_for_log(self, pattern: str, timeout: float = 10.0, start: int = 0) -> re.Match[str]:
-        """Wait until a log line (from line `start` on) matches `pattern`; return the match."""
+        """Wait until a log line (from line `start` on) matches `pattern`; return the match.
+        AssertionError when the deadline passes or the process has exited without it."""
         regex = re.compile(pattern)
         deadline = time.monotonic() + timeout
         with self._changed:
@@ -69,11 +72,48 @@ class Supervisor:
                     if match := regex.search(line):
                         return match
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or (
-                    self.process.poll() is not None and not self._reader.is_alive()
-                ):
+                if remaining <= 0 or not self._reader.is_alive():
                     raise AssertionError(f"no log line matches {pattern!r}; log:\n{self.log}")
                 self._changed.wait(remaining)
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def wait(self, timeout: float = STOP_TIMEOUT) -> int:
+        returncode = self.process.wait(timeout)
+        self._reader.join(timeout)
+        return returncode
+
+    def stop(self) -> None:
+        """Stop the process and everything it left behind, whatever state it is in."""
+        try:
+            descendants = psutil.Process(self.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            descendants = []
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        for process in descendants:
+            try:
+                process.kill()
+            except psutil.NoSuchProcess:
+                continue
+        self._reader.join(5)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+
+class Supervisor(LoggedProcess):
+    """A running `python -m supervisor run` process, with its log collected line by line."""
+
+    def __init__(self, config: Path, extra_env: dict[str, str] | None = None) -> None:
+        super().__init__(cli_command("run", "-c", str(config)), extra_env)
+        self.config = config
+        self.addresses: dict[str, str] = {}
 
     def wait_ready(self, timeout: float = 20.0) -> "Supervisor":
         self.wait_for_log(READY, timeout)
@@ -109,36 +149,6 @@ class Supervisor:
     def zombies(self) -> list[psutil.Process]:
         """Children that have exited and are not reaped yet."""
         return self._children(zombie=True)
-
-    def signal(self, signum: int) -> None:
-        self.process.send_signal(signum)
-
-    def wait(self, timeout: float = STOP_TIMEOUT) -> int:
-        returncode = self.process.wait(timeout)
-        self._reader.join(timeout)
-        return returncode
-
-    def stop(self) -> None:
-        """Stop the supervisor and every process it left behind, whatever state it is in."""
-        try:
-            descendants = psutil.Process(self.pid).children(recursive=True)
-        except psutil.NoSuchProcess:
-            descendants = []
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        for process in descendants:
-            try:
-                process.kill()
-            except psutil.NoSuchProcess:
-                continue
-        if self.process.stdout is not None:
-            self._reader.join(5)
-            self.process.stdout.close()
 
 
 StartSupervisor = Callable[..., Supervisor]

@@ -21,7 +21,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -32,7 +31,7 @@ from typing import Protocol
 import psutil
 import pytest
 
-from tests.conftest import READY, ROOT, STOP_TIMEOUT, StartSupervisor, exchange
+from tests.conftest import READY, STOP_TIMEOUT, LoggedProcess, StartSupervisor, exchange
 
 SYSTEMD_VARIABLES = (
     "NOTIFY_SOCKET",
@@ -82,94 +81,16 @@ def monotonic_usec() -> int:
 # -- processes started with a command line of our own ----------------------------------------
 
 
-class Process:
-    """A command started for a test, its stdout and stderr collected line by line."""
-
-    def __init__(self, command: Sequence[str], extra_env: dict[str, str]) -> None:
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **extra_env}
-        self.process = subprocess.Popen(
-            list(command),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=env,
-            cwd=ROOT,
-        )
-        self.pid = self.process.pid
-        self.lines: list[str] = []
-        self._changed = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            with self._changed:
-                self.lines.append(line.rstrip("\n"))
-                self._changed.notify_all()
-        with self._changed:
-            self._changed.notify_all()
-
-    @property
-    def log(self) -> str:
-        with self._changed:
-            return "\n".join(self.lines)
-
-    def wait_for_log(
-        self, pattern: str, timeout: float = DEADLINE, start: int = 0
-    ) -> re.Match[str]:
-        """Wait until a line (from line `start` on) matches; AssertionError if the deadline
-        passes or the process has exited without printing it."""
-        regex = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                for line in self.lines[start:]:
-                    if match := regex.search(line):
-                        return match
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not self._reader.is_alive():
-                    raise AssertionError(f"no line matches {pattern!r}; output:\n{self.log}")
-                self._changed.wait(remaining)
-
-    def running(self) -> bool:
-        """Whether it may still print: False once its output is closed (it has exited)."""
-        return self._reader.is_alive()
-
-    def stop(self) -> None:
-        """Stop the process and everything it left behind, whatever state it is in."""
-        try:
-            descendants = psutil.Process(self.pid).children(recursive=True)
-        except psutil.NoSuchProcess:
-            descendants = []
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        for process in descendants:
-            try:
-                process.kill()
-            except psutil.NoSuchProcess:
-                continue
-        self._reader.join(5)
-        if self.process.stdout is not None:
-            self.process.stdout.close()
-
-
-Spawn = Callable[[Sequence[str], dict[str, str]], Process]
+Spawn = Callable[[Sequence[str], dict[str, str]], LoggedProcess]
 
 
 @pytest.fixture
 def spawn() -> Iterator[Spawn]:
     """Start commands; every one is stopped, with what it started, at the end."""
-    started: list[Process] = []
+    started: list[LoggedProcess] = []
 
-    def start(command: Sequence[str], extra_env: dict[str, str]) -> Process:
-        process = Process(command, extra_env)
+    def start(command: Sequence[str], extra_env: dict[str, str]) -> LoggedProcess:
+        process = LoggedProcess(command, extra_env)
         started.append(process)
         return process
 
@@ -493,7 +414,7 @@ def activated_config(ports: Ports, echo: bool = True, late: bool = False) -> str
 
 @dataclass
 class Activated:
-    process: Process
+    process: LoggedProcess
     ports: Ports
     config: Path
     first: socket.socket  # the connection that made systemd-socket-activate exec
