@@ -167,6 +167,8 @@ class Supervisor:
         self.loop.close()
 
     def _on_intent(self, intent: Intent, signum: int) -> None:
+        if self.state is State.STOPPED:
+            return  # on the way out: the loop ends after this turn
         if intent is Intent.REAP:
             self._reap()
         elif intent is Intent.STOP:

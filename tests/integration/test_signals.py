@@ -3,12 +3,17 @@
 SIGTERM and SIGINT (graceful stop) are covered by test_shutdown.py.
 """
 
+import logging
 import re
 import signal
 from pathlib import Path
 
 import psutil
+import pytest
 
+from supervisor.core import State, Supervisor
+from supervisor.reload import prepare
+from supervisor.signals import Intent
 from tests.conftest import StartSupervisor, connect, exchange, readline
 
 ECHO = """
@@ -120,3 +125,23 @@ def test_sigusr1_without_a_log_file_changes_nothing(start_supervisor: StartSuper
     )
     assert exchange(supervisor.inet("echo"), b"ping") == b"base ping"
     assert supervisor.process.poll() is None
+
+
+def test_signals_after_the_stop_are_ignored(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """In-process: two SIGTERMs handled in one turn of the loop stop it once."""
+    config = tmp_path / "sv.toml"
+    config.write_text(ECHO)
+    supervisor = Supervisor(prepare(str(config)))
+    supervisor.state = State.RUNNING
+    try:
+        with caplog.at_level(logging.INFO, logger="supervisor"):
+            supervisor._on_intent(Intent.STOP, signal.SIGTERM)
+            supervisor._on_intent(Intent.STOP, signal.SIGTERM)
+            supervisor._on_intent(Intent.RELOAD, signal.SIGHUP)
+    finally:
+        supervisor.loop.close()
+    assert supervisor.state is State.STOPPED
+    assert caplog.text.count("SIGTERM: stopping") == 1
+    assert "reload" not in caplog.text
