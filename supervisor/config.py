@@ -12,7 +12,7 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from supervisor import addresses
@@ -20,6 +20,7 @@ from supervisor.addresses import Address
 from supervisor.errors import ConfigError
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+DEFAULT_METRICS_ADDRESS = "tcp://127.0.0.1:9464"
 MAX_SECONDS = 86400.0  # a day: the longest wait a setting may ask for
 _SERVER_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -70,12 +71,21 @@ def control_socket_for(pidfile: str) -> str:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """The `[metrics]` table: the Prometheus endpoint."""
+
+    enabled: bool = True
+    address: Address = field(default_factory=lambda: addresses.parse(DEFAULT_METRICS_ADDRESS))
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole configuration file, validated."""
 
     source: str
     supervisor: SupervisorConfig
     servers: Mapping[str, ServerConfig]
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
 def load(path: str) -> Config:
@@ -95,14 +105,16 @@ def load(path: str) -> Config:
 def parse(data: Mapping[str, Any], source: str) -> Config:
     """Validate an already decoded TOML document; `source` names it in errors."""
     top = _Table(source, "", data)
-    top.only("supervisor", "servers")
+    top.only("supervisor", "servers", "metrics")
     supervisor = _supervisor(top.table("supervisor"), source)
+    metrics = _metrics(top.table("metrics"))
     servers_table = top.table("servers")
     if not servers_table.data:
         raise ConfigError(source, "servers", "at least one server is required")
     servers = {name: _server(name, servers_table.table(name)) for name in servers_table.data}
     _check_unique_addresses(source, servers)
-    return Config(source, supervisor, servers)
+    _check_metrics_address(source, metrics, servers)
+    return Config(source, supervisor, servers, metrics)
 
 
 @dataclass(frozen=True)
@@ -160,6 +172,27 @@ def _supervisor(table: "_Table", source: str) -> SupervisorConfig:
         log_level=table.choice("log_level", "info", LOG_LEVELS),
         path=tuple(os.path.join(base, entry) for entry in table.strings("path")),
     )
+
+
+def _metrics(table: "_Table") -> MetricsConfig:
+    table.only("enabled", "address")
+    address = table.address("address") if "address" in table.data else MetricsConfig().address
+    if not address.is_stream:
+        raise table.error(
+            "address", "the metrics endpoint needs a stream address (tcp://, unix://)"
+        )
+    return MetricsConfig(enabled=table.boolean("enabled", True), address=address)
+
+
+def _check_metrics_address(
+    source: str, metrics: MetricsConfig, servers: Mapping[str, ServerConfig]
+) -> None:
+    if not metrics.enabled:
+        return
+    for server in servers.values():
+        if addresses.overlaps(metrics.address, server.address):
+            what = f"{metrics.address} is already used by servers.{server.name} ({server.address})"
+            raise ConfigError(source, "metrics.address", what)
 
 
 def _server(name: str, table: "_Table") -> ServerConfig:
@@ -282,6 +315,14 @@ class _Table:
             shown = f"{value:g}" if isinstance(value, float) else str(value)
             raise self.error(key, f"must be {expected}, got {shown[:40]}")
         return float(value)
+
+    def boolean(self, key: str, default: bool) -> bool:
+        if key not in self.data:
+            return default
+        value = self.data[key]
+        if not isinstance(value, bool):
+            raise self.error(key, f"must be true or false, got {_type_name(value)} {value!r}")
+        return value
 
     def string(self, key: str) -> str:
         if key not in self.data:

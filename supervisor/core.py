@@ -26,12 +26,16 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, NoReturn
 
-from supervisor import config, logs, systemd
+from prometheus_client.exposition import choose_encoder
+
+from supervisor import config, logs, metrics, systemd
 from supervisor.children import Child, ChildTable, Reaped, SystemCalls
 from supervisor.config import Mode
 from supervisor.control import ControlServer
 from supervisor.errors import SupervisorError
+from supervisor.exporter import HttpServer, Response
 from supervisor.loop import Loop, Timer
+from supervisor.metrics import ReloadStats
 from supervisor.reload import Prepared, prepare
 from supervisor.server import Request, Server
 from supervisor.signals import INTENTS, Intent, SignalWakeup
@@ -57,6 +61,15 @@ TRANSIENT_ERRNOS = frozenset(
         errno.EPERM,
     }
 )
+
+
+def exit_outcome(reaped: Reaped[Server]) -> str:
+    """ok, error (non-zero exit), signal, or killed (by the supervisor)."""
+    if reaped.status.ok:
+        return "ok"
+    if reaped.child is not None and reaped.child.signalled is not None:
+        return "killed"
+    return "signal" if reaped.status.signal is not None else "error"
 
 
 def flush_standard_streams() -> None:
@@ -88,10 +101,12 @@ class Supervisor:
     def __init__(
         self,
         prepared: Prepared,
+        *,
         config_path: str | None = None,
         spare: Iterable[Listener] = (),
         calls: SystemCalls | None = None,
         control_socket: Listener | None = None,
+        metrics_listener: Listener | None = None,
     ) -> None:
         self.config = prepared.config
         self.config_path = config_path or prepared.config.source  # re-read on every reload
@@ -113,6 +128,9 @@ class Supervisor:
         self._signals: SignalWakeup | None = None
         self._control_socket = control_socket  # bound by the caller, served from run()
         self._control: ControlServer | None = None
+        self._metrics_listener = metrics_listener
+        self._metrics: HttpServer | None = None
+        self.reload_stats = ReloadStats()
         self._stop_timer: Timer | None = None
         self._terminating = False  # SIGTERM sent to the children; SIGKILL is next
         # Connections being served by threads: a forked child must not keep them open.
@@ -125,6 +143,8 @@ class Supervisor:
         self._signals = SignalWakeup(self.loop, self._on_intent)
         if self._control_socket is not None:
             self._control = ControlServer(self.loop, self._control_socket, self._on_command)
+        if self._metrics_listener is not None:
+            self._metrics = self._serve_metrics(self._metrics_listener)
         self.state = State.RUNNING  # STARTING -> RUNNING
         for server in self.servers.values():
             self._refresh(server)
@@ -162,6 +182,8 @@ class Supervisor:
             listener.socket.close()
         if self._control is not None:
             self._control.close()
+        if self._metrics is not None:
+            self._metrics.close()
         if self._signals is not None:
             self._signals.close()
         self.loop.close()
@@ -230,14 +252,22 @@ class Supervisor:
         except SupervisorError as exc:
             log.error("reload failed, still running the previous configuration: %s", exc)
             self.last_reload = ReloadResult(False, str(exc), time.time(), exc.exit_status)
+            self.reload_stats.failures += 1
+            self.reload_stats.last_ok = False
         else:
             changes = config.diff(self.config, prepared.config)
             old_log = self.config.supervisor.log_file
+            metrics_changed = prepared.config.metrics != self.config.metrics
             self._switch(prepared)
             log.info("reloaded: %s", changes)
             if prepared.config.supervisor.log_file not in (old_log, None):
                 self._reopen_logs("log_file changed")
             self.last_reload = ReloadResult(True, str(changes), time.time())
+            self.reload_stats.successes += 1
+            self.reload_stats.last_ok = True
+            self.reload_stats.last_success = self.last_reload.at
+            if metrics_changed:
+                log.warning("metrics: changes to [metrics] apply at the next start")
         systemd.notify(f"READY=1\nSTATUS={self._summary()}")
         return self.last_reload
 
@@ -301,6 +331,32 @@ class Supervisor:
         else:
             listener.close()
 
+    # -- metrics ---------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self.state is State.RUNNING
+
+    def _serve_metrics(self, listener: Listener) -> HttpServer:
+        registry = metrics.registry_for(self)
+
+        def scrape(accept: str) -> Response:
+            encoder, content_type = choose_encoder(accept)
+            return Response(200, "OK", content_type, encoder(registry))
+
+        def health(accept: str) -> Response:
+            ok = self.running
+            body = b"ok\n" if ok else f"{self.state.value}\n".encode()
+            return Response(
+                200 if ok else 503,
+                "OK" if ok else "Service Unavailable",
+                "text/plain; charset=utf-8",
+                body,
+            )
+
+        log.info("metrics: listening on %s (/metrics, /healthz)", listener.bound)
+        return HttpServer(self.loop, listener, {"/metrics": scrape, "/healthz": health})
+
     # -- control ---------------------------------------------------------------------------
 
     def _on_command(self, command: str) -> dict[str, Any]:
@@ -331,8 +387,8 @@ class Supervisor:
                     "mode": server.mode.value,
                     "active": server.active,
                     "max_children": server.config.max_children,
-                    "requests": server.requests,
-                    "errors": server.errors,
+                    "requests": server.stats.requests,
+                    "errors": server.stats.errors,
                     "removed": server.retired,
                 }
                 for server in [*self.servers.values(), *self.draining]
@@ -371,6 +427,8 @@ class Supervisor:
         was_full = self._global_full()
         server.active += delta
         self.active += delta
+        if server.mode is not Mode.INLINE:
+            server.stats.set_saturated(server.active >= server.config.max_children)
         if was_full != self._global_full():
             for each in self.servers.values():
                 self._refresh(each)
@@ -417,10 +475,11 @@ class Supervisor:
         self.loop.call_later(ACCEPT_BACKOFF, resume)
 
     def _dispatch(self, server: Server, request: Request, client_address: Any) -> None:
-        server.requests += 1
+        server.stats.requests += 1
         if server.mode is Mode.INLINE:
-            if not server.handle(request, client_address):
-                server.errors += 1
+            started = time.monotonic()
+            ok = server.handle(request, client_address)
+            self._handled(server, ok, time.monotonic() - started)
             return
         self._count(server, +1)
         if server.mode is Mode.THREAD:
@@ -430,12 +489,13 @@ class Supervisor:
 
     def _start_thread(self, server: Server, request: Request, client_address: Any) -> None:
         def run() -> None:
-            ok = False
+            ok, started = False, time.monotonic()
             try:
                 ok = server.handle(request, client_address)
             finally:
                 self._thread_requests.discard(request)
-                self.loop.call_soon_threadsafe(partial(self._thread_done, server, ok))
+                done = partial(self._thread_done, server, ok, time.monotonic() - started)
+                self.loop.call_soon_threadsafe(done)
 
         if isinstance(request, socket.socket):
             self._thread_requests.add(request)
@@ -454,9 +514,14 @@ class Supervisor:
             server.close_request(request)
             self._count(server, -1)
 
-    def _thread_done(self, server: Server, ok: bool) -> None:
+    def _handled(self, server: Server, ok: bool, duration: float) -> None:
+        """A request handled in the supervisor itself (inline or thread mode)."""
         if not ok:
-            server.errors += 1
+            server.stats.errors += 1
+        server.stats.durations.observe(duration)
+
+    def _thread_done(self, server: Server, ok: bool, duration: float) -> None:
+        self._handled(server, ok, duration)
         server.threads -= 1
         if not server.threads:
             server.close_old_sockets()
@@ -507,6 +572,8 @@ class Supervisor:
         self.loop.close()  # also closes the control socket's connections' registrations
         if self._control is not None:
             self._control.close_in_child()
+        if self._metrics is not None:
+            self._metrics.close_in_child()
         for other in [*self.servers.values(), *self.draining]:
             other.close_in_child(keep_handler_socket=other is server)
         for listener in self.spare:
@@ -525,8 +592,11 @@ class Supervisor:
                 log.debug("reaped pid %d, not a child of ours: %s", reaped.pid, reaped.status)
                 continue
             self._log_exit(reaped.child, reaped)
-            if not reaped.status.ok and reaped.child.signalled is None:
-                reaped.child.owner.errors += 1
+            outcome = exit_outcome(reaped)
+            stats = reaped.child.owner.stats
+            stats.child_exited(outcome, reaped.rusage, reaped.duration)
+            if outcome in ("error", "signal"):
+                stats.errors += 1
             self._count(reaped.child.owner, -1)
 
     def _log_exit(self, child: Child[Server], reaped: Reaped[Server]) -> None:

@@ -21,7 +21,7 @@ from supervisor.core import Supervisor
 from supervisor.errors import BindError, ConfigError, LogFileError
 from supervisor.pidfile import AlreadyRunning, PidFile, running_pid
 from supervisor.reload import prepare
-from supervisor.sockets import Listener
+from supervisor.sockets import Listener, bind
 
 log = logging.getLogger("supervisor")
 
@@ -41,10 +41,12 @@ def run(path: str, detach: bool = False) -> int:
     used = [id(listener) for listener in prepared.listeners.values()]
     spare = [listener for listener in inherited if id(listener) not in used]
     log_fd = _open_log(path, settings.log_file)
+    metrics_listener = _bind_metrics(path, loaded.metrics)
     control_socket = _bind_control(path, settings.control_socket)
     context: AbstractContextManager[object]
     if detach and settings.pidfile is not None:
-        keep = [*prepared.listeners.values(), *spare, *([control_socket] if control_socket else [])]
+        extra = [listener for listener in (control_socket, metrics_listener) if listener]
+        keep = [*prepared.listeners.values(), *spare, *extra]
         context = _daemon_context([listener.socket for listener in keep], log_fd, settings.pidfile)
     else:
         context = (
@@ -54,7 +56,13 @@ def run(path: str, detach: bool = False) -> int:
         with context:
             if log_fd is not None:
                 logs.redirect(log_fd)
-            supervisor = Supervisor(prepared, config_path, spare, control_socket=control_socket)
+            supervisor = Supervisor(
+                prepared,
+                config_path=config_path,
+                spare=spare,
+                control_socket=control_socket,
+                metrics_listener=metrics_listener,
+            )
             return supervisor.run()
     finally:
         if control_socket is not None:
@@ -70,6 +78,17 @@ def _open_log(source: str, log_file: str | None) -> int | None:
     except OSError as exc:
         raise LogFileError(
             f"{source}: supervisor.log_file: cannot open {log_file} ({exc.strerror or exc})"
+        ) from exc
+
+
+def _bind_metrics(source: str, settings: config.MetricsConfig) -> Listener | None:
+    if not settings.enabled:
+        return None
+    try:
+        return bind(settings.address, backlog=64)
+    except OSError as exc:
+        raise BindError(
+            f"{source}: metrics.address: cannot bind {settings.address} ({exc.strerror or exc})"
         ) from exc
 
 

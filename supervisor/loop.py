@@ -52,6 +52,11 @@ class Loop:
     def remove_reader(self, fileobj: Any) -> None:
         self.selector.unregister(fileobj)
 
+    def add_writer(self, fileobj: Any, callback: Callback) -> None:
+        self.selector.register(fileobj, selectors.EVENT_WRITE, callback)
+
+    remove_writer = remove_reader
+
     def call_later(self, delay: float, callback: Callback) -> Timer:
         timer = Timer(time.monotonic() + delay, next(self._sequence), callback)
         heapq.heappush(self._timers, timer)

@@ -20,6 +20,7 @@ from typing import Any
 
 from supervisor.config import Mode, ServerConfig
 from supervisor.handlers import HandlerClass
+from supervisor.metrics import ServerStats
 from supervisor.sockets import Listener
 
 log = logging.getLogger("supervisor")
@@ -41,8 +42,7 @@ class Server:
         self.listening = False  # registered in the selector
         self.backoff = False  # accept() hit a resource limit; wait before trying again
         self.retired = False  # removed by a reload: draining its last requests
-        self.requests = 0  # connections accepted or datagrams received
-        self.errors = 0  # requests whose handler failed (or whose child died)
+        self.stats = ServerStats()
         self._old_sockets: list[socket.socket] = []  # handler sockets of replaced listeners
         self.listener = listener
         self.socket = self._attach(listener)

@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LISTENING = re.compile(r"(\S+): listening on (\S+)")
 READY = "ready: "
 STOP_TIMEOUT = 20.0
+METRICS_ANY_PORT = '\n[metrics]\naddress = "tcp://127.0.0.1:0"\n'
 
 
 class LoggedProcess:
@@ -174,7 +175,10 @@ def start_supervisor(tmp_path: Path) -> Iterator[StartSupervisor]:
         env: dict[str, str] | None = None,
     ) -> Supervisor:
         config = tmp_path / name
-        config.write_text(textwrap.dedent(toml))
+        toml = textwrap.dedent(toml)
+        if "[metrics]" not in toml:  # an ephemeral port: tests may run beside a supervisor
+            toml += METRICS_ANY_PORT
+        config.write_text(toml)
         supervisor = Supervisor(config, env)
         started.append(supervisor)
         return supervisor.wait_ready() if ready else supervisor

@@ -22,6 +22,7 @@ from supervisor import control
 from tests.conftest import (
     CLI_ENV,
     CLI_TIMEOUT,
+    METRICS_ANY_PORT,
     ROOT,
     StartSupervisor,
     Supervisor,
@@ -63,7 +64,7 @@ handler = "tests.handlers:BaseEchoHandler"
 
 
 def config_text(sockdir: Path, servers: str = ECHO, settings: str = "") -> str:
-    return f'[supervisor]\npidfile = "{sockdir}/sv.pid"\n{settings}\n{servers}'
+    return f'[supervisor]\npidfile = "{sockdir}/sv.pid"\n{settings}\n{servers}{METRICS_ANY_PORT}'
 
 
 @contextlib.contextmanager

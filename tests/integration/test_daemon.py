@@ -22,7 +22,7 @@ import psutil
 import pytest
 
 from supervisor import control
-from tests.conftest import LISTENING, ROOT, exchange, run_cli
+from tests.conftest import LISTENING, METRICS_ANY_PORT, ROOT, exchange, run_cli
 
 PR_SET_CHILD_SUBREAPER = 36
 EX_UNAVAILABLE = 69
@@ -51,7 +51,7 @@ def write_config(
         lines.append(f'pidfile = "{pidfile}"')
     if log_file is not None:
         lines.append(f'log_file = "{log_file}"')
-    path.write_text("\n".join(lines) + "\n" + textwrap.dedent(servers))
+    path.write_text("\n".join(lines) + "\n" + textwrap.dedent(servers) + METRICS_ANY_PORT)
     return path
 
 

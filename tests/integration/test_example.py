@@ -23,7 +23,7 @@ from tests.conftest import ROOT, Supervisor, exchange
 EXAMPLE = ROOT / "etc" / "supervisor.toml"
 TIMEOUT = 10.0
 RFC868_OFFSET = 2_208_988_800
-BIND_ERROR = r"servers\.(\S+): cannot bind (\S+) \((.*)\)"
+BIND_ERROR = r"((?:servers\.)?\S+?)(?:\.address)?: cannot bind (\S+) \((.*)\)"
 
 
 @pytest.fixture
@@ -35,10 +35,10 @@ def example() -> Iterator[Supervisor]:
         if match[1] is not None:
             assert supervisor.wait() == os.EX_OSERR
             if match[3] == os.strerror(errno.EADDRNOTAVAIL) and "[::1]" in match[2]:
-                pytest.skip(f"this host has no IPv6 loopback address for servers.{match[1]}")
+                pytest.skip(f"this host has no IPv6 loopback address for {match[1]}")
             if match[3] != os.strerror(errno.EADDRINUSE):
                 pytest.fail(f"the example cannot bind {match[2]}: {match[3]}")
-            pytest.skip(f"the example's servers.{match[1]} address {match[2]} is already in use")
+            pytest.skip(f"the example's {match[1]} address {match[2]} is already in use")
         yield supervisor.wait_ready()
     finally:
         supervisor.stop()
@@ -86,15 +86,16 @@ def requests(supervisor: Supervisor, sockdir: Path) -> dict[str, Callable[[], by
 
 def test_example_serves_every_server_then_stops(example: Supervisor, sockdir: Path) -> None:
     with EXAMPLE.open("rb") as file:
-        configured = {
-            name: server["address"] for name, server in tomllib.load(file)["servers"].items()
-        }
-    assert example.addresses == configured
+        example_config = tomllib.load(file)
+    configured = {name: server["address"] for name, server in example_config["servers"].items()}
+    assert example.addresses == {**configured, "metrics": example_config["metrics"]["address"]}
 
     before = int(time.time())
     replies = {name: request() for name, request in requests(example, sockdir).items()}
     after = time.time()
     assert set(replies) == set(configured)
+    health = exchange(example.inet("metrics"), b"GET /healthz HTTP/1.0\r\n\r\n")
+    assert health.startswith(b"HTTP/1.1 200 OK\r\n")
 
     assert replies["echo"] == b"echo\n"
     assert replies["echo-udp"] == b"example\n"

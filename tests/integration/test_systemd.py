@@ -409,6 +409,8 @@ def activated_config(ports: Ports, echo: bool = True, late: bool = False) -> str
             mode = "thread"
             """
         )
+    # No metrics endpoint: the test accounts for every socket the supervisor listens on.
+    servers.append("[metrics]\nenabled = false\n")
     return "\n".join(textwrap.dedent(server) for server in servers)
 
 

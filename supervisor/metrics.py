@@ -1,0 +1,264 @@
+"""Prometheus metrics: counters kept as plain numbers, read by a Collector at scrape time.
+
+Recording an event is an attribute increment or a bisect into a bucket list, done in the loop's
+thread only; nothing is shared with forked children and no exporter thread runs (a process that
+forks must not have one). `SupervisorCollector` turns the supervisor's live state into metric
+families when Prometheus scrapes; prometheus-client only formats them (text or OpenMetrics).
+"""
+
+import bisect
+import socket
+import struct
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import psutil
+from prometheus_client import ProcessCollector
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from supervisor import __version__
+
+if TYPE_CHECKING:
+    from supervisor.core import Supervisor
+    from supervisor.server import Server
+
+# Seconds. Fork-per-request latencies start around a millisecond; long requests are minutes.
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+OUTCOMES = ("ok", "error", "signal", "killed")
+_TCP_INFO_SIZE = 104
+_TCPI_UNACKED = 24  # offset of tcpi_unacked: the accept queue's length on a listening socket
+
+
+class Histogram:
+    """Bucket counts and a sum: `observe` is one bisect and two additions."""
+
+    __slots__ = ("count", "counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(BUCKETS) + 1)  # the last one is +Inf
+        self.total = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(BUCKETS, value)] += 1
+        self.total += value
+        self.count += 1
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        """(le, cumulative count) pairs, as Prometheus exposes them."""
+        running, pairs = 0, []
+        for bound, count in zip((*BUCKETS, float("inf")), self.counts, strict=True):
+            running += count
+            pairs.append(("+Inf" if bound == float("inf") else repr(bound), float(running)))
+        return pairs
+
+
+@dataclass
+class ServerStats:
+    """What happened on one server since it was configured."""
+
+    requests: int = 0
+    errors: int = 0  # handler exceptions, and children that failed or died
+    exits: Counter[str] = field(default_factory=Counter)
+    cpu_user: float = 0.0
+    cpu_system: float = 0.0
+    durations: Histogram = field(default_factory=Histogram)
+    saturated_since: float | None = None  # monotonic time it reached max_children
+    saturated_seconds: float = 0.0  # closed periods at max_children
+
+    def set_saturated(self, saturated: bool) -> None:
+        """Record a change of state (cheap: called on every count change)."""
+        if saturated and self.saturated_since is None:
+            self.saturated_since = time.monotonic()
+        elif not saturated and self.saturated_since is not None:
+            self.saturated_seconds += time.monotonic() - self.saturated_since
+            self.saturated_since = None
+
+    def saturated_total(self) -> float:
+        open_period = (
+            0.0 if self.saturated_since is None else time.monotonic() - self.saturated_since
+        )
+        return self.saturated_seconds + open_period
+
+    def child_exited(self, outcome: str, rusage: object, duration: float) -> None:
+        self.exits[outcome] += 1
+        self.cpu_user += getattr(rusage, "ru_utime", 0.0)
+        self.cpu_system += getattr(rusage, "ru_stime", 0.0)
+        self.durations.observe(duration)
+
+
+@dataclass
+class ReloadStats:
+    successes: int = 0
+    failures: int = 0
+    last_ok: bool = True
+    last_success: float = field(default_factory=time.time)  # the start counts as one
+
+
+def listen_queue(sock: socket.socket) -> int | None:
+    """The current accept-queue length of a listening TCP socket (Linux TCP_INFO), or None."""
+    if sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.type != socket.SOCK_STREAM:
+        return None
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_SIZE)
+    except OSError:
+        return None
+    if len(info) < _TCPI_UNACKED + 4:
+        return None
+    (queued,) = struct.unpack_from("I", info, _TCPI_UNACKED)
+    return int(queued)
+
+
+class SupervisorCollector(Collector):
+    """Reads the supervisor's state when Prometheus scrapes."""
+
+    def __init__(self, supervisor: "Supervisor") -> None:
+        self._supervisor = supervisor
+
+    def collect(self) -> Iterator[Metric]:
+        supervisor = self._supervisor
+        servers = list(supervisor.servers.values())
+        yield from _server_metrics(servers, supervisor)
+        yield _histogram(servers)
+        yield _memory(supervisor)
+        yield from _reload_metrics(supervisor.reload_stats)
+        info = GaugeMetricFamily(
+            "supervisor_build_info", "The supervisor's version, as a label.", labels=["version"]
+        )
+        info.add_metric([__version__], 1)
+        yield info
+
+
+def _server_metrics(servers: list["Server"], supervisor: "Supervisor") -> Iterator[Metric]:
+    running = supervisor.running
+    families: dict[str, CounterMetricFamily | GaugeMetricFamily] = {
+        "requests": CounterMetricFamily(
+            "supervisor_requests", "Connections accepted or datagrams received.", labels=["server"]
+        ),
+        "children": GaugeMetricFamily(
+            "supervisor_children",
+            "Live children (fork mode) or busy threads (thread mode).",
+            labels=["server"],
+        ),
+        "max_children": GaugeMetricFamily(
+            "supervisor_max_children", "The configured max_children.", labels=["server"]
+        ),
+        "saturated": GaugeMetricFamily(
+            "supervisor_saturated", "1 while the server is at max_children.", labels=["server"]
+        ),
+        "saturated_seconds": CounterMetricFamily(
+            "supervisor_saturated_seconds",
+            "Time spent at max_children.",
+            labels=["server"],
+            unit="seconds",
+        ),
+        "errors": CounterMetricFamily(
+            "supervisor_handler_errors",
+            "Requests whose handler raised, or whose child failed or died.",
+            labels=["server"],
+        ),
+        "up": GaugeMetricFamily(
+            "supervisor_server_up", "1 while the server is listening.", labels=["server"]
+        ),
+    }
+    exits = CounterMetricFamily(
+        "supervisor_child_exits",
+        "Children reaped, by outcome: ok, error (non-zero exit), signal, killed (by us).",
+        labels=["server", "outcome"],
+    )
+    cpu = CounterMetricFamily(
+        "supervisor_child_cpu_seconds",
+        "CPU time of reaped children (wait4 resource usage).",
+        labels=["server", "mode"],
+        unit="seconds",
+    )
+    queue = GaugeMetricFamily(
+        "supervisor_listen_queue",
+        "Connections waiting in a TCP listener's accept queue.",
+        labels=["server"],
+    )
+    for server in servers:
+        stats, name = server.stats, [server.name]
+        limited = server.config.mode.value != "inline"
+        families["requests"].add_metric(name, stats.requests)
+        families["children"].add_metric(name, server.active)
+        families["max_children"].add_metric(name, server.config.max_children if limited else 1)
+        families["saturated"].add_metric(name, 1 if stats.saturated_since is not None else 0)
+        families["saturated_seconds"].add_metric(name, stats.saturated_total())
+        families["errors"].add_metric(name, stats.errors)
+        families["up"].add_metric(name, 1 if running else 0)
+        for outcome in OUTCOMES:
+            exits.add_metric([server.name, outcome], stats.exits[outcome])
+        cpu.add_metric([server.name, "user"], stats.cpu_user)
+        cpu.add_metric([server.name, "system"], stats.cpu_system)
+        if (queued := listen_queue(server.listener.socket)) is not None:
+            queue.add_metric(name, queued)
+    yield from (*families.values(), exits, cpu, queue)
+
+
+def _histogram(servers: list["Server"]) -> Metric:
+    family = HistogramMetricFamily(
+        "supervisor_request_duration_seconds",
+        "Request duration: fork to reap in fork mode, handler start to end otherwise.",
+        labels=["server"],
+        unit="seconds",
+    )
+    for server in servers:
+        durations = server.stats.durations
+        family.add_metric([server.name], durations.cumulative(), durations.total)
+    return family
+
+
+def _memory(supervisor: "Supervisor") -> Metric:
+    family = GaugeMetricFamily(
+        "supervisor_children_memory_bytes",
+        "Resident memory of live children (psutil, at scrape time).",
+        labels=["server"],
+        unit="bytes",
+    )
+    rss: Counter[str] = Counter({name: 0 for name in supervisor.servers})
+    for child in supervisor.children:
+        try:
+            rss[child.owner.name] += psutil.Process(child.pid).memory_info().rss
+        except psutil.Error:
+            continue  # exited since
+    for name in supervisor.servers:
+        family.add_metric([name], rss[name])
+    return family
+
+
+def _reload_metrics(stats: ReloadStats) -> Iterator[Metric]:
+    reloads = CounterMetricFamily(
+        "supervisor_reloads", "Configuration reloads, by result.", labels=["result"]
+    )
+    reloads.add_metric(["success"], stats.successes)
+    reloads.add_metric(["failure"], stats.failures)
+    yield reloads
+    yield GaugeMetricFamily(
+        "supervisor_config_last_reload_successful",
+        "1 if the last reload (or the start) succeeded.",
+        value=1 if stats.last_ok else 0,
+    )
+    yield GaugeMetricFamily(
+        "supervisor_config_last_reload_success_timestamp_seconds",
+        "When the configuration was last loaded successfully (Unix time).",
+        value=stats.last_success,
+        unit="seconds",
+    )
+
+
+def registry_for(supervisor: "Supervisor") -> CollectorRegistry:
+    """A registry of our own (not the global one): the supervisor, and its process_* metrics."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SupervisorCollector(supervisor))
+    ProcessCollector(registry=registry)
+    return registry
