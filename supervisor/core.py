@@ -26,9 +26,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, NoReturn
 
-from prometheus_client.exposition import choose_encoder
-
-from supervisor import config, logs, metrics, systemd
+from supervisor import config, exposition, logs, metrics, systemd
 from supervisor.children import Child, ChildTable, Reaped, SystemCalls
 from supervisor.config import Mode
 from supervisor.control import ControlServer
@@ -338,11 +336,12 @@ class Supervisor:
         return self.state is State.RUNNING
 
     def _serve_metrics(self, listener: Listener) -> HttpServer:
-        registry = metrics.registry_for(self)
+        collectors = metrics.collectors_for(self)
 
         def scrape(accept: str) -> Response:
-            encoder, content_type = choose_encoder(accept)
-            return Response(200, "OK", content_type, encoder(registry))
+            openmetrics = exposition.wants_openmetrics(accept)
+            content_type = exposition.OPENMETRICS if openmetrics else exposition.TEXT
+            return Response(200, "OK", content_type, exposition.render(collectors, openmetrics))
 
         def health(accept: str) -> Response:
             ok = self.running

@@ -7,6 +7,7 @@ families when Prometheus scrapes; prometheus-client only formats them (text or O
 """
 
 import bisect
+import itertools
 import socket
 import struct
 import time
@@ -24,6 +25,7 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.samples import Sample
 
 from supervisor import __version__
 
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
 
 # Seconds. Fork-per-request latencies start around a millisecond; long requests are minutes.
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_LE = (*(repr(bound) for bound in BUCKETS), "+Inf")  # the `le` labels of the buckets
 OUTCOMES = ("ok", "error", "signal", "killed")
 _TCP_INFO_SIZE = 104
 _TCPI_UNACKED = 24  # offset of tcpi_unacked: the accept queue's length on a listening socket
@@ -53,13 +56,9 @@ class Histogram:
         self.total += value
         self.count += 1
 
-    def cumulative(self) -> list[tuple[str, float]]:
-        """(le, cumulative count) pairs, as Prometheus exposes them."""
-        running, pairs = 0, []
-        for bound, count in zip((*BUCKETS, float("inf")), self.counts, strict=True):
-            running += count
-            pairs.append(("+Inf" if bound == float("inf") else repr(bound), float(running)))
-        return pairs
+    def cumulative(self) -> list[int]:
+        """Cumulative counts, one per bucket bound and +Inf, as Prometheus exposes them."""
+        return list(itertools.accumulate(self.counts))
 
 
 @dataclass
@@ -68,7 +67,7 @@ class ServerStats:
 
     requests: int = 0
     errors: int = 0  # handler exceptions, and children that failed or died
-    exits: Counter[str] = field(default_factory=Counter)
+    exits: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OUTCOMES, 0))
     cpu_user: float = 0.0
     cpu_system: float = 0.0
     durations: Histogram = field(default_factory=Histogram)
@@ -187,22 +186,29 @@ def _server_metrics(servers: list["Server"], supervisor: "Supervisor") -> Iterat
         labels=["server"],
     )
     for server in servers:
-        stats, name = server.stats, [server.name]
+        # Samples are appended directly: add_metric would build the same label dict per call.
+        stats, labels = server.stats, {"server": server.name}
         limited = server.config.mode.value != "inline"
-        families["requests"].add_metric(name, stats.requests)
-        families["children"].add_metric(name, server.active)
-        families["max_children"].add_metric(name, server.config.max_children if limited else 1)
-        families["saturated"].add_metric(name, 1 if stats.saturated_since is not None else 0)
-        families["saturated_seconds"].add_metric(name, stats.saturated_total())
-        families["errors"].add_metric(name, stats.errors)
-        families["up"].add_metric(name, 1 if running else 0)
+        _add(families["requests"], labels, stats.requests)
+        _add(families["children"], labels, server.active)
+        _add(families["max_children"], labels, server.config.max_children if limited else 1)
+        _add(families["saturated"], labels, 1 if stats.saturated_since is not None else 0)
+        _add(families["saturated_seconds"], labels, stats.saturated_total())
+        _add(families["errors"], labels, stats.errors)
+        _add(families["up"], labels, 1 if running else 0)
         for outcome in OUTCOMES:
-            exits.add_metric([server.name, outcome], stats.exits[outcome])
-        cpu.add_metric([server.name, "user"], stats.cpu_user)
-        cpu.add_metric([server.name, "system"], stats.cpu_system)
+            _add(exits, {"server": server.name, "outcome": outcome}, stats.exits[outcome])
+        _add(cpu, {"server": server.name, "mode": "user"}, stats.cpu_user)
+        _add(cpu, {"server": server.name, "mode": "system"}, stats.cpu_system)
         if (queued := listen_queue(server.listener.socket)) is not None:
-            queue.add_metric(name, queued)
+            _add(queue, labels, queued)
     yield from (*families.values(), exits, cpu, queue)
+
+
+def _add(family: Metric, labels: dict[str, str], value: float, suffix: str = "") -> None:
+    if not suffix and family.type == "counter":
+        suffix = "_total"
+    family.samples.append(Sample(family.name + suffix, labels, value))
 
 
 def _histogram(servers: list["Server"]) -> Metric:
@@ -214,7 +220,11 @@ def _histogram(servers: list["Server"]) -> Metric:
     )
     for server in servers:
         durations = server.stats.durations
-        family.add_metric([server.name], durations.cumulative(), durations.total)
+        for le, count in zip(_LE, durations.cumulative(), strict=True):
+            _add(family, {"server": server.name, "le": le}, count, "_bucket")
+        labels = {"server": server.name}
+        _add(family, labels, durations.count, "_count")
+        _add(family, labels, durations.total, "_sum")
     return family
 
 
@@ -256,9 +266,15 @@ def _reload_metrics(stats: ReloadStats) -> Iterator[Metric]:
     )
 
 
+def collectors_for(supervisor: "Supervisor") -> list[Collector]:
+    """What the endpoint exports: the supervisor, and its own process_* metrics."""
+    return [SupervisorCollector(supervisor), ProcessCollector(registry=None)]
+
+
 def registry_for(supervisor: "Supervisor") -> CollectorRegistry:
-    """A registry of our own (not the global one): the supervisor, and its process_* metrics."""
+    """The same collectors in a registry of our own (not the global one), for
+    prometheus-client's encoders."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(SupervisorCollector(supervisor))
-    ProcessCollector(registry=registry)
+    for collector in collectors_for(supervisor):
+        registry.register(collector)
     return registry

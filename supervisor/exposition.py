@@ -1,0 +1,73 @@
+"""Rendering metric families in the Prometheus text format (0.0.4) and in OpenMetrics.
+
+prometheus-client's own encoders validate and escape every name on every line: about 5 us a
+sample, so 18 ms (text) or 35 ms (OpenMetrics) for a scrape of 100 servers, all of it spent
+inside the supervisor's loop while every server waits. The families here come from our own
+Collector and prometheus-client's ProcessCollector, with names it has already validated, so
+rendering is string joining. `promtool check metrics` and prometheus-client's parsers check the
+result in the tests.
+"""
+
+import math
+from collections.abc import Iterable
+
+from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
+
+TEXT = "text/plain; version=0.0.4; charset=utf-8"
+OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+
+
+def wants_openmetrics(accept: str) -> bool:
+    """Whether the scraper asks for OpenMetrics (Prometheus does, ahead of the text format)."""
+    return any(
+        part.split(";")[0].strip() == "application/openmetrics-text" for part in accept.split(",")
+    )
+
+
+def render(collectors: Iterable[Collector], openmetrics: bool) -> bytes:
+    """Every family the collectors yield, in one format."""
+    out: list[str] = []
+    for collector in collectors:
+        for family in collector.collect():
+            name, kind, help_text = family.name, family.type, _escape_help(family.documentation)
+            if openmetrics:
+                out.append(f"# TYPE {name} {kind}\n")
+                if family.unit:
+                    out.append(f"# UNIT {name} {family.unit}\n")
+                out.append(f"# HELP {name} {help_text}\n")
+            else:
+                exposed = f"{name}_total" if kind == "counter" else name
+                out.append(f"# HELP {exposed} {help_text}\n# TYPE {exposed} {kind}\n")
+            samples = family.samples
+            if not openmetrics:  # `_created` samples would need a family of their own there
+                samples = [sample for sample in samples if not sample.name.endswith("_created")]
+            out.extend(map(_line, samples))
+    if openmetrics:
+        out.append("# EOF\n")
+    return "".join(out).encode()
+
+
+def _line(sample: Sample) -> str:
+    if not sample.labels:
+        return f"{sample.name} {_value(sample.value)}\n"
+    labels = ",".join(f'{key}="{_escape(value)}"' for key, value in sample.labels.items())
+    return f"{sample.name}{{{labels}}} {_value(sample.value)}\n"
+
+
+def _value(value: float) -> str:
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    if math.isnan(value):
+        return "NaN"
+    return repr(float(value))
+
+
+def _escape(value: str) -> str:
+    if "\\" in value or '"' in value or "\n" in value:
+        return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+    return value
+
+
+def _escape_help(text: str) -> str:
+    return text.replace("\\", r"\\").replace("\n", r"\n")
