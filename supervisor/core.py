@@ -344,8 +344,14 @@ class Supervisor:
             return Response(200, "OK", content_type, exposition.render(collectors, openmetrics))
 
         def health(accept: str) -> Response:
-            ok = self.running
-            body = b"ok\n" if ok else f"{self.state.value}\n".encode()
+            down = [server.name for server in self.servers.values() if not server.up]
+            ok = self.running and not down
+            if ok:
+                body = b"ok\n"
+            elif not self.running:
+                body = f"{self.state.value}\n".encode()
+            else:
+                body = f"down: {' '.join(down)}\n".encode()
             return Response(
                 200 if ok else 503,
                 "OK" if ok else "Service Unavailable",

@@ -166,7 +166,9 @@ def _server_metrics(servers: list["Server"], supervisor: "Supervisor") -> Iterat
             labels=["server"],
         ),
         "up": GaugeMetricFamily(
-            "supervisor_server_up", "1 while the server is listening.", labels=["server"]
+            "supervisor_server_up",
+            "1 while the server accepts requests (0 while stopping, or while accept() fails).",
+            labels=["server"],
         ),
     }
     exits = CounterMetricFamily(
@@ -195,7 +197,7 @@ def _server_metrics(servers: list["Server"], supervisor: "Supervisor") -> Iterat
         _add(families["saturated"], labels, 1 if stats.saturated_since is not None else 0)
         _add(families["saturated_seconds"], labels, stats.saturated_total())
         _add(families["errors"], labels, stats.errors)
-        _add(families["up"], labels, 1 if running else 0)
+        _add(families["up"], labels, 1 if running and server.up else 0)
         for outcome in OUTCOMES:
             _add(exits, {"server": server.name, "outcome": outcome}, stats.exits[outcome])
         _add(cpu, {"server": server.name, "mode": "user"}, stats.cpu_user)

@@ -86,6 +86,11 @@ class Server:
     def mode(self) -> Mode:
         return self.config.mode
 
+    @property
+    def up(self) -> bool:
+        """Accepting requests, or only waiting for a child to finish (not failing to accept)."""
+        return not self.backoff and not self.retired
+
     def has_capacity(self) -> bool:
         return self.mode is Mode.INLINE or self.active < self.config.max_children
 
