@@ -299,6 +299,7 @@ class Supervisor:
         self.servers, self.config = servers, prepared.config
         logs.set_level(prepared.config.supervisor.log_level)
         for server in servers.values():
+            server.update_saturation()  # max_children or the mode may have changed
             self._refresh(server)
         for name in moved:
             self._log_listening(servers[name])
@@ -432,8 +433,7 @@ class Supervisor:
         was_full = self._global_full()
         server.active += delta
         self.active += delta
-        if server.mode is not Mode.INLINE:
-            server.stats.set_saturated(server.active >= server.config.max_children)
+        server.update_saturation()
         if was_full != self._global_full():
             for each in self.servers.values():
                 self._refresh(each)

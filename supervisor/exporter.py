@@ -25,6 +25,7 @@ REQUEST_TIMEOUT = 5.0  # seconds for a client to send its request
 SEND_TIMEOUT = 10.0  # seconds for a client to take the answer
 MAX_CONNECTIONS = 64
 ACCEPT_BATCH = 16
+BACKOFF = 0.1  # seconds without accepting after accept() failed
 
 
 @dataclass(frozen=True)
@@ -54,12 +55,15 @@ class HttpServer:
         self._loop = loop
         self._routes = routes
         self._connections: dict[socket.socket, _Connection] = {}
+        self._paused = False  # accept() failed: the listener is out of the selector for a while
         loop.add_reader(listener.socket, self._accept)
 
     def close(self) -> None:
         for conn in list(self._connections):
             self._drop(conn)
-        self._loop.remove_reader(self.listener.socket)
+        if not self._paused:
+            self._loop.remove_reader(self.listener.socket)
+        self._paused = False
         self.listener.close()
 
     def close_in_child(self) -> None:
@@ -76,7 +80,7 @@ class HttpServer:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                log.warning("metrics: accept failed (%s)", exc.strerror or exc)
+                self._back_off(exc)
                 return
             if len(self._connections) >= MAX_CONNECTIONS:
                 conn.close()
@@ -85,6 +89,19 @@ class HttpServer:
             timer = self._loop.call_later(REQUEST_TIMEOUT, partial(self._drop, conn))
             self._connections[conn] = _Connection(bytearray(), timer)
             self._loop.add_reader(conn, partial(self._read, conn))
+
+    def _back_off(self, exc: OSError) -> None:
+        """accept() failed (out of file descriptors): stop trying for a moment, not spin."""
+        log.warning("metrics: accept failed (%s); pausing for %gs", exc.strerror or exc, BACKOFF)
+        self._loop.remove_reader(self.listener.socket)
+        self._paused = True
+
+        def resume() -> None:
+            if self._paused:
+                self._paused = False
+                self._loop.add_reader(self.listener.socket, self._accept)
+
+        self._loop.call_later(BACKOFF, resume)
 
     def _read(self, conn: socket.socket) -> None:
         state = self._connections[conn]

@@ -91,6 +91,11 @@ class Server:
         """Accepting requests, or only waiting for a child to finish (not failing to accept)."""
         return not self.backoff and not self.retired
 
+    def update_saturation(self) -> None:
+        """Tell the stats whether the server is at its max_children now."""
+        limit = self.config.max_children
+        self.stats.set_saturated(self.mode is not Mode.INLINE and self.active >= limit)
+
     def has_capacity(self) -> bool:
         return self.mode is Mode.INLINE or self.active < self.config.max_children
 

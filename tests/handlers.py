@@ -159,3 +159,16 @@ class SlowDatagramHandler(socketserver.DatagramRequestHandler):
         data = self.rfile.read()
         time.sleep(self.delay)
         self.wfile.write(b"late " + data)
+
+
+class CpuBurnHandler(socketserver.StreamRequestHandler):
+    """Burn about 50 ms of CPU time (not wall time) before answering."""
+
+    cpu_seconds = 0.05
+
+    def handle(self) -> None:
+        self.rfile.readline()
+        deadline = time.process_time() + self.cpu_seconds
+        while time.process_time() < deadline:
+            pass
+        self.wfile.write(b"burned\n")

@@ -1,0 +1,284 @@
+"""Metric bookkeeping: the histogram, per-server stats, the listen queue and exit outcomes."""
+
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
+
+import pytest
+
+from supervisor import metrics
+from supervisor.children import Child, ExitStatus, Reaped
+from supervisor.core import exit_outcome
+from supervisor.metrics import BUCKETS, OUTCOMES, Histogram, ServerStats, listen_queue
+from supervisor.server import Server
+
+LABELS = [
+    "0.001",
+    "0.0025",
+    "0.005",
+    "0.01",
+    "0.025",
+    "0.05",
+    "0.1",
+    "0.25",
+    "0.5",
+    "1.0",
+    "2.5",
+    "5.0",
+    "10.0",
+    "30.0",
+    "60.0",
+    "+Inf",
+]
+
+
+# -- Histogram -----------------------------------------------------------------------------
+
+
+def bucket_of(value: float) -> str:
+    """The `le` label of the one bucket a single observation lands in."""
+    histogram = Histogram()
+    histogram.observe(value)
+    (index,) = [i for i, count in enumerate(histogram.counts) if count]
+    return LABELS[index]
+
+
+def cumulative(histogram: Histogram) -> dict[str, int]:
+    """{le: cumulative count}, the way the exposition pairs them."""
+    return dict(zip(LABELS, histogram.cumulative(), strict=True))
+
+
+def test_an_empty_histogram_exposes_every_bucket_at_zero() -> None:
+    histogram = Histogram()
+    assert cumulative(histogram) == dict.fromkeys(LABELS, 0)
+    assert (histogram.count, histogram.total) == (0, 0.0)
+    assert len(BUCKETS) + 1 == len(LABELS)
+
+
+@pytest.mark.parametrize(
+    ("value", "le"),
+    [
+        (0.0, "0.001"),
+        (0.001, "0.001"),  # a value on a bound belongs to that bucket (le: less or equal)
+        (0.0010001, "0.0025"),
+        (0.0025, "0.0025"),
+        (0.003, "0.005"),
+        (0.05, "0.05"),
+        (0.07, "0.1"),
+        (1.0, "1.0"),
+        (1.5, "2.5"),
+        (59.9, "60.0"),
+        (60.0, "60.0"),
+        (60.0001, "+Inf"),
+        (3600.0, "+Inf"),
+    ],
+)
+def test_an_observation_lands_in_the_smallest_bucket_that_holds_it(value: float, le: str) -> None:
+    assert bucket_of(value) == le
+
+
+def test_cumulative_pairs_sum_and_count() -> None:
+    histogram = Histogram()
+    for value in (0.0005, 0.001, 0.004, 0.004, 0.3, 7.0, 100.0):
+        histogram.observe(value)
+    assert cumulative(histogram) == {
+        "0.001": 2,
+        "0.0025": 2,
+        "0.005": 4,
+        "0.01": 4,
+        "0.025": 4,
+        "0.05": 4,
+        "0.1": 4,
+        "0.25": 4,
+        "0.5": 5,
+        "1.0": 5,
+        "2.5": 5,
+        "5.0": 5,
+        "10.0": 6,
+        "30.0": 6,
+        "60.0": 6,
+        "+Inf": 7,
+    }
+    assert histogram.count == 7
+    assert histogram.total == pytest.approx(0.0005 + 0.001 + 0.004 + 0.004 + 0.3 + 7.0 + 100.0)
+
+
+# -- ServerStats ---------------------------------------------------------------------------
+
+
+class Clock:
+    """A monotonic clock the test sets by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    """Replace `time` in supervisor.metrics only (not for pytest, nor for other modules)."""
+    fake = Clock()
+    monkeypatch.setattr(metrics, "time", SimpleNamespace(monotonic=fake, time=time.time))
+    return fake
+
+
+def period(stats: ServerStats) -> tuple[float | None, float]:
+    """(start of the open period at max_children, or None; seconds of closed periods)"""
+    return stats.saturated_since, stats.saturated_seconds
+
+
+def test_saturated_time_adds_up_closed_and_open_periods(clock: Clock) -> None:
+    stats = ServerStats()
+    assert stats.saturated_total() == 0.0
+    stats.set_saturated(False)  # not saturated, and was not: nothing changes
+    assert (period(stats), stats.saturated_total()) == ((None, 0.0), 0.0)
+
+    stats.set_saturated(True)
+    assert period(stats) == (1000.0, 0.0)
+    clock.now = 1003.0
+    assert stats.saturated_total() == 3.0  # an open period counts up to now
+    stats.set_saturated(True)  # still saturated: the period keeps its start
+    assert period(stats) == (1000.0, 0.0)
+    clock.now = 1005.0
+    stats.set_saturated(False)
+    assert period(stats) == (None, 5.0)
+
+    clock.now = 1100.0
+    assert stats.saturated_total() == 5.0  # time not at max_children does not count
+    stats.set_saturated(False)
+    assert stats.saturated_total() == 5.0
+
+    stats.set_saturated(True)
+    clock.now = 1101.5
+    assert stats.saturated_total() == 6.5
+    clock.now = 1102.0
+    stats.set_saturated(False)
+    assert period(stats) == (None, 7.0)
+    clock.now = 2000.0
+    assert stats.saturated_total() == 7.0
+
+
+def exits(stats: ServerStats) -> dict[str, int]:
+    return {outcome: stats.exits[outcome] for outcome in OUTCOMES}
+
+
+def test_a_child_exit_records_outcome_cpu_and_duration() -> None:
+    stats = ServerStats()
+    stats.child_exited("ok", SimpleNamespace(ru_utime=0.25, ru_stime=0.125), 0.003)
+    stats.child_exited("killed", SimpleNamespace(ru_utime=0.5, ru_stime=0.0625), 12.0)
+    stats.child_exited("ok", SimpleNamespace(ru_utime=0.0, ru_stime=0.0), 0.001)
+    assert exits(stats) == {"ok": 2, "error": 0, "signal": 0, "killed": 1}
+    assert (stats.cpu_user, stats.cpu_system) == (0.75, 0.1875)
+    assert stats.durations.count == 3
+    assert stats.durations.total == pytest.approx(12.004)
+    buckets = cumulative(stats.durations)
+    assert (buckets["0.001"], buckets["0.0025"], buckets["0.005"]) == (1, 1, 2)
+    assert (buckets["10.0"], buckets["30.0"], buckets["+Inf"]) == (2, 3, 3)
+    assert stats.requests == 0  # counted on accept, not on exit
+    assert stats.errors == 0  # the caller decides what counts as an error
+
+
+def test_a_child_exit_without_resource_usage_adds_no_cpu() -> None:
+    stats = ServerStats()
+    stats.child_exited("signal", None, 0.5)
+    assert (stats.cpu_user, stats.cpu_system) == (0.0, 0.0)
+    assert exits(stats) == {"ok": 0, "error": 0, "signal": 1, "killed": 0}
+    assert stats.durations.count == 1
+
+
+# -- listen_queue --------------------------------------------------------------------------
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait for the kernel to finish handshakes it has been given, with a deadline."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.005)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_listen_queue_counts_connections_not_yet_accepted(host: str) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        listener = socket.socket(family, socket.SOCK_STREAM)
+    except OSError:
+        pytest.skip(f"no {family.name} sockets on this host")
+    with listener:
+        try:
+            listener.bind((host, 0))
+        except OSError:
+            pytest.skip(f"this host has no loopback address {host}")
+        listener.listen(16)
+        assert listen_queue(listener) == 0
+        clients = [socket.create_connection(listener.getsockname()[:2], 5) for _ in range(3)]
+        try:
+            wait_for(lambda: listen_queue(listener) == 3)
+            accepted, _ = listener.accept()
+            accepted.close()
+            assert listen_queue(listener) == 2
+        finally:
+            for client in clients:
+                client.close()
+
+
+def test_listen_queue_is_none_where_there_is_no_accept_queue(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        udp.bind(("127.0.0.1", 0))
+        assert listen_queue(udp) is None
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as unix:
+        unix.bind(str(tmp_path / "s.sock"))
+        unix.listen(4)
+        assert listen_queue(unix) is None
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as unixgram:
+        unixgram.bind(str(tmp_path / "g.sock"))
+        assert listen_queue(unixgram) is None
+
+
+def test_listen_queue_of_a_closed_listener_is_none() -> None:
+    """While stopping, listeners are closed but still scraped."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    listener.close()
+    assert listen_queue(listener) is None
+
+
+# -- exit outcomes -------------------------------------------------------------------------
+
+OWNER = cast(Server, "a server")  # exit_outcome only looks at the status and the child
+
+
+def reaped(status: ExitStatus, signalled: int | None = None) -> Reaped[Server]:
+    child = Child(pid=4242, owner=OWNER, started=1.0, signalled=signalled)
+    return Reaped(4242, status, None, child, duration=0.5)
+
+
+@pytest.mark.parametrize(
+    ("status", "signalled", "outcome"),
+    [
+        (ExitStatus(code=0), None, "ok"),
+        (ExitStatus(code=1), None, "error"),
+        (ExitStatus(code=3), None, "error"),
+        (ExitStatus(signal=9), None, "signal"),  # died of a signal nobody here sent
+        (ExitStatus(signal=11), None, "signal"),
+        (ExitStatus(signal=15), 15, "killed"),  # our SIGTERM at shutdown
+        (ExitStatus(signal=9), 9, "killed"),  # our SIGKILL after kill_grace
+        (ExitStatus(signal=9), 15, "killed"),  # SIGTERMed, then SIGKILLed
+    ],
+)
+def test_exit_outcome(status: ExitStatus, signalled: int | None, outcome: str) -> None:
+    assert exit_outcome(reaped(status, signalled)) == outcome
+
+
+def test_exit_statuses_decoded_from_the_kernel_have_the_same_outcomes() -> None:
+    assert exit_outcome(reaped(ExitStatus.decode(0))) == "ok"
+    assert exit_outcome(reaped(ExitStatus.decode(1 << 8))) == "error"
+    assert exit_outcome(reaped(ExitStatus.decode(9))) == "signal"
+    assert exit_outcome(reaped(ExitStatus.decode(15), signalled=15)) == "killed"
