@@ -13,7 +13,6 @@ keeps serving; nothing ever blocks in `waitpid`.
 
 import contextlib
 import enum
-import errno
 import logging
 import os
 import signal
@@ -37,28 +36,12 @@ from supervisor.metrics import ReloadStats
 from supervisor.reload import Prepared, prepare
 from supervisor.server import Request, Server
 from supervisor.signals import INTENTS, Intent, SignalWakeup
-from supervisor.sockets import Listener
+from supervisor.sockets import TRANSIENT_ERRNOS, Listener
 
 log = logging.getLogger("supervisor")
 
 ACCEPT_BATCH = 16  # requests taken per readiness event, so one busy server cannot starve others
 ACCEPT_BACKOFF = 0.1  # seconds to stop accepting after EMFILE, ENFILE, ENOBUFS or ENOMEM
-# accept() reports these for the connection at hand, not the listener: drop it and go on.
-TRANSIENT_ERRNOS = frozenset(
-    {
-        errno.ECONNABORTED,
-        errno.ECONNREFUSED,
-        errno.ECONNRESET,
-        errno.EPROTO,
-        errno.ENETDOWN,
-        errno.ENETUNREACH,
-        errno.EHOSTDOWN,
-        errno.EHOSTUNREACH,
-        errno.ENOPROTOOPT,
-        errno.EOPNOTSUPP,
-        errno.EPERM,
-    }
-)
 
 
 def exit_outcome(reaped: Reaped[Server]) -> str:
@@ -338,11 +321,18 @@ class Supervisor:
 
     def _serve_metrics(self, listener: Listener) -> HttpServer:
         collectors = metrics.collectors_for(self)
+        rendered: dict[bool, tuple[int, bytes]] = {}  # format -> (loop turn, body)
 
         def scrape(accept: str) -> Response:
             openmetrics = exposition.wants_openmetrics(accept)
             content_type = exposition.OPENMETRICS if openmetrics else exposition.TEXT
-            return Response(200, "OK", content_type, exposition.render(collectors, openmetrics))
+            # Scrapes answered in one turn of the loop share one rendering: a flood of them
+            # costs one render per turn, with every other server served in between.
+            turn, body = rendered.get(openmetrics, (-1, b""))
+            if turn != self.loop.turn:
+                body = exposition.render(collectors, openmetrics)
+                rendered[openmetrics] = (self.loop.turn, body)
+            return Response(200, "OK", content_type, body)
 
         def health(accept: str) -> Response:
             down = [server.name for server in self.servers.values() if not server.up]
@@ -517,6 +507,7 @@ class Supervisor:
                 exc,
             )
             server.close_request(request)
+            server.stats.errors += 1
             self._count(server, -1)
 
     def _handled(self, server: Server, ok: bool, duration: float) -> None:
@@ -549,6 +540,7 @@ class Supervisor:
                 client_address,
                 exc.strerror or exc,
             )
+            server.stats.errors += 1
             self._count(server, -1)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)

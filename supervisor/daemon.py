@@ -64,9 +64,10 @@ def run(path: str, detach: bool = False) -> int:
                 metrics_listener=metrics_listener,
             )
             return supervisor.run()
-    finally:
-        if control_socket is not None:
-            control_socket.close()  # if start-up failed; it removes only its own file
+    finally:  # after a failed start-up; after a run they are closed already
+        for listener in (control_socket, metrics_listener):
+            if listener is not None:
+                listener.close()  # removes only its own unix socket file
 
 
 def _open_log(source: str, log_file: str | None) -> int | None:

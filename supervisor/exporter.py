@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from supervisor.loop import Loop, Timer
-from supervisor.sockets import Listener
+from supervisor.sockets import TRANSIENT_ERRNOS, Listener
 
 log = logging.getLogger("supervisor")
 
@@ -80,15 +80,25 @@ class HttpServer:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
+                if exc.errno in TRANSIENT_ERRNOS:
+                    continue
                 self._back_off(exc)
                 return
             if len(self._connections) >= MAX_CONNECTIONS:
-                conn.close()
-                continue
+                self._evict()
             conn.setblocking(False)
             timer = self._loop.call_later(REQUEST_TIMEOUT, partial(self._drop, conn))
             self._connections[conn] = _Connection(bytearray(), timer)
             self._loop.add_reader(conn, partial(self._read, conn))
+
+    def _evict(self) -> None:
+        """Make room: drop the oldest connection still sending its request (idle ones first
+        go this way), so that idle sockets cannot keep a real scraper out."""
+        for conn, state in self._connections.items():
+            if state.out is None:
+                self._drop(conn)
+                return
+        self._drop(next(iter(self._connections)))
 
     def _back_off(self, exc: OSError) -> None:
         """accept() failed (out of file descriptors): stop trying for a moment, not spin."""
@@ -133,7 +143,11 @@ class HttpServer:
         route = self._routes.get(target)
         if route is None:
             return _error(404, "Not Found"), method == "GET"
-        return route(_header(lines[1:], "accept")), method == "GET"
+        try:
+            return route(_header(lines[1:], "accept")), method == "GET"
+        except Exception:  # a bug in a collector must not end the supervisor's loop
+            log.exception("metrics: %s failed", target)
+            return _error(500, "Internal Server Error"), method == "GET"
 
     def _respond(self, conn: socket.socket, answer: tuple[Response, bool]) -> None:
         response, with_body = answer
@@ -164,12 +178,20 @@ class HttpServer:
             return
         state.out = state.out[sent:]
         if not state.out:
-            self._drop(conn)
+            self._drop(conn, answered=True)
 
-    def _drop(self, conn: socket.socket) -> None:
+    def _drop(self, conn: socket.socket, answered: bool = False) -> None:
         state = self._connections.pop(conn)
         state.timer.cancel()
         self._loop.remove_reader(conn)
+        if answered:
+            # Read what the client sent beyond its request (a body, a pipelined request):
+            # closing with unread input would send a reset that can destroy the answer.
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_WR)
+                for _ in range(16):  # bounded: a client that never stops sending is cut off
+                    if not conn.recv(MAX_REQUEST):
+                        break
         conn.close()
 
 

@@ -45,6 +45,7 @@ class Loop:
         self._wake_writer.setblocking(False)
         self.add_reader(self._wake_reader, self._run_pending)
         self._running = False
+        self.turn = 0  # counts the turns of the loop: work done in one turn can be shared
 
     def add_reader(self, fileobj: Any, callback: Callback) -> None:
         self.selector.register(fileobj, selectors.EVENT_READ, callback)
@@ -77,6 +78,7 @@ class Loop:
         """Dispatch events until `stop()` is called."""
         self._running = True
         while self._running:
+            self.turn += 1
             for key, _ in self.selector.select(self._timeout()):
                 key.data()
                 if not self._running:

@@ -10,6 +10,7 @@ import bisect
 import itertools
 import socket
 import struct
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -106,6 +107,8 @@ class ReloadStats:
 def listen_queue(sock: socket.socket) -> int | None:
     """The current accept-queue length of a listening TCP socket (Linux TCP_INFO), or None."""
     if sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.type != socket.SOCK_STREAM:
+        return None
+    if sys.platform != "linux":  # the struct tcp_info layout read here is Linux's
         return None
     try:
         info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_SIZE)
@@ -241,8 +244,8 @@ def _memory(supervisor: "Supervisor") -> Metric:
     for child in supervisor.children:
         try:
             rss[child.owner.name] += psutil.Process(child.pid).memory_info().rss
-        except psutil.Error:
-            continue  # exited since
+        except (psutil.Error, OSError):
+            continue  # exited since, or out of file descriptors to read /proc
     for name in supervisor.servers:
         family.add_metric([name], rss[name])
     return family

@@ -15,6 +15,23 @@ from dataclasses import dataclass
 
 from supervisor.addresses import Address
 
+# accept() reports these for the connection at hand, not the listener: drop it and go on.
+TRANSIENT_ERRNOS = frozenset(
+    {
+        errno.ECONNABORTED,
+        errno.ECONNREFUSED,
+        errno.ECONNRESET,
+        errno.EPROTO,
+        errno.ENETDOWN,
+        errno.ENETUNREACH,
+        errno.EHOSTDOWN,
+        errno.EHOSTUNREACH,
+        errno.ENOPROTOOPT,
+        errno.EOPNOTSUPP,
+        errno.EPERM,
+    }
+)
+
 
 @dataclass
 class Listener:
