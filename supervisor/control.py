@@ -1,106 +1,66 @@
 """The control socket: how `supervisor reload` and `supervisor status` talk to a running process.
 
 A unix stream socket next to the pidfile (`supervisor.pid` -> `supervisor.sock`), mode 0600,
-served from the loop without blocking it. Every peer is checked with SO_PEERCRED: only root and
-the supervisor's own user are answered. One request per connection: a JSON object on one line,
-`{"command": "status"}`, answered with one JSON line. A request is bounded in size and time.
+served from the loop without blocking it (responder.py). Every peer is checked with SO_PEERCRED:
+only root and the supervisor's own user are answered. One request per connection: a JSON object
+on one line, `{"command": "status"}`, answered with one JSON line.
 """
 
-import contextlib
 import json
 import logging
 import os
 import socket
 import struct
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 from supervisor.addresses import Address
-from supervisor.loop import Loop, Timer
+from supervisor.loop import Loop
+from supervisor.responder import Responder
 from supervisor.sockets import Listener, remove_if_stale
 
 log = logging.getLogger("supervisor")
 
 MAX_REQUEST = 4096  # bytes
-REQUEST_TIMEOUT = 5.0  # seconds for a peer to send its request
-SEND_TIMEOUT = 5.0  # seconds for a peer to take the answer
 
 Handler = Callable[[str], dict[str, Any]]
 
 
-class ControlServer:
-    """Answers control requests on a unix socket, from the loop."""
+class ControlServer(Responder):
+    """Answers control requests on a unix socket, from the loop, to root and our own user."""
+
+    name = "control"
+    max_request = MAX_REQUEST
 
     def __init__(self, loop: Loop, listener: Listener, handler: Handler) -> None:
-        self._listener = listener
-        self._socket = listener.socket
-        self._loop = loop
+        super().__init__(loop, listener)
         self._handler = handler
-        self._pending: dict[socket.socket, tuple[bytearray, Timer]] = {}
-        loop.add_reader(self._socket, self._accept)
 
-    def close(self) -> None:
-        for conn in list(self._pending):
-            self._drop(conn)
-        self._loop.remove_reader(self._socket)
-        self._listener.close()  # removes the socket file if it is still ours
-
-    def close_in_child(self) -> None:
-        """In a forked child: let go of the socket and of requests being answered, or a peer
-        waiting for end-of-file would wait for the child too."""
-        for sock in [self._socket, *self._pending]:
-            with contextlib.suppress(OSError):
-                os.close(sock.fileno())
-
-    def _accept(self) -> None:
-        try:
-            conn, _ = self._socket.accept()
-        except (BlockingIOError, ConnectionAbortedError):
-            return
+    def admit(self, conn: socket.socket) -> bool:
         uid = peer_uid(conn)
         if uid not in (0, os.geteuid()):
             log.warning("control: refused a request from uid %d", uid)
-            conn.close()
-            return
-        conn.setblocking(False)
-        timer = self._loop.call_later(REQUEST_TIMEOUT, partial(self._drop, conn))
-        self._pending[conn] = (bytearray(), timer)
-        self._loop.add_reader(conn, partial(self._read, conn))
+            return False
+        return True
 
-    def _read(self, conn: socket.socket) -> None:
-        buffer, _ = self._pending[conn]
-        try:
-            chunk = conn.recv(MAX_REQUEST)
-        except BlockingIOError:
-            return
-        except OSError:
-            self._drop(conn)
-            return
-        buffer += chunk
-        if chunk and b"\n" not in buffer and len(buffer) < MAX_REQUEST:
-            return
-        line = bytes(buffer).partition(b"\n")[0]
-        self._drop(conn, answer=self._answer(line))
+    def complete(self, request: bytes) -> bool:
+        return b"\n" in request
 
-    def _answer(self, line: bytes) -> dict[str, Any]:
+    def answer(self, request: bytes, finished: bool) -> bytes:
+        """One JSON line; a request without its newline is taken as it is (end of input)."""
+        line = request.partition(b"\n")[0]
         try:
             command = json.loads(line)["command"]
         except (ValueError, KeyError, TypeError):
             command = None
         if not isinstance(command, str):
-            return {"ok": False, "error": 'bad request: expected {"command": NAME}'}
-        return self._handler(command)
-
-    def _drop(self, conn: socket.socket, answer: dict[str, Any] | None = None) -> None:
-        _, timer = self._pending.pop(conn)
-        timer.cancel()
-        self._loop.remove_reader(conn)
-        if answer is not None:
-            with contextlib.suppress(OSError):
-                conn.settimeout(SEND_TIMEOUT)  # the peer is root or ourselves: a short wait
-                conn.sendall(json.dumps(answer).encode() + b"\n")
-        conn.close()
+            reply: dict[str, Any] = {
+                "ok": False,
+                "error": 'bad request: expected {"command": NAME}',
+            }
+        else:
+            reply = self._handler(command)
+        return json.dumps(reply).encode() + b"\n"
 
 
 def bind(path: str) -> Listener:

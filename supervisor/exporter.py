@@ -1,31 +1,19 @@
 """The metrics endpoint: `GET /metrics` and `GET /healthz`, served from the supervisor's loop.
 
-A deliberately small HTTP/1.x responder: one request per connection, `Connection: close`.
-Nothing it does can block the loop: sockets are non-blocking, a request is read only up to
-`MAX_REQUEST` bytes and `REQUEST_TIMEOUT` seconds, an answer is written as the peer takes it
-within `SEND_TIMEOUT`, and at most `MAX_CONNECTIONS` are open at once (more are closed at
-once). A slow, stuck or hostile client costs one socket for a bounded time, never a stall.
+A deliberately small HTTP/1.x responder: one request per connection, `Connection: close`, GET
+and HEAD only. The connection handling, bounded in size, time and number so that no client can
+stall the loop, is responder.py's.
 """
 
-import contextlib
 import logging
-import os
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 
-from supervisor.loop import Loop, Timer
-from supervisor.sockets import TRANSIENT_ERRNOS, Listener
+from supervisor.loop import Loop
+from supervisor.responder import Responder
+from supervisor.sockets import Listener
 
 log = logging.getLogger("supervisor")
-
-MAX_REQUEST = 8192  # bytes of request line and headers
-REQUEST_TIMEOUT = 5.0  # seconds for a client to send its request
-SEND_TIMEOUT = 10.0  # seconds for a client to take the answer
-MAX_CONNECTIONS = 64
-ACCEPT_BATCH = 16
-BACKOFF = 0.1  # seconds without accepting after accept() failed
 
 
 @dataclass(frozen=True)
@@ -40,97 +28,27 @@ class Response:
 Route = Callable[[str], Response]
 
 
-@dataclass
-class _Connection:
-    buffer: bytearray
-    timer: Timer
-    out: memoryview | None = None
-
-
-class HttpServer:
+class HttpServer(Responder):
     """Answers GET (and HEAD) on a few paths, from the loop."""
 
+    name = "metrics"
+
     def __init__(self, loop: Loop, listener: Listener, routes: dict[str, Route]) -> None:
-        self.listener = listener
-        self._loop = loop
+        super().__init__(loop, listener)
         self._routes = routes
-        self._connections: dict[socket.socket, _Connection] = {}
-        self._paused = False  # accept() failed: the listener is out of the selector for a while
-        loop.add_reader(listener.socket, self._accept)
 
-    def close(self) -> None:
-        for conn in list(self._connections):
-            self._drop(conn)
-        if not self._paused:
-            self._loop.remove_reader(self.listener.socket)
-        self._paused = False
-        self.listener.close()
+    def complete(self, request: bytes) -> bool:
+        return b"\r\n\r\n" in request or b"\n\n" in request
 
-    def close_in_child(self) -> None:
-        """In a forked child: let go of the listener and of open connections."""
-        self.listener.created_file = None
-        for sock in [self.listener.socket, *self._connections]:
-            with contextlib.suppress(OSError):
-                os.close(sock.fileno())
+    def answer(self, request: bytes, finished: bool) -> bytes | None:
+        if not finished:
+            if len(request) < self.max_request:
+                return None  # the client went away before finishing its request
+            return _encode(_error(431, "Request Header Fields Too Large"), with_body=True)
+        response, with_body = self._route(request)
+        return _encode(response, with_body)
 
-    def _accept(self) -> None:
-        for _ in range(ACCEPT_BATCH):
-            try:
-                conn, _ = self.listener.socket.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                if exc.errno in TRANSIENT_ERRNOS:
-                    continue
-                self._back_off(exc)
-                return
-            if len(self._connections) >= MAX_CONNECTIONS:
-                self._evict()
-            conn.setblocking(False)
-            timer = self._loop.call_later(REQUEST_TIMEOUT, partial(self._drop, conn))
-            self._connections[conn] = _Connection(bytearray(), timer)
-            self._loop.add_reader(conn, partial(self._read, conn))
-
-    def _evict(self) -> None:
-        """Make room: drop the oldest connection still sending its request (idle ones first
-        go this way), so that idle sockets cannot keep a real scraper out."""
-        for conn, state in self._connections.items():
-            if state.out is None:
-                self._drop(conn)
-                return
-        self._drop(next(iter(self._connections)))
-
-    def _back_off(self, exc: OSError) -> None:
-        """accept() failed (out of file descriptors): stop trying for a moment, not spin."""
-        log.warning("metrics: accept failed (%s); pausing for %gs", exc.strerror or exc, BACKOFF)
-        self._loop.remove_reader(self.listener.socket)
-        self._paused = True
-
-        def resume() -> None:
-            if self._paused:
-                self._paused = False
-                self._loop.add_reader(self.listener.socket, self._accept)
-
-        self._loop.call_later(BACKOFF, resume)
-
-    def _read(self, conn: socket.socket) -> None:
-        state = self._connections[conn]
-        try:
-            chunk = conn.recv(MAX_REQUEST)
-        except BlockingIOError:
-            return
-        except OSError:
-            self._drop(conn)
-            return
-        state.buffer += chunk
-        if b"\r\n\r\n" in state.buffer or b"\n\n" in state.buffer:
-            self._respond(conn, self._answer(bytes(state.buffer)))
-        elif not chunk:
-            self._drop(conn)
-        elif len(state.buffer) >= MAX_REQUEST:
-            self._respond(conn, (_error(431, "Request Header Fields Too Large"), True))
-
-    def _answer(self, request: bytes) -> tuple[Response, bool]:
+    def _route(self, request: bytes) -> tuple[Response, bool]:
         """The response, and whether to send its body (not for HEAD)."""
         head = request.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0].decode("latin-1")
         lines = head.replace("\r\n", "\n").split("\n")
@@ -149,50 +67,15 @@ class HttpServer:
             log.exception("metrics: %s failed", target)
             return _error(500, "Internal Server Error"), method == "GET"
 
-    def _respond(self, conn: socket.socket, answer: tuple[Response, bool]) -> None:
-        response, with_body = answer
-        state = self._connections[conn]
-        state.timer.cancel()
-        state.timer = self._loop.call_later(SEND_TIMEOUT, partial(self._drop, conn))
-        head = (
-            f"HTTP/1.1 {response.status} {response.reason}\r\n"
-            f"Content-Type: {response.content_type}\r\n"
-            f"Content-Length: {len(response.body)}\r\n"
-            "Connection: close\r\n\r\n"
-        ).encode("latin-1")
-        state.out = memoryview(head + (response.body if with_body else b""))
-        self._loop.remove_reader(conn)
-        self._loop.add_writer(conn, partial(self._write, conn))
 
-    def _write(self, conn: socket.socket) -> None:
-        state = self._connections[conn]
-        if state.out is None:
-            self._drop(conn)
-            return
-        try:
-            sent = conn.send(state.out)
-        except BlockingIOError:
-            return
-        except OSError:
-            self._drop(conn)
-            return
-        state.out = state.out[sent:]
-        if not state.out:
-            self._drop(conn, answered=True)
-
-    def _drop(self, conn: socket.socket, answered: bool = False) -> None:
-        state = self._connections.pop(conn)
-        state.timer.cancel()
-        self._loop.remove_reader(conn)
-        if answered:
-            # Read what the client sent beyond its request (a body, a pipelined request):
-            # closing with unread input would send a reset that can destroy the answer.
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_WR)
-                for _ in range(16):  # bounded: a client that never stops sending is cut off
-                    if not conn.recv(MAX_REQUEST):
-                        break
-        conn.close()
+def _encode(response: Response, with_body: bool) -> bytes:
+    head = (
+        f"HTTP/1.1 {response.status} {response.reason}\r\n"
+        f"Content-Type: {response.content_type}\r\n"
+        f"Content-Length: {len(response.body)}\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode("latin-1")
+    return head + (response.body if with_body else b"")
 
 
 def _header(lines: list[str], name: str) -> str:

@@ -24,8 +24,9 @@ from prometheus_client.openmetrics import parser as openmetrics_parser
 from prometheus_client.parser import text_string_to_metric_families
 
 from supervisor import __version__
-from supervisor.exporter import MAX_CONNECTIONS, MAX_REQUEST, REQUEST_TIMEOUT
+from supervisor.exporter import HttpServer
 from supervisor.metrics import OUTCOMES
+from supervisor.responder import MAX_CONNECTIONS, REQUEST_TIMEOUT
 from tests.conftest import (
     METRICS_ANY_PORT,
     StartSupervisor,
@@ -37,6 +38,7 @@ from tests.conftest import (
     run_cli,
 )
 
+MAX_REQUEST = HttpServer.max_request
 Address = tuple[str, int] | str
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
 # What Prometheus itself sends when it scrapes.

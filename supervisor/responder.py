@@ -1,0 +1,186 @@
+"""One request and one answer per connection, served from the loop without ever blocking it.
+
+The metrics endpoint (exporter.py) and the control socket (control.py) are both this: accept,
+read a request up to `max_request` bytes within `REQUEST_TIMEOUT`, write the answer as the peer
+takes it within `SEND_TIMEOUT`, close. At most `MAX_CONNECTIONS` are open at once: a new one
+evicts the oldest still sending its request, so idle sockets cannot shut out real clients. A
+failing accept() pauses the listener instead of spinning. A slow, stuck or hostile peer costs
+one socket for a bounded time, never a stall of the servers.
+
+A subclass says when a request is complete (`complete`), what to answer (`answer`), and whom to
+serve at all (`admit`).
+"""
+
+import contextlib
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from functools import partial
+
+from supervisor.loop import Loop, Timer
+from supervisor.sockets import TRANSIENT_ERRNOS, Listener
+
+log = logging.getLogger("supervisor")
+
+REQUEST_TIMEOUT = 5.0  # seconds for a peer to send its request
+SEND_TIMEOUT = 10.0  # seconds for a peer to take the answer
+MAX_CONNECTIONS = 64
+ACCEPT_BATCH = 16
+BACKOFF = 0.1  # seconds without accepting after accept() failed
+_DRAIN = 16  # reads of what a peer sent beyond its request, before closing
+
+
+@dataclass
+class _Connection:
+    buffer: bytearray
+    timer: Timer
+    out: memoryview | None = None  # the answer still to send, once there is one
+
+
+class Responder:
+    """Serves one request per connection on `listener`, from `loop`."""
+
+    name = "responder"  # in log lines
+    max_request = 8192  # bytes
+
+    def __init__(self, loop: Loop, listener: Listener) -> None:
+        self.listener = listener
+        self._loop = loop
+        self._connections: dict[socket.socket, _Connection] = {}
+        self._paused = False  # accept() failed: the listener is out of the selector for a while
+        loop.add_reader(listener.socket, self._accept)
+
+    # -- what a subclass decides ------------------------------------------------------------
+
+    def admit(self, conn: socket.socket) -> bool:
+        """Whether to serve this peer at all."""
+        return True
+
+    def complete(self, request: bytes) -> bool:
+        """Whether `request` is all there is to read."""
+        raise NotImplementedError
+
+    def answer(self, request: bytes, finished: bool) -> bytes | None:
+        """The bytes to send back; `finished` is False when the peer closed its side or sent
+        too much first. None: close without an answer."""
+        raise NotImplementedError
+
+    # -- the machinery ---------------------------------------------------------------------
+
+    def close(self) -> None:
+        for conn in list(self._connections):
+            self._drop(conn)
+        if not self._paused:
+            self._loop.remove_reader(self.listener.socket)
+        self._paused = False
+        self.listener.close()
+
+    def close_in_child(self) -> None:
+        """In a forked child: let go of the listener and of open connections, or a peer
+        waiting for the end of its answer would wait for the child too."""
+        self.listener.created_file = None
+        for sock in [self.listener.socket, *self._connections]:
+            with contextlib.suppress(OSError):
+                os.close(sock.fileno())
+
+    def _accept(self) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, _ = self.listener.socket.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in TRANSIENT_ERRNOS:
+                    continue
+                self._back_off(exc)
+                return
+            if not self.admit(conn):
+                conn.close()
+                continue
+            if len(self._connections) >= MAX_CONNECTIONS:
+                self._evict()
+            conn.setblocking(False)
+            timer = self._loop.call_later(REQUEST_TIMEOUT, partial(self._drop, conn))
+            self._connections[conn] = _Connection(bytearray(), timer)
+            self._loop.add_reader(conn, partial(self._read, conn))
+
+    def _evict(self) -> None:
+        """Drop the oldest connection still sending its request (else the oldest of all)."""
+        for conn, state in self._connections.items():
+            if state.out is None:
+                self._drop(conn)
+                return
+        self._drop(next(iter(self._connections)))
+
+    def _back_off(self, exc: OSError) -> None:
+        """accept() failed (out of file descriptors): stop trying for a moment, not spin."""
+        log.warning(
+            "%s: accept failed (%s); pausing for %gs", self.name, exc.strerror or exc, BACKOFF
+        )
+        self._loop.remove_reader(self.listener.socket)
+        self._paused = True
+
+        def resume() -> None:
+            if self._paused:
+                self._paused = False
+                self._loop.add_reader(self.listener.socket, self._accept)
+
+        self._loop.call_later(BACKOFF, resume)
+
+    def _read(self, conn: socket.socket) -> None:
+        state = self._connections[conn]
+        try:
+            chunk = conn.recv(self.max_request)
+        except BlockingIOError:
+            return
+        except OSError:
+            self._drop(conn)
+            return
+        state.buffer += chunk
+        request = bytes(state.buffer)
+        if self.complete(request):
+            self._respond(conn, self.answer(request, finished=True))
+        elif not chunk or len(request) >= self.max_request:
+            self._respond(conn, self.answer(request, finished=False))
+
+    def _respond(self, conn: socket.socket, answer: bytes | None) -> None:
+        if answer is None:
+            self._drop(conn)
+            return
+        state = self._connections[conn]
+        state.timer.cancel()
+        state.timer = self._loop.call_later(SEND_TIMEOUT, partial(self._drop, conn))
+        state.out = memoryview(answer)
+        self._loop.remove_reader(conn)
+        self._loop.add_writer(conn, partial(self._write, conn))
+
+    def _write(self, conn: socket.socket) -> None:
+        state = self._connections[conn]
+        if state.out is None:
+            self._drop(conn)
+            return
+        try:
+            sent = conn.send(state.out)
+        except BlockingIOError:
+            return
+        except OSError:
+            self._drop(conn)
+            return
+        state.out = state.out[sent:]
+        if not state.out:
+            self._drop(conn, answered=True)
+
+    def _drop(self, conn: socket.socket, answered: bool = False) -> None:
+        state = self._connections.pop(conn)
+        state.timer.cancel()
+        self._loop.remove_reader(conn)
+        if answered:
+            # Read what the peer sent beyond its request (a body, a pipelined request):
+            # closing with unread input would send a reset that can destroy the answer.
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_WR)
+                for _ in range(_DRAIN):  # bounded: a peer that never stops sending is cut off
+                    if not conn.recv(self.max_request):
+                        break
+        conn.close()
