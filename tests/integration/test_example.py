@@ -23,6 +23,7 @@ from tests.conftest import ROOT, Supervisor, exchange
 EXAMPLE = ROOT / "etc" / "supervisor.toml"
 TIMEOUT = 10.0
 RFC868_OFFSET = 2_208_988_800
+ALREADY_RUNNING = r"supervisor already running as pid (\d+)"
 BIND_ERROR = r"((?:servers\.)?\S+?)(?:\.address)?: cannot bind (\S+) \((.*)\)"
 
 
@@ -31,7 +32,10 @@ def example() -> Iterator[Supervisor]:
     """The example running, or a skip if one of its addresses is taken."""
     supervisor = Supervisor(EXAMPLE)
     try:
-        match = supervisor.wait_for_log(rf"ready: |{BIND_ERROR}", timeout=20)
+        match = supervisor.wait_for_log(rf"ready: |{BIND_ERROR}|{ALREADY_RUNNING}", timeout=20)
+        if match[4] is not None:
+            assert supervisor.wait() == os.EX_UNAVAILABLE
+            pytest.skip(f"the example is already running on this host (pid {match[4]})")
         if match[1] is not None:
             assert supervisor.wait() == os.EX_OSERR
             if match[3] == os.strerror(errno.EADDRNOTAVAIL) and "[::1]" in match[2]:
