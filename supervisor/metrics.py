@@ -140,39 +140,41 @@ class SupervisorCollector(Collector):
         yield info
 
 
+# One sample per server: (key, counter?, name, help, unit). The values come from _per_server.
+_PER_SERVER = (
+    ("requests", True, "supervisor_requests", "Connections accepted or datagrams received.", ""),
+    ("children", False, "supervisor_children",
+     "Live children (fork mode) or busy threads (thread mode).", ""),
+    ("max_children", False, "supervisor_max_children", "The configured max_children.", ""),
+    ("saturated", False, "supervisor_saturated", "1 while the server is at max_children.", ""),
+    ("saturated_seconds", True, "supervisor_saturated_seconds", "Time spent at max_children.",
+     "seconds"),
+    ("errors", True, "supervisor_handler_errors",
+     "Requests whose handler raised, or whose child failed or died.", ""),
+    ("up", False, "supervisor_server_up",
+     "1 while the server accepts requests (0 while stopping, or while accept() fails).", ""),
+)  # fmt: skip
+
+
+def _per_server(server: "Server", running: bool) -> dict[str, float]:
+    stats, limited = server.stats, server.mode.value != "inline"
+    return {
+        "requests": stats.requests,
+        "children": server.active,
+        "max_children": server.config.max_children if limited else 1,
+        "saturated": 1 if stats.saturated_since is not None else 0,
+        "saturated_seconds": stats.saturated_total(),
+        "errors": stats.errors,
+        "up": 1 if running and server.up else 0,
+    }
+
+
 def _server_metrics(servers: list["Server"], supervisor: "Supervisor") -> Iterator[Metric]:
-    running = supervisor.running
-    families: dict[str, CounterMetricFamily | GaugeMetricFamily] = {
-        "requests": CounterMetricFamily(
-            "supervisor_requests", "Connections accepted or datagrams received.", labels=["server"]
-        ),
-        "children": GaugeMetricFamily(
-            "supervisor_children",
-            "Live children (fork mode) or busy threads (thread mode).",
-            labels=["server"],
-        ),
-        "max_children": GaugeMetricFamily(
-            "supervisor_max_children", "The configured max_children.", labels=["server"]
-        ),
-        "saturated": GaugeMetricFamily(
-            "supervisor_saturated", "1 while the server is at max_children.", labels=["server"]
-        ),
-        "saturated_seconds": CounterMetricFamily(
-            "supervisor_saturated_seconds",
-            "Time spent at max_children.",
-            labels=["server"],
-            unit="seconds",
-        ),
-        "errors": CounterMetricFamily(
-            "supervisor_handler_errors",
-            "Requests whose handler raised, or whose child failed or died.",
-            labels=["server"],
-        ),
-        "up": GaugeMetricFamily(
-            "supervisor_server_up",
-            "1 while the server accepts requests (0 while stopping, or while accept() fails).",
-            labels=["server"],
-        ),
+    families: dict[str, Metric] = {
+        key: (CounterMetricFamily if counter else GaugeMetricFamily)(
+            name, text, labels=["server"], unit=unit
+        )
+        for key, counter, name, text, unit in _PER_SERVER
     }
     exits = CounterMetricFamily(
         "supervisor_child_exits",
@@ -192,19 +194,13 @@ def _server_metrics(servers: list["Server"], supervisor: "Supervisor") -> Iterat
     )
     for server in servers:
         # Samples are appended directly: add_metric would build the same label dict per call.
-        stats, labels = server.stats, {"server": server.name}
-        limited = server.config.mode.value != "inline"
-        _add(families["requests"], labels, stats.requests)
-        _add(families["children"], labels, server.active)
-        _add(families["max_children"], labels, server.config.max_children if limited else 1)
-        _add(families["saturated"], labels, 1 if stats.saturated_since is not None else 0)
-        _add(families["saturated_seconds"], labels, stats.saturated_total())
-        _add(families["errors"], labels, stats.errors)
-        _add(families["up"], labels, 1 if running and server.up else 0)
+        name, stats, labels = server.name, server.stats, {"server": server.name}
+        for key, value in _per_server(server, supervisor.running).items():
+            _add(families[key], labels, value)
         for outcome in OUTCOMES:
-            _add(exits, {"server": server.name, "outcome": outcome}, stats.exits[outcome])
-        _add(cpu, {"server": server.name, "mode": "user"}, stats.cpu_user)
-        _add(cpu, {"server": server.name, "mode": "system"}, stats.cpu_system)
+            _add(exits, {"server": name, "outcome": outcome}, stats.exits[outcome])
+        _add(cpu, {"server": name, "mode": "user"}, stats.cpu_user)
+        _add(cpu, {"server": name, "mode": "system"}, stats.cpu_system)
         if (queued := listen_queue(server.listener.socket)) is not None:
             _add(queue, labels, queued)
     yield from (*families.values(), exits, cpu, queue)
