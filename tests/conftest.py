@@ -21,6 +21,17 @@ ROOT = Path(__file__).resolve().parent.parent
 LISTENING = re.compile(r"(\S+): listening on (\S+)")
 READY = "ready: "
 STOP_TIMEOUT = 20.0
+# Server tables the command-line tests share.
+ECHO = """
+[servers.echo]
+address = "tcp://127.0.0.1:0"
+handler = "tests.handlers:BaseEchoHandler"
+"""
+FAILING = """
+[servers.failing]
+address = "tcp://127.0.0.1:0"
+handler = "tests.handlers:FailingHandler"
+"""
 METRICS_ANY_PORT = '\n[metrics]\naddress = "tcp://127.0.0.1:0"\n'
 
 

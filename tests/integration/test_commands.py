@@ -22,6 +22,8 @@ from supervisor import control
 from tests.conftest import (
     CLI_ENV,
     CLI_TIMEOUT,
+    ECHO,
+    FAILING,
     METRICS_ANY_PORT,
     ROOT,
     StartSupervisor,
@@ -40,16 +42,6 @@ EX_OSERR = 71
 EX_CONFIG = 78
 NOBODY = 65534
 
-ECHO = """
-[servers.echo]
-address = "tcp://127.0.0.1:0"
-handler = "tests.handlers:BaseEchoHandler"
-"""
-FAILING = """
-[servers.failing]
-address = "tcp://127.0.0.1:0"
-handler = "tests.handlers:FailingHandler"
-"""
 HELD = """
 [servers.held]
 address = "tcp://127.0.0.1:0"

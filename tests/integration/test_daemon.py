@@ -22,7 +22,7 @@ import psutil
 import pytest
 
 from supervisor import control
-from tests.conftest import LISTENING, METRICS_ANY_PORT, ROOT, exchange, run_cli
+from tests.conftest import ECHO, FAILING, LISTENING, METRICS_ANY_PORT, ROOT, exchange, run_cli
 
 PR_SET_CHILD_SUBREAPER = 36
 EX_UNAVAILABLE = 69
@@ -30,17 +30,6 @@ EX_CANTCREAT = 73
 EX_CONFIG = 78
 WAIT = 10.0  # deadline for anything the daemon does
 POLL = 0.02  # how often a log file is re-read while waiting for a line
-
-ECHO = """
-[servers.echo]
-address = "tcp://127.0.0.1:0"
-handler = "tests.handlers:BaseEchoHandler"
-"""
-FAILING = """
-[servers.failing]
-address = "tcp://127.0.0.1:0"
-handler = "tests.handlers:FailingHandler"
-"""
 
 
 def write_config(

@@ -14,13 +14,8 @@ import pytest
 from supervisor.core import State, Supervisor
 from supervisor.reload import prepare
 from supervisor.signals import Intent
-from tests.conftest import StartSupervisor, connect, exchange, readline
+from tests.conftest import ECHO, StartSupervisor, connect, exchange, readline
 
-ECHO = """
-[servers.echo]
-address = "tcp://127.0.0.1:0"
-handler = "tests.handlers:BaseEchoHandler"
-"""
 EXTRA = """
 [servers.extra]
 address = "tcp://127.0.0.1:0"
