@@ -5,9 +5,11 @@ of ours that has exited, without ever blocking; counts per owner are derived fro
 
 Processes that are not in the table are reaped only with `reap_strangers` (PID 1 in a container,
 where orphans are re-parented to us). Otherwise such a process was started by code running in
-the supervisor itself (a thread-mode handler's `subprocess.run`), and reaping it would steal its
-exit status from its owner. System calls come in through `SystemCalls` so unit tests can replace
-them.
+the supervisor itself (an inline handler's `subprocess.Popen`), and reaping it would steal its
+exit status from its owner. Every wait is `__WNOTHREAD`: it sees only the children of the thread
+that forks and reaps (the loop's, which is also the one orphans are re-parented to), never those
+of a thread-mode handler, so even as PID 1 a handler thread's `subprocess.run` keeps its status.
+System calls come in through `SystemCalls` so unit tests can replace them.
 """
 
 import os
@@ -19,6 +21,9 @@ from dataclasses import dataclass, field
 from typing import Generic, NoReturn, TypeVar
 
 Owner = TypeVar("Owner", bound=Hashable)
+
+# Linux's __WNOTHREAD (not in the os module): wait only for children of the calling thread.
+WNOTHREAD = 0x20000000
 
 
 @dataclass(frozen=True)
@@ -130,7 +135,7 @@ class ChildTable(Generic[Owner]):
     def _next_exited(self) -> int | None:
         """The pid of an exited child, left waitable (WNOWAIT), or None."""
         try:
-            info = self.calls.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            info = self.calls.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT | WNOTHREAD)
         except ChildProcessError:
             return None
         pid: int | None = getattr(info, "si_pid", None)
@@ -138,7 +143,7 @@ class ChildTable(Generic[Owner]):
 
     def _collect(self, pid: int) -> Reaped[Owner] | None:
         try:
-            pid, status, rusage = self.calls.wait4(pid, os.WNOHANG)
+            pid, status, rusage = self.calls.wait4(pid, os.WNOHANG | WNOTHREAD)
         except ChildProcessError:
             return None  # already collected by someone else
         if pid == 0:

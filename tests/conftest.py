@@ -35,11 +35,21 @@ handler = "tests.handlers:FailingHandler"
 METRICS_ANY_PORT = '\n[metrics]\naddress = "tcp://127.0.0.1:0"\n'
 
 
+CLI_TIMEOUT = 30.0
+# Without SUPERVISOR_CONFIG: a command given no -c must see the bundled example, as on a fresh
+# machine, whatever the developer's shell has set.
+CLI_ENV = {
+    **{key: value for key, value in os.environ.items() if key != "SUPERVISOR_CONFIG"},
+    "PYTHONPATH": str(ROOT),
+    "PYTHONUNBUFFERED": "1",
+}
+
+
 class LoggedProcess:
     """A command started for a test, its stdout and stderr collected line by line."""
 
     def __init__(self, command: Sequence[str], extra_env: dict[str, str] | None = None) -> None:
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **(extra_env or {})}
+        env = {**CLI_ENV, **(extra_env or {})}
         self.process = subprocess.Popen(
             list(command),
             stdin=subprocess.DEVNULL,
@@ -122,8 +132,10 @@ class LoggedProcess:
 class Supervisor(LoggedProcess):
     """A running `python -m supervisor run` process, with its log collected line by line."""
 
-    def __init__(self, config: Path, extra_env: dict[str, str] | None = None) -> None:
-        super().__init__(cli_command("run", "-c", str(config)), extra_env)
+    def __init__(
+        self, config: Path, extra_env: dict[str, str] | None = None, wrapper: Sequence[str] = ()
+    ) -> None:
+        super().__init__([*wrapper, *cli_command("run", "-c", str(config))], extra_env)
         self.config = config
         self.addresses: dict[str, str] = {}
 
@@ -233,23 +245,22 @@ def readline(sock: socket.socket) -> bytes:
 
 # -- the command line ----------------------------------------------------------------------
 
-CLI_TIMEOUT = 30.0
-CLI_ENV = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
-
 
 def cli_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "supervisor", *args]
 
 
-def run_cli(*args: str, timeout: float = CLI_TIMEOUT) -> subprocess.CompletedProcess[str]:
-    """`python -m supervisor ARGS` from the source tree, as an operator types it; a hang is
-    killed at the timeout."""
+def run_cli(
+    *args: str, timeout: float = CLI_TIMEOUT, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`python -m supervisor ARGS` from the source tree, as an operator types it (`env`: extra
+    variables); a hang is killed at the timeout."""
     return subprocess.run(
         cli_command(*args),
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
-        env=CLI_ENV,
+        env={**CLI_ENV, **(env or {})},
         cwd=ROOT,
         timeout=timeout,
         check=False,

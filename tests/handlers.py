@@ -172,3 +172,43 @@ class CpuBurnHandler(socketserver.StreamRequestHandler):
         while time.process_time() < deadline:
             pass
         self.wfile.write(b"burned\n")
+
+
+class DoubleForkHandler(socketserver.StreamRequestHandler):
+    """Leave an orphan behind, as a handler that daemonizes a helper does: fork, fork again, let
+    the middle process exit. Report the orphan's pid once it is orphaned; it exits when the
+    client sends a line, so the client decides when there is an orphan to reap."""
+
+    def handle(self) -> None:
+        release_read, release_write = os.pipe()
+        report_read, report_write = os.pipe()
+        middle = os.fork()
+        if middle == 0:
+            orphan = os.fork()
+            if orphan == 0:
+                os.close(release_write)
+                os.read(release_read, 1)  # returns at EOF: when the handler closes its end
+                os._exit(0)
+            os.write(report_write, b"%d" % orphan)
+            os._exit(0)
+        os.close(release_read)
+        os.close(report_write)
+        os.waitpid(middle, 0)  # the middle process is gone: the orphan has a new parent now
+        orphan_pid = int(os.read(report_read, 32))
+        os.close(report_read)
+        self.wfile.write(b"orphan %d\n" % orphan_pid)
+        self.wfile.flush()
+        self.rfile.readline()
+        os.close(release_write)
+        self.wfile.write(b"released\n")
+
+
+class PendingSubprocessHandler(socketserver.StreamRequestHandler):
+    """Run a program that fails, and collect its status only a while after it has exited: the
+    window in which a careless reaper in the same process would take the status away."""
+
+    def handle(self) -> None:
+        self.rfile.readline()
+        program = subprocess.Popen(["sh", "-c", "exit 3"])
+        time.sleep(0.05)  # not a synchronisation: the window a reaper must leave alone
+        self.wfile.write(b"%d\n" % program.wait())

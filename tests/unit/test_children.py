@@ -10,7 +10,7 @@ from typing import NoReturn
 
 import pytest
 
-from supervisor.children import ChildTable, ExitStatus, Reaped, SystemCalls
+from supervisor.children import WNOTHREAD, ChildTable, ExitStatus, Reaped, SystemCalls
 
 
 class FakeKernel:
@@ -185,8 +185,10 @@ def test_reap_collects_several_children_in_one_call(
     assert len(table) == 1
     assert [child.pid for child in table] == [102]
     assert (table.count("echo"), table.count("daytime")) == (1, 0)
-    # wait4 was called once for each exited child, by pid, without blocking.
-    assert kernel.wait_calls == [(101, os.WNOHANG), (103, os.WNOHANG)]
+    # wait4 was called once for each exited child, by pid, without blocking, and only for
+    # children of the loop's own thread (never a handler thread's).
+    flags = os.WNOHANG | WNOTHREAD
+    assert kernel.wait_calls == [(101, flags), (103, flags)]
 
 
 def test_reap_until_the_kernel_has_no_children(kernel: FakeKernel, table: ChildTable[str]) -> None:
