@@ -6,13 +6,16 @@ in the supervisor itself prints a traceback.
 
 import argparse
 import importlib.resources
+import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from supervisor import __version__, commands, config, daemon, handlers
+from supervisor import __version__, commands, config, daemon, handlers, health
 from supervisor.config import Mode
 from supervisor.errors import SupervisorError, UsageError
+
+CONFIG_ENV = "SUPERVISOR_CONFIG"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -23,6 +26,11 @@ class _Parser(argparse.ArgumentParser):
 def example_config() -> str:
     """The bundled example configuration, so a fresh install serves something real."""
     return str(importlib.resources.files("supervisor") / "example.toml")
+
+
+def default_config() -> str:
+    """`$SUPERVISOR_CONFIG` when set (a container image points it at its file), else the example."""
+    return os.environ.get(CONFIG_ENV) or example_config()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,13 +48,14 @@ def _parser() -> argparse.ArgumentParser:
         ("reload", "make the running supervisor reload its configuration; wait for the outcome"),
         ("stop", "stop the running supervisor and wait until it has exited"),
         ("status", "show the running supervisor's servers and processes"),
+        ("health", "ask the running supervisor's /healthz; exit 0 if healthy, 1 if not"),
     ):
         command = commands.add_parser(name, help=text, description=text)
         command.add_argument(
             "-c",
             "--config",
             metavar="FILE",
-            help="the configuration file (default: the bundled example)",
+            help=f"the configuration file (default: ${CONFIG_ENV}, else the bundled example)",
         )
         if name in ("reload", "stop", "status"):
             command.add_argument(
@@ -62,27 +71,39 @@ def _parser() -> argparse.ArgumentParser:
     stop.add_argument(
         "--timeout", type=seconds, metavar="SECONDS", help="how long to wait for the exit"
     )
+    commands.choices["health"].add_argument(
+        "--timeout",
+        type=seconds,
+        default=health.DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"how long to wait for the answer (default: {health.DEFAULT_TIMEOUT:g})",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        args = _parser().parse_args(argv)
-        path = args.config or example_config()
-        if args.command == "check":
-            return check(path)
-        if args.command == "run":
-            return daemon.run(path, detach=args.daemon)
-        pid_path = commands.find_pidfile(path, args.pidfile)
-        if args.command == "reload":
-            return commands.reload(pid_path)
-        if args.command == "status":
-            return commands.status(pid_path)
-        timeout = args.timeout or _stop_timeout(args.config)
-        return commands.stop(pid_path, args.fast, timeout)
+        return _dispatch(_parser().parse_args(argv))
     except SupervisorError as exc:
         print(exc, file=sys.stderr)
         return exc.exit_status
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    path = args.config or default_config()
+    if args.command == "check":
+        return check(path)
+    if args.command == "run":
+        return daemon.run(path, detach=args.daemon)
+    if args.command == "health":
+        return health.run(path, args.timeout)
+    pid_path = commands.find_pidfile(path, args.pidfile)
+    if args.command == "reload":
+        return commands.reload(pid_path)
+    if args.command == "status":
+        return commands.status(pid_path)
+    timeout = args.timeout or _stop_timeout(args.config or os.environ.get(CONFIG_ENV))
+    return commands.stop(pid_path, args.fast, timeout)
 
 
 def seconds(text: str) -> float:
