@@ -18,8 +18,6 @@ import psutil
 from supervisor import config, control, pidfile
 from supervisor.errors import ConfigError, SupervisorError, UsageError
 
-DEFAULT_STOP_TIMEOUT = 60.0
-
 
 class NotRunning(SupervisorError):
     """No live supervisor owns the pidfile."""
