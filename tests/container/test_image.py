@@ -219,9 +219,14 @@ def test_sigint_stops_pid_1(start_container: StartContainer) -> None:
 # --- configuring the image ------------------------------------------------------------------
 
 
-def test_a_configuration_mounted_over_the_default(
+def test_a_configuration_mounted_over_the_default_and_reloaded(
     start_container: StartContainer, mounted_dir: Path
 ) -> None:
+    server = """
+        [servers.{name}]
+        address = "tcp://0.0.0.0:{port}"
+        handler = "supervisor_services.echo:EchoHandler"
+        """
     config = write_config(
         mounted_dir,
         """
@@ -230,20 +235,40 @@ def test_a_configuration_mounted_over_the_default(
 
         [metrics]
         address = "tcp://0.0.0.0:9464"
-
-        [servers.only-echo]
-        address = "tcp://0.0.0.0:9000"
-        handler = "supervisor_services.echo:EchoHandler"
-        """,
+        """
+        + server.format(name="first", port=9000),
     )
     container = start_container(
-        "--volume", f"{config}:/etc/supervisor/supervisor.toml:ro", "--publish", "127.0.0.1::9000"
+        "--volume",
+        f"{config}:/etc/supervisor/supervisor.toml:ro",
+        "--publish",
+        "127.0.0.1::9000",
+        "--publish",
+        "127.0.0.1::9001",
     )
     host, port = container.port("9000/tcp")
     assert run_client("nc", "-N", host, str(port), data=b"mine\n") == b"mine\n"
+    assert status_servers(container) == ["first"]
+
+    # `docker exec ... supervisor reload` waits for the outcome; SIGHUP reloads as well.
+    with config.open("a") as file:
+        file.write(textwrap.dedent(server.format(name="second", port=9001)))
+    reloaded = container.exec("supervisor", "reload")
+    assert "second" in reloaded.stdout
+    assert status_servers(container) == ["first", "second"]
+    host, port = container.port("9001/tcp")
+    assert run_client("nc", "-N", host, str(port), data=b"added\n") == b"added\n"
+    config.write_text(config.read_text().replace("[servers.first]", "[servers.renamed]"))
+    seen = len(container.logs.lines)
+    podman("kill", "--signal", "HUP", container.name)
+    container.logs.wait_for_log(r"reloaded: ", start=seen)
+    assert status_servers(container) == ["renamed", "second"]
+
+
+def status_servers(container: Container) -> list[str]:
+    """The server names in `supervisor status`, run in the container."""
     table = container.exec("supervisor", "status").stdout.split("\nSERVER", 1)[1]
-    servers = table.split("\n\n", 1)[0].splitlines()[1:]
-    assert [line.split()[0] for line in servers] == ["only-echo"]
+    return [line.split()[0] for line in table.split("\n\n", 1)[0].splitlines()[1:]]
 
 
 def test_a_broken_configuration_ends_the_container_with_one_line(
