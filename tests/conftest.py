@@ -157,14 +157,7 @@ class Supervisor(LoggedProcess):
         return self.addresses[name].split("://", 1)[1]
 
     def _children(self, zombie: bool) -> list[psutil.Process]:
-        result = []
-        for child in psutil.Process(self.pid).children():
-            try:
-                if (child.status() == psutil.STATUS_ZOMBIE) == zombie:
-                    result.append(child)
-            except psutil.NoSuchProcess:
-                continue
-        return result
+        return children_of(self.pid, zombie)
 
     def live_children(self) -> list[psutil.Process]:
         """Children that are running (not zombies)."""
@@ -173,6 +166,18 @@ class Supervisor(LoggedProcess):
     def zombies(self) -> list[psutil.Process]:
         """Children that have exited and are not reaped yet."""
         return self._children(zombie=True)
+
+
+def children_of(pid: int, zombie: bool, recursive: bool = False) -> list[psutil.Process]:
+    """The children of `pid` (all descendants if `recursive`) that are zombies, or that are not."""
+    result = []
+    for child in psutil.Process(pid).children(recursive=recursive):
+        try:
+            if (child.status() == psutil.STATUS_ZOMBIE) == zombie:
+                result.append(child)
+        except psutil.NoSuchProcess:
+            continue
+    return result
 
 
 StartSupervisor = Callable[..., Supervisor]

@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from supervisor import addresses
-from tests.conftest import ROOT, connect, readline
+from tests.conftest import ROOT, children_of, connect, readline
 from tests.container.conftest import (
     CONTAINER_PORTS,
     ENV,
@@ -44,18 +44,6 @@ def metric(text: str, name: str, server: str) -> float:
     match = re.search(rf'^{name}{{server="{server}"}} (\S+)$', text, re.M)
     assert match, f"{name}{{server={server!r}}} not in the scrape"
     return float(match.group(1))
-
-
-def namespace_zombies(container: Container) -> list[psutil.Process]:
-    """Zombies among the container's processes (every one descends from its PID 1)."""
-    zombies = []
-    for process in psutil.Process(container.host_pid).children(recursive=True):
-        try:
-            if process.status() == psutil.STATUS_ZOMBIE:
-                zombies.append(process)
-        except psutil.NoSuchProcess:
-            continue
-    return zombies
 
 
 def exit_code(container: Container) -> int:
@@ -185,7 +173,8 @@ def test_stop_waits_for_the_request_in_flight_and_leaves_no_zombie(
         client.sendall(b"release\n")
         assert readline(client) == b"released\n"
     container.logs.wait_for_log(rf"reaped pid {orphan}, not a child of ours: exited with status 0")
-    assert namespace_zombies(container) == []
+    # Every process of the container descends from its PID 1.
+    assert children_of(container.host_pid, zombie=True, recursive=True) == []
 
     # `docker stop` during a request: the request completes, then the supervisor exits 0 (a
     # SIGKILL at the stop timeout would show as 137).

@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import Supervisor, connect, exchange, readline
+from tests.conftest import Supervisor, children_of, connect, exchange, readline
 
 UNSHARE = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"]
 
@@ -50,14 +50,7 @@ class Pid1Supervisor(Supervisor):
 
     def namespace_zombies(self) -> list[psutil.Process]:
         """Every zombie in the namespace (all of them descend from the supervisor)."""
-        zombies = []
-        for process in psutil.Process(self.host_pid).children(recursive=True):
-            try:
-                if process.status() == psutil.STATUS_ZOMBIE:
-                    zombies.append(process)
-            except psutil.NoSuchProcess:
-                continue
-        return zombies
+        return children_of(self.host_pid, zombie=True, recursive=True)
 
     def stop(self) -> None:
         if self.running():
