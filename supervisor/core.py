@@ -114,6 +114,7 @@ class Supervisor:
         self.reload_stats = ReloadStats()
         self._stop_timer: Timer | None = None
         self._terminating = False  # SIGTERM sent to the children; SIGKILL is next
+        self._killing = False  # SIGKILL sent: stop once the children are gone, threads or not
         # Connections being served by threads: a forked child must not keep them open.
         self._thread_requests: set[Request] = set()
 
@@ -433,7 +434,9 @@ class Supervisor:
             self.draining.discard(server)
             server.close_handler_socket()
             log.info("%s: removed server drained", server.name)
-        if self.state is State.STOPPING and not self.active:
+        if self.state is State.STOPPING and (
+            not self.active or (self._killing and not len(self.children))
+        ):
             self._stopped()
 
     # -- requests --------------------------------------------------------------------------
@@ -646,13 +649,15 @@ class Supervisor:
         self._stop_timer = self.loop.call_later(self.config.supervisor.kill_grace, self._kill)
 
     def _kill(self) -> None:
+        self._killing = True
         sent = self.children.signal_all(signal.SIGKILL)
         if sent:
             log.warning("sent SIGKILL to %d children that outlived SIGTERM", sent)
         threads = self.active - len(self.children)
         if threads:
             log.warning("abandoning %d request threads still running", threads)
-        # Children killed with SIGKILL are reaped at once; give up on anything stuck beyond that.
+        # Children killed with SIGKILL are reaped at once, and the supervisor stops as soon as
+        # the last one is (_count); it gives up on a child stuck in the kernel after kill_grace.
         self._stop_timer = self.loop.call_later(self.config.supervisor.kill_grace, self._stopped)
         if not len(self.children):
             self._stopped()

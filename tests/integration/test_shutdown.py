@@ -87,6 +87,38 @@ def test_a_child_that_ignores_sigterm_is_killed(start_supervisor: StartSuperviso
     assert f"stubborn: child {child.pid} killed by signal SIGKILL" in supervisor.log
 
 
+def test_once_the_killed_children_are_reaped_it_stops_without_waiting_for_threads(
+    start_supervisor: StartSupervisor,
+) -> None:
+    """The worst case of a stop is shutdown_timeout + kill_grace (what `docker stop` must allow),
+    not one more kill_grace because a thread-mode request is still running."""
+    kill_grace = 2.0
+    supervisor = start_supervisor(
+        f"""
+        [supervisor]
+        shutdown_timeout = 0.1
+        kill_grace = {kill_grace}
+
+        [servers.stubborn]
+        address = "tcp://127.0.0.1:0"
+        handler = "tests.handlers:StubbornHandler"
+
+        [servers.held]
+        address = "tcp://127.0.0.1:0"
+        handler = "tests.handlers:PidHandler"
+        mode = "thread"
+        """
+    )
+    with connect(supervisor.inet("stubborn")) as stubborn, connect(supervisor.inet("held")) as held:
+        child = int(readline(stubborn))
+        readline(held)  # a thread runs this request and will not finish
+        supervisor.signal(signal.SIGTERM)
+        supervisor.wait_for_log(rf"stubborn: child {child} killed by signal SIGKILL", timeout=10)
+        # Deadline, not a measurement: the old code waited one more kill_grace here.
+        assert supervisor.wait(timeout=kill_grace * 0.75) == 0
+    assert "abandoning 1 request threads still running" in supervisor.log
+
+
 def test_a_second_signal_terminates_at_once(start_supervisor: StartSupervisor) -> None:
     supervisor = start_supervisor(
         """
