@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from supervisor import __version__, config, handlers, health
+from supervisor import __version__, config, handlers, health, signals
 from supervisor.config import Mode
 from supervisor.errors import SupervisorError, UsageError
 
@@ -97,6 +97,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "check":
         return check(path)
     if args.command == "run":
+        signals.defer()  # before the slow part of starting: a SIGTERM then is not lost
         from supervisor import daemon  # noqa: PLC0415 (see the module docstring)
 
         return daemon.run(path, detach=args.daemon)

@@ -37,6 +37,13 @@ INTENTS: dict[int, Intent] = {
 _COALESCED = frozenset({Intent.REAP, Intent.RELOAD, Intent.REOPEN_LOGS})
 
 
+def defer() -> None:
+    """Hold INTENTS' signals until a SignalWakeup is installed. Called first thing at start:
+    PID 1 in a container has no default signal actions, so a SIGTERM that arrived while the
+    configuration was loading would otherwise be lost, and `docker stop` end in SIGKILL."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, INTENTS)
+
+
 def _ignore(signum: int, frame: FrameType | None) -> None:
     """The Python-level handler: the wake-up fd already carries the signal to the loop."""
 
@@ -54,6 +61,7 @@ class SignalWakeup:
         for signum in INTENTS:
             signal.signal(signum, _ignore)
             signal.siginterrupt(signum, False)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, INTENTS)  # those held by defer() arrive now
 
     def _drain(self) -> None:
         received = bytearray()

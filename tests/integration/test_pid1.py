@@ -5,6 +5,7 @@ signal actions (a signal without a handler is ignored), and every orphan in the 
 re-parented to it, so it must handle SIGTERM and SIGINT itself and reap what it did not fork.
 """
 
+import os
 import signal
 import subprocess
 import textwrap
@@ -35,8 +36,8 @@ pytestmark = pytest.mark.skipif(
 class Pid1Supervisor(Supervisor):
     """A supervisor that is PID 1 of its own PID namespace; `self.pid` is unshare's."""
 
-    def __init__(self, config: Path) -> None:
-        super().__init__(config, wrapper=UNSHARE)
+    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
+        super().__init__(config, env, wrapper=UNSHARE)
 
     @property
     def host_pid(self) -> int:
@@ -62,20 +63,21 @@ class Pid1Supervisor(Supervisor):
         super().stop()
 
 
-StartPid1 = Callable[[str], Pid1Supervisor]
+StartPid1 = Callable[..., Pid1Supervisor]
 
 
 @pytest.fixture
 def start_pid1(tmp_path: Path) -> Iterator[StartPid1]:
     started: list[Pid1Supervisor] = []
 
-    def start(toml: str) -> Pid1Supervisor:
+    def start(toml: str, env: dict[str, str] | None = None, ready: bool = True) -> Pid1Supervisor:
         config = tmp_path / "supervisor.toml"
         config.write_text(textwrap.dedent(toml) + "\n[metrics]\nenabled = false\n")
-        supervisor = Pid1Supervisor(config)
+        supervisor = Pid1Supervisor(config, env)
         started.append(supervisor)
-        supervisor.wait_ready()
-        assert "pid 1" in supervisor.wait_for_log("ready: ").string
+        if ready:
+            supervisor.wait_ready()
+            assert "pid 1" in supervisor.wait_for_log("ready: ").string
         return supervisor
 
     yield start
@@ -105,6 +107,29 @@ def test_pid1_stops_on_a_signal_after_the_request_in_flight(
         assert readline(client) == b"bye\n"
     assert supervisor.wait() == 0
     assert "stopped" in supervisor.log
+
+
+def test_pid1_a_sigterm_while_starting_is_not_lost(start_pid1: StartPid1, tmp_path: Path) -> None:
+    """PID 1 ignores a signal it has no handler for: one that arrives before the loop is set
+    up must wait for it, not vanish (then `docker stop` would end in SIGKILL)."""
+    fifo = tmp_path / "import.fifo"
+    os.mkfifo(fifo)
+    supervisor = start_pid1(
+        """
+        [servers.late]
+        address = "tcp://127.0.0.1:0"
+        handler = "tests.blocking_import:Handler"
+        """,
+        env={"BLOCKING_IMPORT_FIFO": str(fifo)},
+        ready=False,
+    )
+    supervisor.wait_for_log("blocking import: waiting")  # starting: its handlers are importing
+    supervisor.send(signal.SIGTERM)
+    with fifo.open("wb") as release:
+        release.write(b"x")
+    assert supervisor.wait() == 0
+    supervisor.wait_for_log("ready: ")
+    supervisor.wait_for_log("SIGTERM: stopping; 0 requests in progress")
 
 
 @pytest.mark.parametrize("mode", ["fork", "thread"])
