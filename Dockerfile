@@ -27,11 +27,12 @@ LABEL org.opencontainers.image.title="socket-supervisor" \
       org.opencontainers.image.description="A super-server hosting many socketserver servers in one process" \
       org.opencontainers.image.licenses="MIT"
 # A fixed uid/gid, so that mounted files and Kubernetes' runAsNonRoot can name it. /run/supervisor
-# holds the pidfile and the control socket that `docker exec NAME supervisor status` talks to.
+# holds the pidfile and the control socket that `docker exec NAME supervisor status` talks to;
+# group 0 may write it too, for platforms that run images under an arbitrary uid in group 0.
 RUN groupadd --gid 10001 supervisor \
     && useradd --uid 10001 --gid supervisor --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin supervisor \
-    && install -d -o supervisor -g supervisor -m 0755 /run/supervisor
+    && install -d -o supervisor -g 0 -m 0775 /run/supervisor
 COPY --from=build /opt/venv /opt/venv
 COPY etc/container.toml /etc/supervisor/supervisor.toml
 ENV PATH=/opt/venv/bin:$PATH \

@@ -14,6 +14,7 @@ System calls come in through `SystemCalls` so unit tests can replace them.
 
 import os
 import signal
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterator
@@ -23,7 +24,7 @@ from typing import Generic, NoReturn, TypeVar
 Owner = TypeVar("Owner", bound=Hashable)
 
 # Linux's __WNOTHREAD (not in the os module): wait only for children of the calling thread.
-WNOTHREAD = 0x20000000
+WNOTHREAD = 0x20000000 if sys.platform == "linux" else 0
 
 
 @dataclass(frozen=True)

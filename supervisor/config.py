@@ -90,16 +90,25 @@ class Config:
 
 def load(path: str) -> Config:
     """Read and validate the file at `path`; raise ConfigError naming the first problem."""
+    return parse(_read(path), path)
+
+
+def load_metrics(path: str) -> MetricsConfig:
+    """Only the `[metrics]` table of the file at `path`: `supervisor health` must still find the
+    endpoint while the rest of the file holds an edit that a reload would reject."""
+    return _metrics(_Table(path, "", _read(path)).table("metrics"))
+
+
+def _read(path: str) -> dict[str, Any]:
     try:
         with open(path, "rb") as file:
-            data = tomllib.load(file)
+            return tomllib.load(file)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, "", f"TOML syntax error: {exc}") from exc
     except UnicodeDecodeError as exc:
         raise ConfigError(path, "", f"not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     except OSError as exc:
         raise ConfigError(path, "", f"cannot read the file ({exc.strerror})") from exc
-    return parse(data, path)
 
 
 def parse(data: Mapping[str, Any], source: str) -> Config:

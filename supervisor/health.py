@@ -1,13 +1,15 @@
 """`supervisor health`: ask a running supervisor's `/healthz`, for container health checks.
 
 Docker's HEALTHCHECK runs a command inside the container and reads its exit status: 0 healthy,
-1 unhealthy. This is that command, so an image needs no curl: it reads the metrics address from
-the configuration (a wildcard host is asked on loopback), sends `GET /healthz`, prints the answer
+anything else unhealthy. This is that command, so an image needs no curl: it reads the metrics
+address from the configuration's `[metrics]` table (the rest of the file may hold an edit that
+is not reloaded yet), asks `GET /healthz` there (a wildcard host on loopback), prints the answer
 on one line and exits 0 for `200`, 1 for anything else, including no answer within the timeout.
 """
 
 import http.client
 import socket
+import time
 
 from supervisor import config
 from supervisor.addresses import Address
@@ -16,7 +18,7 @@ from supervisor.errors import ConfigError
 HEALTHY = 0
 UNHEALTHY = 1
 DEFAULT_TIMEOUT = 5.0
-_LOOPBACK = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
+_LOOPBACK = {"0.0.0.0": "127.0.0.1", "::": "::1"}
 
 
 class _UnixHTTPConnection(http.client.HTTPConnection):
@@ -39,7 +41,7 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
 
 def endpoint(config_path: str) -> Address:
     """The metrics address of the configuration, checked to be one that can be asked."""
-    metrics = config.load(config_path).metrics
+    metrics = config.load_metrics(config_path)
     if not metrics.enabled:
         raise ConfigError(config_path, "metrics", "the endpoint is disabled: no /healthz to ask")
     if not metrics.address.is_unix and metrics.address.port == 0:
@@ -48,7 +50,8 @@ def endpoint(config_path: str) -> Address:
 
 
 def check(address: Address, timeout: float = DEFAULT_TIMEOUT) -> tuple[bool, str]:
-    """(healthy, one-line description) of `GET /healthz` at `address`."""
+    """(healthy, one-line description) of `GET /healthz` at `address`, all within `timeout`."""
+    deadline = time.monotonic() + timeout
     connection: http.client.HTTPConnection
     if address.is_unix:
         connection = _UnixHTTPConnection(address.path, timeout)
@@ -56,6 +59,8 @@ def check(address: Address, timeout: float = DEFAULT_TIMEOUT) -> tuple[bool, str
         host = _LOOPBACK.get(address.host, address.host)
         connection = http.client.HTTPConnection(host, address.port, timeout=timeout)
     try:
+        connection.connect()
+        connection.sock.settimeout(max(deadline - time.monotonic(), 0.001))  # the rest of it
         connection.request("GET", "/healthz", headers={"Connection": "close"})
         response = connection.getresponse()
         body = response.read(512).decode("utf-8", "replace").strip().replace("\n", " ")

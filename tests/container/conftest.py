@@ -77,18 +77,23 @@ def image() -> str:
         check=False,
     )
     assert base.returncode == 0, base.stderr
-    print(base.stdout.strip())
+    used = base.stdout.split()[-1]
+    print(f"container suite: building on {used}")
+    previous = podman("image", "inspect", "--format", "{{.Id}}", TAG, check=False).stdout.strip()
     podman(
         "build",
         "--format=docker",  # OCI images have no HEALTHCHECK
         "--isolation=chroot",
         "--network=host",
         "--pull=never",
+        f"--build-arg=PYTHON_IMAGE={used}",
         "--tag",
         TAG,
         str(ROOT),
         timeout=BUILD_TIMEOUT,
     )
+    if previous:  # the last run's image, untagged now: do not let them pile up
+        podman("image", "rm", previous, check=False)
     return TAG
 
 

@@ -118,6 +118,13 @@ def test_pid_1_is_the_supervisor_running_unprivileged(start_container: StartCont
     assert status.startswith("supervisor: running, pid 1, ")
 
 
+def test_an_arbitrary_uid_in_group_0_can_run_it(start_container: StartContainer) -> None:
+    # OpenShift's way: a uid the image has never heard of, in group 0.
+    container = start_container("--user", "12345:0")
+    assert psutil.Process(container.host_pid).uids().real == 12345
+    assert container.exec("supervisor", "status").returncode == 0
+
+
 def test_the_healthcheck(start_container: StartContainer) -> None:
     container = start_container()
     assert container.state()["Health"]["Status"] == "starting"  # type: ignore[index]
@@ -173,6 +180,7 @@ def test_stop_waits_for_the_request_in_flight_and_leaves_no_zombie(
         client.sendall(b"release\n")
         assert readline(client) == b"released\n"
     container.logs.wait_for_log(rf"reaped pid {orphan}, not a child of ours: exited with status 0")
+    container.logs.wait_for_log(r"daemonizer: child \d+ exited with status 0")  # the request's
     # Every process of the container descends from its PID 1.
     assert children_of(container.host_pid, zombie=True, recursive=True) == []
 

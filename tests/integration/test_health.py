@@ -62,6 +62,16 @@ def test_health_with_nothing_listening_is_unhealthy(tmp_path: Path, sockdir: Pat
     assert result.stdout.count("\n") == 1
 
 
+def test_health_ignores_an_edit_elsewhere_in_the_file_that_is_not_reloaded(
+    start_supervisor: StartSupervisor, sockdir: Path
+) -> None:
+    supervisor = start_supervisor(ECHO + metrics_on(sockdir / "metrics.sock"))
+    with supervisor.config.open("a") as file:
+        file.write("\n[servers.broken]\naddress = 7\n")  # a reload would reject it
+    result = run_cli("health", "-c", str(supervisor.config))
+    assert (result.returncode, result.stdout) == (0, f"unix://{sockdir}/metrics.sock: 200 ok\n")
+
+
 def test_health_of_an_endpoint_that_never_answers_gives_up_at_the_timeout(
     tmp_path: Path, sockdir: Path
 ) -> None:
