@@ -1,20 +1,20 @@
 """The `supervisor` command: `run`, `check`, `reload`, `stop`, `status` and `health`.
 
 Every user mistake ends as one line on stderr and a sysexits status (see errors.py); only a bug
-in the supervisor itself prints a traceback. The run-time modules (the loop, metrics, python-
-daemon) are imported by the commands that use them: `health` runs every half minute in a
-container and should cost a fraction of a `run`.
+in the supervisor itself prints a traceback.
+
+Imports are per command (hence the PLC0415 exceptions): `health` runs every half minute in a
+container and should cost a fraction of a `run`, and `run` must reach `signals.defer()` as soon
+as it can: as PID 1, a SIGTERM that arrives before that is lost.
 """
 
 import argparse
-import importlib.resources
 import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from supervisor import __version__, config, handlers, health, signals
-from supervisor.config import Mode
+from supervisor import __version__, signals
 from supervisor.errors import SupervisorError, UsageError
 
 CONFIG_ENV = "SUPERVISOR_CONFIG"
@@ -28,6 +28,8 @@ class _Parser(argparse.ArgumentParser):
 
 def example_config() -> str:
     """The bundled example configuration, so a fresh install serves something real."""
+    import importlib.resources  # noqa: PLC0415
+
     return str(importlib.resources.files("supervisor") / "example.toml")
 
 
@@ -77,16 +79,19 @@ def _parser() -> argparse.ArgumentParser:
     commands.choices["health"].add_argument(
         "--timeout",
         type=seconds,
-        default=health.DEFAULT_TIMEOUT,
         metavar="SECONDS",
-        help=f"how long to wait for the answer (default: {health.DEFAULT_TIMEOUT:g})",
+        help="how long to wait for the answer, in all (default: 5)",
     )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    signals.defer()  # held for `run` until its loop takes them; released at once otherwise
     try:
-        return _dispatch(_parser().parse_args(argv))
+        args = _parser().parse_args(argv)
+        if args.command != "run":
+            signals.release()
+        return _dispatch(args)
     except SupervisorError as exc:
         print(exc, file=sys.stderr)
         return exc.exit_status
@@ -97,17 +102,18 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "check":
         return check(path)
     if args.command == "run":
-        signals.defer()  # before the slow part of starting: a SIGTERM then is not lost
-        from supervisor import daemon  # noqa: PLC0415 (see the module docstring)
+        from supervisor import daemon  # noqa: PLC0415
 
         return daemon.run(path, detach=args.daemon)
     if args.command == "health":
-        return health.run(path, args.timeout)
+        from supervisor import health  # noqa: PLC0415
+
+        return health.run(path, args.timeout or health.DEFAULT_TIMEOUT)
     return _control(args, path)
 
 
 def _control(args: argparse.Namespace, path: str) -> int:
-    from supervisor import commands  # noqa: PLC0415 (see the module docstring)
+    from supervisor import commands  # noqa: PLC0415
 
     pid_path = commands.find_pidfile(path, args.pidfile)
     if args.command == "reload":
@@ -130,6 +136,8 @@ def _stop_timeout(path: str | None) -> float:
     """Long enough for a graceful stop under the given configuration."""
     if path is None:
         return DEFAULT_STOP_TIMEOUT
+    from supervisor import config  # noqa: PLC0415
+
     try:
         settings = config.load(path).supervisor
     except SupervisorError:
@@ -138,6 +146,9 @@ def _stop_timeout(path: str | None) -> float:
 
 
 def check(path: str) -> int:
+    from supervisor import config, handlers  # noqa: PLC0415
+    from supervisor.config import Mode  # noqa: PLC0415
+
     loaded = config.load(path)
     handlers.import_all(loaded)
     for server in loaded.servers.values():

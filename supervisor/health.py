@@ -17,7 +17,7 @@ from supervisor.errors import ConfigError
 
 HEALTHY = 0
 UNHEALTHY = 1
-DEFAULT_TIMEOUT = 5.0
+DEFAULT_TIMEOUT = 5.0  # seconds, in all (`supervisor health --help` says so too)
 _LOOPBACK = {"0.0.0.0": "127.0.0.1", "::": "::1"}
 
 

@@ -11,8 +11,10 @@ import signal
 import socket
 from collections.abc import Callable
 from types import FrameType
+from typing import TYPE_CHECKING
 
-from supervisor.loop import Loop
+if TYPE_CHECKING:
+    from supervisor.loop import Loop
 
 
 class Intent(enum.Enum):
@@ -40,8 +42,14 @@ _COALESCED = frozenset({Intent.REAP, Intent.RELOAD, Intent.REOPEN_LOGS})
 def defer() -> None:
     """Hold INTENTS' signals until a SignalWakeup is installed. Called first thing at start:
     PID 1 in a container has no default signal actions, so a SIGTERM that arrived while the
-    configuration was loading would otherwise be lost, and `docker stop` end in SIGKILL."""
+    configuration was loading would otherwise be lost, and `docker stop` end in SIGKILL. (The
+    kernel drops a signal sent to PID 1 without a handler, but queues one that is blocked.)"""
     signal.pthread_sigmask(signal.SIG_BLOCK, INTENTS)
+
+
+def release() -> None:
+    """Undo `defer()` (a command that does not run the loop)."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, INTENTS)
 
 
 def _ignore(signum: int, frame: FrameType | None) -> None:
@@ -51,7 +59,7 @@ def _ignore(signum: int, frame: FrameType | None) -> None:
 class SignalWakeup:
     """Routes INTENTS' signals into `loop` as calls of `on_intent(intent, signum)`."""
 
-    def __init__(self, loop: Loop, on_intent: Callable[[Intent, int], None]) -> None:
+    def __init__(self, loop: "Loop", on_intent: Callable[[Intent, int], None]) -> None:
         self._on_intent = on_intent
         self._reader, self._writer = socket.socketpair()
         self._reader.setblocking(False)
@@ -61,7 +69,7 @@ class SignalWakeup:
         for signum in INTENTS:
             signal.signal(signum, _ignore)
             signal.siginterrupt(signum, False)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, INTENTS)  # those held by defer() arrive now
+        release()  # the signals held by defer() arrive now
 
     def _drain(self) -> None:
         received = bytearray()

@@ -79,7 +79,7 @@ def image() -> str:
     assert base.returncode == 0, base.stderr
     used = base.stdout.split()[-1]
     print(f"container suite: building on {used}")
-    previous = podman("image", "inspect", "--format", "{{.Id}}", TAG, check=False).stdout.strip()
+    previous = image_id()
     podman(
         "build",
         "--format=docker",  # OCI images have no HEALTHCHECK
@@ -92,9 +92,13 @@ def image() -> str:
         str(ROOT),
         timeout=BUILD_TIMEOUT,
     )
-    if previous:  # the last run's image, untagged now: do not let them pile up
+    if previous and previous != image_id():  # the last run's, untagged now: no pile of them
         podman("image", "rm", previous, check=False)
     return TAG
+
+
+def image_id() -> str:
+    return podman("image", "inspect", "--format", "{{.Id}}", TAG, check=False).stdout.strip()
 
 
 class Container:

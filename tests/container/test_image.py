@@ -206,6 +206,14 @@ def test_stop_waits_for_the_request_in_flight_and_leaves_no_zombie(
     container.logs.wait_for_log(r"INFO supervisor\[1\]: stopped$")
 
 
+def test_stop_right_after_start_is_not_lost(start_container: StartContainer) -> None:
+    # SIGTERM is held from the first lines of `supervisor run`: as PID 1 it would otherwise be
+    # dropped while the configuration loads, and `stop` would end in SIGKILL (137) 10 s later.
+    container = start_container(ready=False)
+    podman("stop", "--time", "10", container.name, timeout=CLIENT_TIMEOUT)
+    assert exit_code(container) == 0
+
+
 def test_sigint_stops_pid_1(start_container: StartContainer) -> None:
     container = start_container()
     podman("kill", "--signal", "SIGINT", container.name)
