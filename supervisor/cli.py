@@ -153,6 +153,8 @@ def check(path: str) -> int:
     handlers.import_all(loaded)
     for server in loaded.servers.values():
         limits = [] if server.mode is Mode.INLINE else [f"max_children={server.max_children}"]
+        if server.mode is Mode.PREFORK:
+            limits.insert(0, f"workers={server.workers}")
         if server.address.is_stream:
             limits.append(f"backlog={server.backlog}")
         else:

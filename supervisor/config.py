@@ -31,8 +31,12 @@ class Mode(enum.StrEnum):
     """How a server runs its requests."""
 
     FORK = "fork"
+    PREFORK = "prefork"
     THREAD = "thread"
     INLINE = "inline"
+
+
+PREFORK_KEYS = ("workers", "max_requests", "max_requests_jitter", "max_rss")
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,12 @@ class ServerConfig:
     max_children: int = 40
     backlog: int = 1024
     max_packet_size: int = 8192
+    # prefork: long-lived workers, each recycled after max_requests (+ up to max_requests_jitter
+    # more, at random) requests, or once its peak RSS passes max_rss MiB; 0 means never.
+    workers: int = 0
+    max_requests: int = 0
+    max_requests_jitter: int = 0
+    max_rss: int = 0
 
 
 @dataclass(frozen=True)
@@ -207,21 +217,52 @@ def _check_metrics_address(
 def _server(name: str, table: "_Table") -> ServerConfig:
     if not _SERVER_NAME.match(name):
         raise table.error("", "a server name is 1-64 letters, digits, '_', '.' or '-'")
-    table.only("address", "handler", "mode", "max_children", "backlog", "max_packet_size")
+    table.only(
+        "address", "handler", "mode", "max_children", "backlog", "max_packet_size", *PREFORK_KEYS
+    )
     address = table.address("address")
     if not address.is_stream and "backlog" in table.data:
         raise table.error("backlog", "only applies to stream addresses (tcp://, unix://)")
     if address.is_stream and "max_packet_size" in table.data:
         raise table.error("max_packet_size", "only applies to datagram addresses")
+    mode = Mode(table.choice("mode", Mode.FORK.value, tuple(Mode)))
+    max_children = table.integer("max_children", 40, minimum=1)
     return ServerConfig(
         name=name,
         address=address,
         handler=table.handler("handler"),
-        mode=Mode(table.choice("mode", Mode.FORK.value, tuple(Mode))),
-        max_children=table.integer("max_children", 40, minimum=1),
+        mode=mode,
+        max_children=max_children,
         backlog=table.integer("backlog", 1024, minimum=1, maximum=65535),
         max_packet_size=table.integer("max_packet_size", 8192, minimum=1, maximum=65535),
+        **_prefork(table, mode, address, max_children),
     )
+
+
+def _prefork(table: "_Table", mode: Mode, address: Address, max_children: int) -> dict[str, int]:
+    """The prefork keys: only with mode = "prefork", which needs a stream address."""
+    if mode is not Mode.PREFORK:
+        for key in PREFORK_KEYS:
+            if key in table.data:
+                raise table.error(key, 'only applies to mode = "prefork"')
+        return {}
+    if not address.is_stream:
+        raise table.error("mode", "prefork needs a stream address (tcp://, unix://)")
+    workers = table.optional_integer("workers", minimum=1, maximum=1024)
+    if workers is None:
+        workers = min(os.cpu_count() or 1, max_children)
+    elif workers > max_children:
+        raise table.error(
+            "workers", f"must be at most max_children ({max_children}), got {workers}"
+        )
+    max_requests = table.integer("max_requests", 0, minimum=0)
+    default_jitter = max_requests // 10  # recycled workers should not all restart together
+    return {
+        "workers": workers,
+        "max_requests": max_requests,
+        "max_requests_jitter": table.integer("max_requests_jitter", default_jitter, minimum=0),
+        "max_rss": table.integer("max_rss", 0, minimum=0),
+    }
 
 
 def _check_unique_addresses(source: str, servers: Mapping[str, ServerConfig]) -> None:

@@ -13,6 +13,7 @@ keeps serving; nothing ever blocks in `waitpid`.
 
 import contextlib
 import enum
+import gc
 import logging
 import os
 import signal
@@ -20,7 +21,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, NoReturn
@@ -33,6 +34,7 @@ from supervisor.errors import SupervisorError
 from supervisor.exporter import HttpServer, Response
 from supervisor.loop import Loop, Timer
 from supervisor.metrics import ReloadStats
+from supervisor.prefork import Pool
 from supervisor.reload import Prepared, prepare
 from supervisor.server import Request, Server
 from supervisor.signals import INTENTS, Intent, SignalWakeup
@@ -51,6 +53,17 @@ def exit_outcome(reaped: Reaped[Server]) -> str:
     if reaped.child is not None and reaped.child.signalled is not None:
         return "killed"
     return "signal" if reaped.status.signal is not None else "error"
+
+
+def _freeze_for_fork(again: bool = False) -> None:
+    """Move what the supervisor has built so far (modules, configuration, servers) out of the
+    garbage collector's reach: a forked child's collections then never touch, and copy, those
+    pages. Done at start and after each reload (`again`: the previous configuration's objects
+    are let go first, so a reload's garbage can still be collected)."""
+    if again:
+        gc.unfreeze()
+        gc.collect()
+    gc.freeze()
 
 
 def flush_standard_streams() -> None:
@@ -117,6 +130,7 @@ class Supervisor:
         self._killing = False  # SIGKILL sent: stop once the children are gone, threads or not
         # Connections being served by threads: a forked child must not keep them open.
         self._thread_requests: set[Request] = set()
+        self.pools: dict[Server, Pool] = {}  # prefork servers' workers (also while draining)
 
     # -- running ---------------------------------------------------------------------------
 
@@ -128,9 +142,11 @@ class Supervisor:
         if self._metrics_listener is not None:
             self._metrics = self._serve_metrics(self._metrics_listener)
         self.state = State.RUNNING  # STARTING -> RUNNING
+        _freeze_for_fork()
         for server in self.servers.values():
             self._refresh(server)
             self._log_listening(server)
+            self._staff(server)
         for listener in self.spare:
             log.warning(
                 "inherited socket %s (name %r) matches no server", listener.bound, listener.fd_name
@@ -147,6 +163,8 @@ class Supervisor:
 
     def _log_listening(self, server: Server) -> None:
         limit = "" if server.mode is Mode.INLINE else f", max_children={server.config.max_children}"
+        if server.mode is Mode.PREFORK:
+            limit = f", workers={server.config.workers}{limit}"
         log.info(
             "%s: listening on %s (%s, handler %s%s)",
             server.name,
@@ -285,8 +303,13 @@ class Supervisor:
         for server in servers.values():
             server.update_saturation()  # max_children or the mode may have changed
             self._refresh(server)
+            if (pool := self.pools.get(server)) is not None:
+                pool.retire_all()  # old workers finish their request; new ones run the new code
         for name in moved:
             self._log_listening(servers[name])
+        _freeze_for_fork(again=True)
+        for server in servers.values():
+            self._staff(server)
 
     def _unlisten(self, server: Server) -> None:
         if server.listening:
@@ -296,6 +319,8 @@ class Supervisor:
     def _retire(self, server: Server, released: bool) -> None:
         """A server the new configuration removes: stop accepting, let its requests finish."""
         server.retired = True
+        if (pool := self.pools.get(server)) is not None:
+            pool.close()
         if released:
             self._release(server.listener)
         if not server.threads:
@@ -403,6 +428,7 @@ class Supervisor:
         """Put the server's socket in the selector, or take it out, as the invariant says."""
         wanted = (
             self.state is State.RUNNING
+            and server.mode is not Mode.PREFORK  # its workers accept, not the parent
             and not server.retired
             and server.has_capacity()
             and not server.backoff
@@ -529,38 +555,67 @@ class Supervisor:
         self._count(server, -1)
 
     def _fork(self, server: Server, request: Request, client_address: Any) -> None:
+        def run() -> int:
+            return 0 if server.handle(request, client_address) else 1
+
+        if self._spawn(server, run, f"client {client_address}") is None:
+            server.stats.errors += 1
+            self._count(server, -1)
+        server.close_request(request)
+
+    def _spawn(self, server: Server, run: Callable[[], int], what: str) -> int | None:
+        """Fork a child of `server` that runs `run` and exits with its status; None if fork
+        failed (logged). The caller counts it."""
         # Signals stay blocked across fork() until the child has reset its handlers, so a
         # SIGTERM sent to a new child is never swallowed by the parent's no-op handler.
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, INTENTS)
         flush_standard_streams()  # or each child would write the parent's buffered output again
         try:
-            child = partial(self._child, server, request, client_address, mask)
-            self.children.spawn(server, child)
+            child = partial(self._child, server, run, mask)
+            return self.children.spawn(server, child)
         except OSError as exc:
             log.error(
-                "%s: fork failed for client %s (%s); connection closed",
+                "%s: fork failed for %s (%s); %s",
                 server.name,
-                client_address,
+                what,
                 exc.strerror or exc,
+                "connection closed" if what.startswith("client") else "trying again",
             )
-            server.stats.errors += 1
-            self._count(server, -1)
+            return None
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        server.close_request(request)
 
     def _child(
-        self, server: Server, request: Request, client_address: Any, mask: set[int | signal.Signals]
+        self, server: Server, run: Callable[[], int], mask: set[int | signal.Signals]
     ) -> NoReturn:
-        """The forked child: run one request and leave with os._exit, whatever happens."""
+        """The forked child: run one request (or a prefork worker's loop) and leave with
+        os._exit, whatever happens."""
         status = 1
         try:
             self._become_child(server)
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-            status = 0 if server.handle(request, client_address) else 1
+            status = run()
         finally:
             flush_standard_streams()
             os._exit(status)
+
+    # -- prefork workers -------------------------------------------------------------------
+
+    def _staff(self, server: Server) -> None:
+        """Give a prefork server its workers (a new pool, or one reopened by a reload)."""
+        if server.mode is not Mode.PREFORK or self.state is not State.RUNNING:
+            return
+        pool = self.pools.get(server)
+        if pool is None:
+            pool = self.pools[server] = Pool(server, self.loop, self._spawn_worker)
+        pool.closed = False
+        pool.fill()
+
+    def _spawn_worker(self, server: Server, run: Callable[[], int]) -> int | None:
+        pid = self._spawn(server, run, "a worker")
+        if pid is not None:
+            self._count(server, +1)
+        return pid
 
     def _become_child(self, server: Server) -> None:
         """Drop what belongs to the parent: signal routing, the loop, other listening sockets."""
@@ -574,8 +629,13 @@ class Supervisor:
             self._control.close_in_child()
         if self._metrics is not None:
             self._metrics.close_in_child()
+        worker = server.mode is Mode.PREFORK
         for other in [*self.servers.values(), *self.draining]:
-            other.close_in_child(keep_handler_socket=other is server)
+            other.close_in_child(
+                keep_handler_socket=other is server, keep_listener=worker and other is server
+            )
+        for pool in self.pools.values():
+            pool.close_in_child()
         for listener in self.spare:
             listener.socket.close()
         for request in list(self._thread_requests):
@@ -591,13 +651,19 @@ class Supervisor:
             if reaped.child is None:
                 log.debug("reaped pid %d, not a child of ours: %s", reaped.pid, reaped.status)
                 continue
+            server = reaped.child.owner
+            pool = self.pools.get(server)
+            is_worker = pool is not None and reaped.pid in pool.workers
             self._log_exit(reaped.child, reaped)
             outcome = exit_outcome(reaped)
-            stats = reaped.child.owner.stats
-            stats.child_exited(outcome, reaped.rusage, reaped.duration)
+            server.stats.child_exited(
+                outcome, reaped.rusage, None if is_worker else reaped.duration
+            )
             if outcome in ("error", "signal"):
-                stats.errors += 1
-            self._count(reaped.child.owner, -1)
+                server.stats.errors += 1
+            self._count(server, -1)
+            if pool is not None and is_worker:
+                pool.exited(reaped.pid, reaped.status.ok)
 
     def _log_exit(self, child: Child[Server], reaped: Reaped[Server]) -> None:
         server, status = child.owner, reaped.status
@@ -621,6 +687,8 @@ class Supervisor:
             return
         self.state = State.STOPPING  # RUNNING -> STOPPING
         systemd.notify("STOPPING=1")
+        for pool in self.pools.values():
+            pool.close()  # workers finish their request and exit
         for server in [*self.servers.values(), *self.draining]:
             self._refresh(server)
             self._release(server.listener)

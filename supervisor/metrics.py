@@ -89,10 +89,20 @@ class ServerStats:
         )
         return self.saturated_seconds + open_period
 
-    def child_exited(self, outcome: str, rusage: object, duration: float) -> None:
+    def child_exited(self, outcome: str, rusage: object, duration: float | None) -> None:
+        """A child was reaped; `duration` is its request's (None for a prefork worker, whose
+        requests are reported one by one through `request_done`)."""
         self.exits[outcome] += 1
         self.cpu_user += getattr(rusage, "ru_utime", 0.0)
         self.cpu_system += getattr(rusage, "ru_stime", 0.0)
+        if duration is not None:
+            self.durations.observe(duration)
+
+    def request_done(self, ok: bool, duration: float) -> None:
+        """A request a prefork worker has finished (and reported through its pipe)."""
+        self.requests += 1
+        if not ok:
+            self.errors += 1
         self.durations.observe(duration)
 
 

@@ -94,7 +94,8 @@ class Server:
     def update_saturation(self) -> None:
         """Tell the stats whether the server is at its max_children now."""
         limit = self.config.max_children
-        self.stats.set_saturated(self.mode is not Mode.INLINE and self.active >= limit)
+        per_request = self.mode in (Mode.FORK, Mode.THREAD)  # prefork: a fixed set of workers
+        self.stats.set_saturated(per_request and self.active >= limit)
 
     def has_capacity(self) -> bool:
         return self.mode is Mode.INLINE or self.active < self.config.max_children
@@ -165,10 +166,12 @@ class Server:
             old.close()
         self._old_sockets.clear()
 
-    def close_in_child(self, keep_handler_socket: bool) -> None:
-        """In a forked child: close the inherited sockets, and never remove the parent's file."""
+    def close_in_child(self, keep_handler_socket: bool, keep_listener: bool = False) -> None:
+        """In a forked child: close the inherited sockets (but the listener a prefork worker
+        accepts on), and never remove the parent's file."""
         self.listener.created_file = None
-        self.listener.socket.close()
+        if not keep_listener:
+            self.listener.socket.close()
         for old in self._old_sockets:
             old.close()
         if not keep_handler_socket:

@@ -361,8 +361,8 @@ def test_tables_that_are_not_tables(toml: str, message: str) -> None:
         ("max_children = -5", "max_children: must be an integer >= 1, got -5"),
         ("backlog = 0", "backlog: must be an integer from 1 to 65535, got 0"),
         ("backlog = 65536", "backlog: must be an integer from 1 to 65535, got 65536"),
-        ("mode = 'forking'", "mode: must be one of fork, thread, inline, got 'forking'"),
-        ("mode = 'FORK'", "mode: must be one of fork, thread, inline, got 'FORK'"),
+        ("mode = 'forking'", "mode: must be one of fork, prefork, thread, inline, got 'forking'"),
+        ("mode = 'FORK'", "mode: must be one of fork, prefork, thread, inline, got 'FORK'"),
     ],
 )
 def test_out_of_range_server_values(extra: str, message: str) -> None:
@@ -548,3 +548,57 @@ def test_bad_handler_specs(spec: str) -> None:
 def test_the_first_problem_is_reported_with_its_own_source() -> None:
     message = error_of(server("tcp://127.0.0.1:0", "max_children = 0"), source="/srv/x.toml")
     assert message == "/srv/x.toml: servers.echo.max_children: must be an integer >= 1, got 0"
+
+
+# --- prefork --------------------------------------------------------------------------------
+
+
+def test_prefork_settings() -> None:
+    server = parse(
+        ECHO + 'mode = "prefork"\nworkers = 3\nmax_requests = 1000\nmax_rss = 256\n', SOURCE
+    ).servers["echo"]
+    assert (server.mode, server.workers, server.max_requests, server.max_rss) == (
+        Mode.PREFORK,
+        3,
+        1000,
+        256,
+    )
+    assert server.max_requests_jitter == 100  # a tenth of max_requests unless given
+
+
+def test_prefork_workers_default_to_the_cpus_within_max_children() -> None:
+    server = parse(ECHO + 'mode = "prefork"\nmax_children = 1\n', SOURCE).servers["echo"]
+    assert server.workers == 1
+    assert parse(ECHO + 'mode = "prefork"\n', SOURCE).servers["echo"].workers == min(
+        os.cpu_count() or 1, 40
+    )
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        (ECHO + "workers = 2\n", 'servers.echo.workers: only applies to mode = "prefork"'),
+        (
+            ECHO + 'mode = "thread"\nmax_requests = 2\n',
+            'servers.echo.max_requests: only applies to mode = "prefork"',
+        ),
+        (
+            ECHO + 'mode = "prefork"\nworkers = 5\nmax_children = 4\n',
+            "servers.echo.workers: must be at most max_children (4), got 5",
+        ),
+        (
+            ECHO + 'mode = "prefork"\nworkers = 0\n',
+            "servers.echo.workers: must be an integer from 1 to 1024, got 0",
+        ),
+        (
+            ECHO + 'mode = "prefork"\nmax_rss = -1\n',
+            "servers.echo.max_rss: must be an integer >= 0, got -1",
+        ),
+        (
+            ECHO.replace("tcp://", "udp://") + 'mode = "prefork"\n',
+            "servers.echo.mode: prefork needs a stream address (tcp://, unix://)",
+        ),
+    ],
+)
+def test_prefork_errors(toml: str, message: str) -> None:
+    assert error_of(toml) == f"{SOURCE}: {message}"

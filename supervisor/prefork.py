@@ -1,0 +1,265 @@
+"""Prefork mode: long-lived workers that accept on the server's shared socket themselves.
+
+The Apache prefork / gunicorn sync-worker model. The supervisor forks `workers` children per
+server; each waits in `select()` on the listening socket and on its stop pipe, accepts, runs the
+handler, and goes on, one request at a time. Per worker, two pipes connect it to the parent:
+
+- the stop pipe (parent -> worker): the parent closes its end to retire the worker, which then
+  finishes the request it is running and exits; if the parent dies, the worker sees the same EOF
+  and exits, so no worker outlives its supervisor;
+- the report pipe (worker -> parent): one fixed-size record per request (succeeded, duration),
+  read in the parent's loop, so request counts and the duration histogram stay exact; the
+  first record (duration -1) says the worker is ready, waiting for connections.
+
+A worker also exits (status 0, and is replaced at once) after `max_requests` requests plus a
+random jitter, or once its peak RSS passes `max_rss` MiB. A worker that dies is replaced at
+once, unless it died before it was ready: then with an exponential back-off (0.1 s, doubling up
+to 10 s), so a handler that breaks every new process cannot make the supervisor fork-loop.
+"""
+
+import contextlib
+import logging
+import os
+import random
+import resource
+import select
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from supervisor.loop import Loop, Timer
+from supervisor.server import Server
+from supervisor.sockets import TRANSIENT_ERRNOS
+
+log = logging.getLogger("supervisor")
+
+REPORT = struct.Struct("=?d")  # succeeded, duration in seconds: written atomically (< PIPE_BUF)
+READY = REPORT.pack(True, -1.0)
+BACKOFF_FIRST = 0.1
+BACKOFF_MAX = 10.0
+RESOURCE_PAUSE = 0.1  # seconds a worker waits after EMFILE/ENFILE/ENOBUFS/ENOMEM on accept
+
+
+# -- in the worker ----------------------------------------------------------------------------
+
+
+def serve(server: Server, stop_fd: int, report_fd: int) -> int:
+    """The worker's loop; returns its exit status (0: told to stop, or recycled)."""
+    config = server.config
+    limit = config.max_requests
+    if limit:
+        limit += random.randint(0, config.max_requests_jitter)  # noqa: S311 (not for security)
+    max_rss_kib = config.max_rss * 1024
+    listener = server.listener.socket
+    listen_fd = listener.fileno()
+    os.set_blocking(stop_fd, False)
+    os.write(report_fd, READY)
+    served = 0
+    while True:
+        try:
+            request, client_address = listener.accept()
+        except (BlockingIOError, InterruptedError):
+            ready, _, _ = select.select([listen_fd, stop_fd], [], [])
+            if stop_fd in ready:
+                return 0
+            continue
+        except OSError as exc:
+            if exc.errno not in TRANSIENT_ERRNOS:
+                log.warning("%s: worker %d: accept failed (%s)", server.name, os.getpid(), exc)
+                select.select([stop_fd], [], [], RESOURCE_PAUSE)
+            continue
+        started = time.monotonic()
+        ok = server.handle(request, client_address)
+        os.write(report_fd, REPORT.pack(ok, time.monotonic() - started))
+        served += 1
+        if _stop_requested(stop_fd):
+            return 0
+        if limit and served >= limit:
+            log.info("%s: worker %d recycled after %d requests", server.name, os.getpid(), served)
+            return 0
+        if max_rss_kib and resource.getrusage(resource.RUSAGE_SELF).ru_maxrss > max_rss_kib:
+            log.info(
+                "%s: worker %d recycled: its RSS passed max_rss (%d MiB)",
+                server.name,
+                os.getpid(),
+                config.max_rss,
+            )
+            return 0
+
+
+def _stop_requested(stop_fd: int) -> bool:
+    """The parent closed the stop pipe (or wrote to it): a non-blocking look, one system call."""
+    try:
+        os.read(stop_fd, 1)  # b"" at EOF
+    except BlockingIOError:
+        return False
+    return True
+
+
+# -- in the parent ----------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Worker:
+    """A worker as the parent sees it."""
+
+    pid: int
+    stop_fd: int  # our end of the stop pipe; closed to retire the worker
+    report_fd: int  # our end of the report pipe
+    started: float
+    ready: bool = False
+    retired: bool = False
+    _partial: bytes = b""
+
+    def retire(self) -> None:
+        if not self.retired:
+            self.retired = True
+            with contextlib.suppress(OSError):
+                os.close(self.stop_fd)
+
+
+Spawn = Callable[[Server, Callable[[], int]], int | None]
+
+
+@dataclass(eq=False)
+class Pool:
+    """The workers of one prefork server, and keeping their number up."""
+
+    server: Server
+    loop: Loop
+    spawn: Spawn  # forks a worker running the given loop; returns its pid, None if fork failed
+    workers: dict[int, Worker] = field(default_factory=dict)
+    failures: int = 0  # workers in a row that died before they were ready
+    _respawn: Timer | None = None
+    closed: bool = False  # stopping, or the server is gone: no more workers
+
+    @property
+    def current(self) -> int:
+        return sum(1 for worker in self.workers.values() if not worker.retired)
+
+    def fill(self) -> None:
+        """Start workers until the server has `workers` current ones (unless backing off)."""
+        if self.closed or self._respawn is not None:
+            return
+        while self.current < self.server.config.workers:
+            if not self._start_one():
+                self._back_off()
+                return
+
+    def _start_one(self) -> bool:
+        stop_read, stop_write = os.pipe()
+        report_read, report_write = os.pipe()
+
+        def body() -> int:
+            os.close(stop_write)
+            os.close(report_read)
+            return serve(self.server, stop_read, report_write)
+
+        try:
+            pid = self.spawn(self.server, body)
+        finally:
+            os.close(stop_read)
+            os.close(report_write)
+        if pid is None:
+            os.close(stop_write)
+            os.close(report_read)
+            return False
+        os.set_blocking(report_read, False)
+        worker = Worker(pid, stop_write, report_read, time.monotonic())
+        self.workers[pid] = worker
+        self.loop.add_reader(report_read, lambda: self._read(worker))
+        return True
+
+    def _read(self, worker: Worker) -> None:
+        """Take the worker's request reports (all that are there); stop reading at EOF."""
+        chunks = [worker._partial]
+        eof = False
+        while True:
+            try:
+                chunk = os.read(worker.report_fd, 65536)
+            except BlockingIOError:
+                break
+            except OSError:
+                eof = True
+                break
+            if not chunk:
+                eof = True
+                break
+            chunks.append(chunk)
+        data = b"".join(chunks)
+        whole = len(data) - len(data) % REPORT.size
+        worker._partial = data[whole:]
+        stats = self.server.stats
+        for ok, duration in REPORT.iter_unpack(data[:whole]):
+            if duration >= 0:
+                stats.request_done(ok, duration)
+            elif not worker.ready:
+                worker.ready = True
+                self.failures = 0  # a worker got as far as its loop: the handler is fine
+                log.debug("%s: worker %d ready", self.server.name, worker.pid)
+        if eof:
+            self._close_reports(worker)
+
+    def _close_reports(self, worker: Worker) -> None:
+        if worker.report_fd >= 0:
+            self.loop.remove_reader(worker.report_fd)
+            os.close(worker.report_fd)
+            worker.report_fd = -1
+
+    def exited(self, pid: int, ok: bool) -> None:
+        """A worker was reaped: collect its last reports and replace it if it was current."""
+        worker = self.workers.pop(pid, None)
+        if worker is None:
+            return
+        if worker.report_fd >= 0:
+            self._read(worker)
+            self._close_reports(worker)
+        replace = not worker.retired
+        worker.retire()
+        if not replace or self.closed:
+            return
+        if worker.ready or ok:
+            self.fill()
+            return
+        if self._respawn is None:  # one step of the back-off per round of replacements
+            self.failures += 1
+        self._back_off()
+
+    def _back_off(self) -> None:
+        if self._respawn is not None or self.closed:
+            return
+        delay = min(BACKOFF_FIRST * 2 ** max(self.failures - 1, 0), BACKOFF_MAX)
+        log.warning(
+            "%s: workers die before they are ready; starting the next in %.1fs",
+            self.server.name,
+            delay,
+        )
+
+        def again() -> None:
+            self._respawn = None
+            self.fill()
+
+        self._respawn = self.loop.call_later(delay, again)
+
+    def retire_all(self) -> None:
+        """Let every worker finish its request and exit (a reload starts new ones next)."""
+        for worker in self.workers.values():
+            worker.retire()
+        if self._respawn is not None:
+            self._respawn.cancel()
+            self._respawn = None
+        self.failures = 0
+
+    def close(self) -> None:
+        """No more workers: the server is stopping or gone. Running ones finish and exit."""
+        self.closed = True
+        self.retire_all()
+
+    def close_in_child(self) -> None:
+        """In any forked child: drop the parent's ends of every worker's pipes."""
+        for worker in self.workers.values():
+            for fd in (worker.stop_fd, worker.report_fd):
+                if fd >= 0 and not (fd == worker.stop_fd and worker.retired):
+                    with contextlib.suppress(OSError):
+                        os.close(fd)

@@ -1,0 +1,188 @@
+"""Prefork mode: long-lived workers that accept on the shared socket, with real connections."""
+
+import re
+import signal
+from pathlib import Path
+
+import psutil
+
+from tests.conftest import StartSupervisor, Supervisor, connect, readline
+
+PREFORK = """
+[servers.pids]
+address = "tcp://127.0.0.1:0"
+handler = "tests.handlers:PidHandler"
+mode = "prefork"
+{settings}
+"""
+
+
+def ask_pid(supervisor: Supervisor) -> int:
+    """One request to the PidHandler: which process served it."""
+    with connect(supervisor.inet("pids")) as client:
+        pid = int(readline(client))
+        client.sendall(b"done\n")
+        assert readline(client) == b"bye\n"
+    return pid
+
+
+def scrape_value(supervisor: Supervisor, name: str) -> float:
+    import urllib.request  # noqa: PLC0415
+
+    host, port = supervisor.inet("metrics")
+    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+    assert match, f"{name} not in the scrape"
+    return float(match.group(1))
+
+
+def test_workers_serve_many_requests_each_and_report_every_one(
+    start_supervisor: StartSupervisor,
+) -> None:
+    supervisor = start_supervisor(PREFORK.format(settings="workers = 2"))
+    supervisor.wait_for_log(r"pids: listening on .* \(prefork, .*workers=2, max_children=40\)")
+    workers = {child.pid for child in supervisor.live_children()}
+    assert len(workers) == 2
+    served_by = [ask_pid(supervisor) for _ in range(20)]
+    assert set(served_by) <= workers  # no process per request: the same two serve them all
+    assert {child.pid for child in supervisor.live_children()} == workers
+    # Every request reached the parent's metrics through the workers' report pipes.
+    assert scrape_value(supervisor, 'supervisor_requests_total{server="pids"}') == 20
+    assert (
+        scrape_value(supervisor, 'supervisor_request_duration_seconds_count{server="pids"}') == 20
+    )
+    assert scrape_value(supervisor, 'supervisor_children{server="pids"}') == 2
+
+
+def test_a_worker_is_recycled_after_max_requests(start_supervisor: StartSupervisor) -> None:
+    supervisor = start_supervisor(
+        PREFORK.format(settings="workers = 1\nmax_requests = 3\nmax_requests_jitter = 0")
+    )
+    served_by = [ask_pid(supervisor) for _ in range(7)]
+    first, second, third = dict.fromkeys(served_by)  # three workers, in order
+    assert served_by == [first] * 3 + [second] * 3 + [third]
+    supervisor.wait_for_log(rf"pids: worker {second} recycled after 3 requests")
+    assert scrape_value(supervisor, 'supervisor_child_exits_total{server="pids",outcome="ok"}') == 2
+    assert scrape_value(supervisor, 'supervisor_requests_total{server="pids"}') == 7
+
+
+def test_a_dead_worker_is_replaced_at_once(start_supervisor: StartSupervisor) -> None:
+    supervisor = start_supervisor(
+        '[supervisor]\nlog_level = "debug"\n' + PREFORK.format(settings="workers = 2")
+    )
+    (victim, survivor) = (child.pid for child in supervisor.live_children())
+    supervisor.wait_for_log(rf"pids: worker {victim} ready")
+    psutil.Process(victim).kill()
+    killed = supervisor.wait_for_log(rf"pids: child {victim} killed by signal SIGKILL").string
+    after = supervisor.lines.index(killed) + 1
+    replaced = int(supervisor.wait_for_log(r"pids: worker (\d+) ready", start=after).group(1))
+    replacement = {ask_pid(supervisor) for _ in range(10)} - {survivor}
+    live = {child.pid for child in supervisor.live_children()}
+    assert len(live) == 2
+    assert live == {survivor, replaced}
+    assert replacement <= live
+
+
+def test_workers_that_die_at_start_are_replaced_with_a_back_off(
+    start_supervisor: StartSupervisor,
+) -> None:
+    supervisor = start_supervisor(
+        """
+        [supervisor]
+        log_level = "debug"
+
+        [servers.broken]
+        address = "tcp://127.0.0.1:0"
+        handler = "tests.dying_workers:Handler"
+        mode = "prefork"
+        workers = 2
+        """
+    )
+    supervisor.wait_for_log(
+        r"broken: workers die before they are ready; starting the next in 0\.8s"
+    )
+    # 0.1 + 0.2 + 0.4 s of waiting so far: a handful of forks, not a fork loop.
+    deaths = len(re.findall(r"broken: child \d+ exited with status 3", supervisor.log))
+    assert 3 <= deaths <= 8
+
+
+def test_reload_replaces_the_workers_and_lets_the_old_ones_finish(
+    start_supervisor: StartSupervisor,
+) -> None:
+    toml = """
+        [supervisor]
+        log_level = "debug"
+
+        [servers.greet]
+        address = "tcp://127.0.0.1:0"
+        handler = "tests.handlers:{handler}"
+        mode = "prefork"
+        workers = 2
+
+        [servers.pids]
+        address = "tcp://127.0.0.1:0"
+        handler = "tests.handlers:PidHandler"
+        mode = "prefork"
+        workers = 1
+        """
+    supervisor = start_supervisor(toml.format(handler="GreetingHandler"))
+    old_workers = {child.pid for child in supervisor.live_children()}
+    with connect(supervisor.inet("pids")) as held:
+        old = int(readline(held))  # an old worker is in the middle of a request
+        supervisor.config.write_text(
+            supervisor.config.read_text().replace("GreetingHandler", "OtherGreetingHandler")
+        )
+        supervisor.signal(signal.SIGHUP)
+        supervisor.wait_for_log("reloaded: changed greet")
+        with connect(supervisor.inet("greet")) as client:
+            client.sendall(b"there\n")
+            assert readline(client) == b"howdy there\n"  # a new worker, new code
+        assert ask_pid(supervisor) not in old_workers  # the busy old worker takes no more
+        held.sendall(b"finish\n")
+        assert readline(held) == b"bye\n"  # ... but finishes the request it had
+    supervisor.wait_for_log(rf"pids: child {old} exited with status 0")
+    live = {child.pid for child in supervisor.live_children()}
+    assert len(live) == 3
+    assert not live & old_workers
+
+
+def test_stop_lets_the_workers_finish_their_requests(start_supervisor: StartSupervisor) -> None:
+    supervisor = start_supervisor(PREFORK.format(settings="workers = 2"))
+    with connect(supervisor.inet("pids")) as held:
+        readline(held)
+        supervisor.signal(signal.SIGTERM)
+        supervisor.wait_for_log("stopping; 2 requests in progress")
+        held.sendall(b"finish\n")
+        assert readline(held) == b"bye\n"
+    assert supervisor.wait() == 0
+    assert "killed" not in supervisor.log
+
+
+def test_workers_do_not_outlive_a_killed_supervisor(start_supervisor: StartSupervisor) -> None:
+    supervisor = start_supervisor(PREFORK.format(settings="workers = 3"))
+    workers = supervisor.live_children()
+    supervisor.process.kill()  # SIGKILL: no chance to stop them
+    supervisor.wait()
+    # Their stop pipes' other end is gone with it: each sees EOF and exits.
+    _, alive = psutil.wait_procs(workers, timeout=10)
+    assert alive == []
+
+
+def test_a_prefork_server_sits_beside_a_unix_one(
+    start_supervisor: StartSupervisor, sockdir: Path
+) -> None:
+    supervisor = start_supervisor(
+        f"""
+        [servers.pids]
+        address = "unix://{sockdir}/pids.sock"
+        handler = "tests.handlers:PidHandler"
+        mode = "prefork"
+        workers = 2
+        """
+    )
+    with connect(supervisor.unix_path("pids")) as client:
+        pid = int(readline(client))
+        client.sendall(b"x\n")
+        assert readline(client) == b"bye\n"
+    assert pid in {child.pid for child in supervisor.live_children()}
