@@ -37,7 +37,7 @@ from supervisor.metrics import ReloadStats
 from supervisor.prefork import Pool
 from supervisor.reload import Prepared, prepare
 from supervisor.server import Request, Server
-from supervisor.signals import INTENTS, Intent, SignalWakeup
+from supervisor.signals import Intent, SignalWakeup, block_signals, set_signal_mask
 from supervisor.sockets import TRANSIENT_ERRNOS, Listener
 
 log = logging.getLogger("supervisor")
@@ -68,8 +68,10 @@ def _freeze_for_fork(again: bool = False) -> None:
 
 def flush_standard_streams() -> None:
     for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):
+        try:  # (not contextlib.suppress: this runs on every fork, in parent and child)
             stream.flush()
+        except (OSError, ValueError):
+            continue
 
 
 class State(enum.Enum):
@@ -131,6 +133,7 @@ class Supervisor:
         # Connections being served by threads: a forked child must not keep them open.
         self._thread_requests: set[Request] = set()
         self.pools: dict[Server, Pool] = {}  # prefork servers' workers (also while draining)
+        self._debug = log.isEnabledFor(logging.DEBUG)  # per request: cheaper than asking logging
 
     # -- running ---------------------------------------------------------------------------
 
@@ -300,6 +303,7 @@ class Supervisor:
         self.spare = [listener for listener in self.spare if id(listener) not in in_use]
         self.servers, self.config = servers, prepared.config
         logs.set_level(prepared.config.supervisor.log_level)
+        self._debug = log.isEnabledFor(logging.DEBUG)
         for server in servers.values():
             server.update_saturation()  # max_children or the mode may have changed
             self._refresh(server)
@@ -471,8 +475,12 @@ class Supervisor:
         for _ in range(ACCEPT_BATCH):
             if not server.listening:
                 return
+            request: Request | int
             try:
-                request, client_address = server.get_request()
+                if server.accepts_fd:  # fork, stream: only the child needs a socket object
+                    request, client_address = server.accept_fd()
+                else:
+                    request, client_address = server.get_request()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
@@ -498,15 +506,17 @@ class Supervisor:
 
         self.loop.call_later(ACCEPT_BACKOFF, resume)
 
-    def _dispatch(self, server: Server, request: Request, client_address: Any) -> None:
+    def _dispatch(self, server: Server, request: Request | int, client_address: Any) -> None:
         server.stats.requests += 1
-        if server.mode is Mode.INLINE:
+        if server.mode is Mode.INLINE and not isinstance(request, int):
             started = time.monotonic()
             ok = server.handle(request, client_address)
             self._handled(server, ok, time.monotonic() - started)
             return
         self._count(server, +1)
-        if server.mode is Mode.THREAD:
+        if isinstance(request, int):
+            self._fork(server, request, client_address)
+        elif server.mode is Mode.THREAD:
             self._start_thread(server, request, client_address)
         else:
             self._fork(server, request, client_address)
@@ -554,9 +564,10 @@ class Supervisor:
                 server.close_handler_socket()
         self._count(server, -1)
 
-    def _fork(self, server: Server, request: Request, client_address: Any) -> None:
+    def _fork(self, server: Server, request: Request | int, client_address: Any) -> None:
         def run() -> int:
-            return 0 if server.handle(request, client_address) else 1
+            handled = server.socket_for(request) if isinstance(request, int) else request
+            return 0 if server.handle(handled, client_address) else 1
 
         if self._spawn(server, run, f"client {client_address}") is None:
             server.stats.errors += 1
@@ -568,7 +579,7 @@ class Supervisor:
         failed (logged). The caller counts it."""
         # Signals stay blocked across fork() until the child has reset its handlers, so a
         # SIGTERM sent to a new child is never swallowed by the parent's no-op handler.
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, INTENTS)
+        mask = block_signals()
         flush_standard_streams()  # or each child would write the parent's buffered output again
         try:
             child = partial(self._child, server, run, mask)
@@ -583,18 +594,18 @@ class Supervisor:
             )
             return None
         finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            set_signal_mask(mask)
 
-    def _child(
-        self, server: Server, run: Callable[[], int], mask: set[int | signal.Signals]
-    ) -> NoReturn:
+    def _child(self, server: Server, run: Callable[[], int], mask: set[int]) -> NoReturn:
         """The forked child: run one request (or a prefork worker's loop) and leave with
         os._exit, whatever happens."""
         status = 1
         try:
             self._become_child(server)
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            set_signal_mask(mask)
             status = run()
+        except BaseException:
+            log.exception("%s: child %d failed outside its handler", server.name, os.getpid())
         finally:
             flush_standard_streams()
             os._exit(status)
@@ -620,10 +631,7 @@ class Supervisor:
     def _become_child(self, server: Server) -> None:
         """Drop what belongs to the parent: signal routing, the loop, other listening sockets."""
         if self._signals is not None:
-            self._signals.close()
-            self._signals.restore_defaults()
-        # A terminal's Ctrl-C reaches the whole process group: let the parent drain children.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+            self._signals.reset_in_child()
         self.loop.close()  # also closes the control socket's connections' registrations
         if self._control is not None:
             self._control.close_in_child()
@@ -668,6 +676,8 @@ class Supervisor:
     def _log_exit(self, child: Child[Server], reaped: Reaped[Server]) -> None:
         server, status = child.owner, reaped.status
         if status.ok:
+            if not self._debug:  # the common case: no logging call at all
+                return
             level = logging.DEBUG
         elif child.signalled is not None:
             level = logging.INFO  # we sent it at shutdown

@@ -13,8 +13,7 @@ import os
 import signal
 import socket
 from contextlib import AbstractContextManager
-
-import daemon
+from typing import TYPE_CHECKING
 
 from supervisor import config, control, logs, systemd
 from supervisor.core import Supervisor
@@ -22,6 +21,9 @@ from supervisor.errors import BindError, ConfigError, LogFileError
 from supervisor.pidfile import AlreadyRunning, PidFile, running_pid
 from supervisor.reload import prepare
 from supervisor.sockets import Listener, bind
+
+if TYPE_CHECKING:
+    import daemon
 
 log = logging.getLogger("supervisor")
 
@@ -127,7 +129,9 @@ def inherited_listeners() -> list[Listener]:
 
 def _daemon_context(
     sockets: list[socket.socket], log_fd: int | None, pidfile: str
-) -> daemon.DaemonContext:
+) -> "daemon.DaemonContext":
+    import daemon  # noqa: PLC0415 (python-daemon: only --daemon needs it, and it stays resident)
+
     return daemon.DaemonContext(
         working_directory="/",
         umask=0o022,

@@ -3,11 +3,19 @@
 Recording an event is an attribute increment or a bisect into a bucket list, done in the loop's
 thread only; nothing is shared with forked children and no exporter thread runs (a process that
 forks must not have one). `SupervisorCollector` turns the supervisor's live state into metric
-families when Prometheus scrapes; prometheus-client only formats them (text or OpenMetrics).
+families when Prometheus scrapes, and `ProcessCollector` adds the standard `process_*` ones;
+exposition.py renders them (text or OpenMetrics).
+
+The families are plain objects shaped like prometheus-client's (name, documentation, type,
+unit, samples), not prometheus-client's own: importing prometheus-client keeps 8.7 MB resident
+in the supervisor, and every fork-per-request child pays for a bigger parent (page tables to
+copy and tear down). The tests check the output with prometheus-client's parsers and promtool.
 """
 
 import bisect
 import itertools
+import os
+import resource
 import socket
 import struct
 import sys
@@ -15,18 +23,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
-
-import psutil
-from prometheus_client import ProcessCollector
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
-from prometheus_client.registry import Collector, CollectorRegistry
-from prometheus_client.samples import Sample
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from supervisor import __version__
 
@@ -40,6 +37,45 @@ _LE = (*(repr(bound) for bound in BUCKETS), "+Inf")  # the `le` labels of the bu
 OUTCOMES = ("ok", "error", "signal", "killed")
 _TCP_INFO_SIZE = 104
 _TCPI_UNACKED = 24  # offset of tcpi_unacked: the accept queue's length on a listening socket
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+class Sample(NamedTuple):
+    """One line of the exposition: `name{labels} value`."""
+
+    name: str
+    labels: dict[str, str]
+    value: float
+
+
+@dataclass
+class Metric:
+    """A metric family: `type` is counter, gauge or histogram; samples carry the full names
+    (`_total`, `_bucket`, ...)."""
+
+    name: str
+    documentation: str
+    type: str
+    unit: str = ""
+    samples: list[Sample] = field(default_factory=list)
+
+
+class Collector(Protocol):
+    def collect(self) -> Iterator[Metric]: ...
+
+
+def counter(name: str, documentation: str, unit: str = "") -> Metric:
+    return Metric(name, documentation, "counter", unit)
+
+
+def gauge(name: str, documentation: str, unit: str = "") -> Metric:
+    return Metric(name, documentation, "gauge", unit)
+
+
+def single(family: Metric, value: float) -> Metric:
+    """The family with one unlabelled sample."""
+    _add(family, {}, value)
+    return family
 
 
 class Histogram:
@@ -130,7 +166,7 @@ def listen_queue(sock: socket.socket) -> int | None:
     return int(queued)
 
 
-class SupervisorCollector(Collector):
+class SupervisorCollector:
     """Reads the supervisor's state when Prometheus scrapes."""
 
     def __init__(self, supervisor: "Supervisor") -> None:
@@ -143,10 +179,8 @@ class SupervisorCollector(Collector):
         yield _histogram(servers)
         yield _memory(supervisor)
         yield from _reload_metrics(supervisor.reload_stats)
-        info = GaugeMetricFamily(
-            "supervisor_build_info", "The supervisor's version, as a label.", labels=["version"]
-        )
-        info.add_metric([__version__], 1)
+        info = gauge("supervisor_build_info", "The supervisor's version, as a label.")
+        _add(info, {"version": __version__}, 1)
         yield info
 
 
@@ -181,29 +215,22 @@ def _per_server(server: "Server", running: bool) -> dict[str, float]:
 
 def _server_metrics(servers: list["Server"], supervisor: "Supervisor") -> Iterator[Metric]:
     families: dict[str, Metric] = {
-        key: (CounterMetricFamily if counter else GaugeMetricFamily)(
-            name, text, labels=["server"], unit=unit
-        )
-        for key, counter, name, text, unit in _PER_SERVER
+        key: (counter if is_counter else gauge)(name, text, unit)
+        for key, is_counter, name, text, unit in _PER_SERVER
     }
-    exits = CounterMetricFamily(
+    exits = counter(
         "supervisor_child_exits",
         "Children reaped, by outcome: ok, error (non-zero exit), signal, killed (by us).",
-        labels=["server", "outcome"],
     )
-    cpu = CounterMetricFamily(
+    cpu = counter(
         "supervisor_child_cpu_seconds",
         "CPU time of reaped children (wait4 resource usage).",
-        labels=["server", "mode"],
-        unit="seconds",
+        "seconds",
     )
-    queue = GaugeMetricFamily(
-        "supervisor_listen_queue",
-        "Connections waiting in a TCP listener's accept queue.",
-        labels=["server"],
+    queue = gauge(
+        "supervisor_listen_queue", "Connections waiting in a TCP listener's accept queue."
     )
     for server in servers:
-        # Samples are appended directly: add_metric would build the same label dict per call.
         name, stats, labels = server.name, server.stats, {"server": server.name}
         for key, value in _per_server(server, supervisor.running).items():
             _add(families[key], labels, value)
@@ -223,11 +250,11 @@ def _add(family: Metric, labels: dict[str, str], value: float, suffix: str = "")
 
 
 def _histogram(servers: list["Server"]) -> Metric:
-    family = HistogramMetricFamily(
+    family = Metric(
         "supervisor_request_duration_seconds",
         "Request duration: fork to reap in fork mode, handler start to end otherwise.",
-        labels=["server"],
-        unit="seconds",
+        "histogram",
+        "seconds",
     )
     for server in servers:
         durations = server.stats.durations
@@ -240,52 +267,99 @@ def _histogram(servers: list["Server"]) -> Metric:
 
 
 def _memory(supervisor: "Supervisor") -> Metric:
-    family = GaugeMetricFamily(
+    family = gauge(
         "supervisor_children_memory_bytes",
-        "Resident memory of live children (psutil, at scrape time).",
-        labels=["server"],
-        unit="bytes",
+        "Resident memory of live children (/proc, at scrape time).",
+        "bytes",
     )
     rss: Counter[str] = Counter({name: 0 for name in supervisor.servers})
     for child in supervisor.children:
-        try:
-            rss[child.owner.name] += psutil.Process(child.pid).memory_info().rss
-        except (psutil.Error, OSError):
-            continue  # exited since, or out of file descriptors to read /proc
+        if (memory := _statm(child.pid)) is not None:  # None: exited since, or out of fds
+            rss[child.owner.name] += memory[1]
     for name in supervisor.servers:
-        family.add_metric([name], rss[name])
+        _add(family, {"server": name}, rss[name])
     return family
 
 
+def _statm(pid: int | str) -> tuple[int, int] | None:
+    """(virtual, resident) memory in bytes of a process, from /proc/PID/statm."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as file:
+            size, resident = file.read().split()[:2]
+    except (OSError, ValueError):
+        return None
+    return int(size) * _PAGE_SIZE, int(resident) * _PAGE_SIZE
+
+
 def _reload_metrics(stats: ReloadStats) -> Iterator[Metric]:
-    reloads = CounterMetricFamily(
-        "supervisor_reloads", "Configuration reloads, by result.", labels=["result"]
-    )
-    reloads.add_metric(["success"], stats.successes)
-    reloads.add_metric(["failure"], stats.failures)
+    reloads = counter("supervisor_reloads", "Configuration reloads, by result.")
+    _add(reloads, {"result": "success"}, stats.successes)
+    _add(reloads, {"result": "failure"}, stats.failures)
     yield reloads
-    yield GaugeMetricFamily(
-        "supervisor_config_last_reload_successful",
-        "1 if the last reload (or the start) succeeded.",
-        value=1 if stats.last_ok else 0,
+    yield single(
+        gauge(
+            "supervisor_config_last_reload_successful",
+            "1 if the last reload (or the start) succeeded.",
+        ),
+        1 if stats.last_ok else 0,
     )
-    yield GaugeMetricFamily(
-        "supervisor_config_last_reload_success_timestamp_seconds",
-        "When the configuration was last loaded successfully (Unix time).",
-        value=stats.last_success,
-        unit="seconds",
+    yield single(
+        gauge(
+            "supervisor_config_last_reload_success_timestamp_seconds",
+            "When the configuration was last loaded successfully (Unix time).",
+            "seconds",
+        ),
+        stats.last_success,
     )
+
+
+class ProcessCollector:
+    """The standard `process_*` metrics of the supervisor itself (Linux /proc)."""
+
+    def __init__(self) -> None:
+        self._started = _start_time()
+
+    def collect(self) -> Iterator[Metric]:
+        times = os.times()
+        yield single(
+            counter(
+                "process_cpu_seconds", "User and system CPU time spent, in seconds.", "seconds"
+            ),
+            times.user + times.system,
+        )
+        virtual, resident = _statm("self") or (0, 0)
+        yield single(
+            gauge("process_virtual_memory_bytes", "Virtual memory size.", "bytes"), virtual
+        )
+        yield single(
+            gauge("process_resident_memory_bytes", "Resident memory size.", "bytes"), resident
+        )
+        if self._started is not None:
+            yield single(
+                gauge("process_start_time_seconds", "Start time (Unix time).", "seconds"),
+                self._started,
+            )
+        try:
+            open_fds = len(os.listdir("/proc/self/fd"))
+        except OSError:
+            open_fds = -1  # out of file descriptors: the scrape says so rather than fail
+        yield single(gauge("process_open_fds", "Open file descriptors."), open_fds)
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        yield single(gauge("process_max_fds", "The limit on open file descriptors."), soft)
+
+
+def _start_time() -> float | None:
+    """When this process started (Unix time): boot time plus its start in clock ticks."""
+    try:
+        with open("/proc/self/stat", "rb") as file:
+            ticks = int(file.read().rsplit(b")", 1)[1].split()[19])
+        with open("/proc/stat", "rb") as file:
+            boot = next(int(line.split()[1]) for line in file if line.startswith(b"btime "))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
 
 
 def collectors_for(supervisor: "Supervisor") -> list[Collector]:
     """What the endpoint exports: the supervisor, and its own process_* metrics."""
-    return [SupervisorCollector(supervisor), ProcessCollector(registry=None)]
-
-
-def registry_for(supervisor: "Supervisor") -> CollectorRegistry:
-    """The same collectors in a registry of our own (not the global one), for
-    prometheus-client's encoders."""
-    registry = CollectorRegistry(auto_describe=False)
-    for collector in collectors_for(supervisor):
-        registry.register(collector)
-    return registry
+    return [SupervisorCollector(supervisor), ProcessCollector()]

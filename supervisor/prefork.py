@@ -20,7 +20,6 @@ to 10 s), so a handler that breaks every new process cannot make the supervisor 
 import contextlib
 import logging
 import os
-import random
 import resource
 import select
 import struct
@@ -48,8 +47,8 @@ def serve(server: Server, stop_fd: int, report_fd: int) -> int:
     """The worker's loop; returns its exit status (0: told to stop, or recycled)."""
     config = server.config
     limit = config.max_requests
-    if limit:
-        limit += random.randint(0, config.max_requests_jitter)  # noqa: S311 (not for security)
+    if limit:  # plus a jitter (not the random module: it would reseed in every forked child)
+        limit += int.from_bytes(os.urandom(4), "big") % (config.max_requests_jitter + 1)
     max_rss_kib = config.max_rss * 1024
     listener = server.listener.socket
     listen_fd = listener.fileno()

@@ -15,6 +15,7 @@ duplicate (`socket`, in `self.request` as in socketserver): whatever a handler d
 
 import contextlib
 import logging
+import os
 import socket
 from typing import Any
 
@@ -46,6 +47,7 @@ class Server:
         self._old_sockets: list[socket.socket] = []  # handler sockets of replaced listeners
         self.listener = listener
         self.socket = self._attach(listener)
+        self.accepts_fd = config.mode is Mode.FORK and config.address.is_stream
 
     def _attach(self, listener: Listener) -> socket.socket:
         """Take `listener`; return the socket handlers see (a blocking dup for datagrams)."""
@@ -61,6 +63,7 @@ class Server:
     def reconfigure(self, config: ServerConfig, handler: HandlerClass, listener: Listener) -> None:
         """Apply a new configuration; requests already running keep what they have."""
         self.config = config
+        self.accepts_fd = config.mode is Mode.FORK and config.address.is_stream
         self.RequestHandlerClass = handler
         self.max_packet_size = config.max_packet_size
         if listener is not self.listener:
@@ -112,6 +115,18 @@ class Server:
         )
         return (data, self.socket), client_address
 
+    def accept_fd(self) -> tuple[int, Any]:
+        """Accept a connection as a bare file descriptor (fork mode: the parent only passes it
+        on; `socket_for` makes the socket object in the child)."""
+        # socket.accept() is _accept() plus a socket object, with enum conversions on the way.
+        fd: int
+        fd, address = self.listener.socket._accept()  # type: ignore[attr-defined]
+        return fd, address
+
+    def socket_for(self, fd: int) -> socket.socket:
+        listening = self.listener.socket
+        return socket.socket(listening.family, listening.type, listening.proto, fileno=fd)
+
     def handle(self, request: Request, client_address: Any) -> bool:
         """Run the handler on one request, then shut the request down; True if it succeeded."""
         try:
@@ -144,8 +159,10 @@ class Server:
                 request.shutdown(socket.SHUT_WR)
             request.close()
 
-    def close_request(self, request: Request) -> None:
-        if isinstance(request, socket.socket):
+    def close_request(self, request: Request | int) -> None:
+        if isinstance(request, int):
+            os.close(request)
+        elif isinstance(request, socket.socket):
             request.close()
 
     def handle_error(self, request: Request, client_address: Any) -> None:

@@ -5,8 +5,10 @@ loop watches, and the loop turns each number into an intent. Reaping, stopping a
 happen in the loop, never inside a signal handler.
 """
 
+import _signal  # type: ignore[import-not-found]  # CPython's C module under `signal`
 import contextlib
 import enum
+import os
 import signal
 import socket
 from collections.abc import Callable
@@ -35,8 +37,22 @@ INTENTS: dict[int, Intent] = {
     signal.SIGUSR1: Intent.REOPEN_LOGS,
     signal.SIGCHLD: Intent.REAP,
 }
+_INTENT_NUMBERS = frozenset(int(signum) for signum in INTENTS)
 # One of these does the work of any number that arrived together.
 _COALESCED = frozenset({Intent.REAP, Intent.RELOAD, Intent.REOPEN_LOGS})
+
+
+def block_signals() -> set[int]:
+    """Block INTENTS' signals; return the previous mask, for `set_signal_mask`. Around every
+    fork: `_signal`'s own call, since `signal.pthread_sigmask` turns each number of the mask it
+    returns into an enum member, work the parent would do (and pages it would touch) per
+    request."""
+    previous: set[int] = _signal.pthread_sigmask(signal.SIG_BLOCK, _INTENT_NUMBERS)
+    return previous
+
+
+def set_signal_mask(mask: set[int]) -> None:
+    _signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def defer() -> None:
@@ -95,7 +111,14 @@ class SignalWakeup:
         self._reader.close()
         self._writer.close()
 
-    def restore_defaults(self) -> None:
-        """Default actions again, for a forked child."""
-        for signum in INTENTS:
-            signal.signal(signum, signal.SIG_DFL)
+    def reset_in_child(self) -> None:
+        """In a forked child: no wake-up fd, default actions again, but SIGINT ignored (a
+        terminal's Ctrl-C reaches the whole process group: the parent drains its children).
+        `_signal`'s calls: on every fork, `signal.signal` would convert each old handler to an
+        enum member, in Python code that each child would run (and copy pages for)."""
+        _signal.set_wakeup_fd(-1)
+        for signum in _INTENT_NUMBERS:
+            _signal.signal(signum, _signal.SIG_DFL)
+        _signal.signal(signal.SIGINT, _signal.SIG_IGN)
+        for sock in (self._reader, self._writer):
+            os.close(sock.detach())

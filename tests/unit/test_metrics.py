@@ -282,3 +282,29 @@ def test_exit_statuses_decoded_from_the_kernel_have_the_same_outcomes() -> None:
     assert exit_outcome(reaped(ExitStatus.decode(1 << 8))) == "error"
     assert exit_outcome(reaped(ExitStatus.decode(9))) == "signal"
     assert exit_outcome(reaped(ExitStatus.decode(15), signalled=15)) == "killed"
+
+
+def test_process_metrics_agree_with_prometheus_clients_collector() -> None:
+    """Our own process_* families (prometheus-client is not imported at run time) carry the
+    same names, types and, within what moves between two readings, the same values."""
+    import prometheus_client  # noqa: PLC0415 (a test dependency only)
+
+    theirs = {
+        sample.name: (family.type, sample.value)
+        for family in prometheus_client.ProcessCollector(registry=None).collect()
+        for sample in family.samples
+    }
+    ours = {
+        sample.name: (family.type, sample.value)
+        for family in metrics.ProcessCollector().collect()
+        for sample in family.samples
+    }
+    assert set(ours) == set(theirs)
+    for name, (kind, value) in ours.items():
+        assert kind == theirs[name][0], name
+        if name == "process_start_time_seconds":
+            assert value == pytest.approx(theirs[name][1], abs=0.05)
+        elif name == "process_max_fds":
+            assert value == theirs[name][1]
+        else:  # memory, CPU time and open files move a little between the two readings
+            assert value == pytest.approx(theirs[name][1], rel=0.2, abs=4), name
