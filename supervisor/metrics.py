@@ -188,7 +188,7 @@ class SupervisorCollector:
 _PER_SERVER = (
     ("requests", True, "supervisor_requests", "Connections accepted or datagrams received.", ""),
     ("children", False, "supervisor_children",
-     "Live children (fork mode) or busy threads (thread mode).", ""),
+     "Live children (fork mode), workers (prefork) or busy threads (thread mode).", ""),
     ("max_children", False, "supervisor_max_children", "The configured max_children.", ""),
     ("saturated", False, "supervisor_saturated", "1 while the server is at max_children.", ""),
     ("saturated_seconds", True, "supervisor_saturated_seconds", "Time spent at max_children.",
