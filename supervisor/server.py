@@ -47,6 +47,7 @@ class Server:
         self._old_sockets: list[socket.socket] = []  # handler sockets of replaced listeners
         self.listener = listener
         self.socket = self._attach(listener)
+        self.mode = config.mode  # (an attribute, not a property: read several times a request)
         self.accepts_fd = config.mode is Mode.FORK and config.address.is_stream
 
     def _attach(self, listener: Listener) -> socket.socket:
@@ -63,6 +64,7 @@ class Server:
     def reconfigure(self, config: ServerConfig, handler: HandlerClass, listener: Listener) -> None:
         """Apply a new configuration; requests already running keep what they have."""
         self.config = config
+        self.mode = config.mode
         self.accepts_fd = config.mode is Mode.FORK and config.address.is_stream
         self.RequestHandlerClass = handler
         self.max_packet_size = config.max_packet_size
@@ -84,10 +86,6 @@ class Server:
 
     def __repr__(self) -> str:
         return f"<Server {self.name} {self.listener.bound}>"
-
-    @property
-    def mode(self) -> Mode:
-        return self.config.mode
 
     @property
     def up(self) -> bool:
