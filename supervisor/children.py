@@ -38,7 +38,7 @@ class SystemCalls:
     clock: Callable[[], float] = time.monotonic
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ExitStatus:
     """How a process ended: an exit code, or the signal that killed it."""
 
@@ -71,7 +71,7 @@ def signal_name(signum: int) -> str:
         return f"SIGRTMIN+{signum - signal.SIGRTMIN}"
 
 
-@dataclass
+@dataclass(slots=True)
 class Child(Generic[Owner]):
     """A live child process and the server it belongs to."""
 
@@ -81,7 +81,7 @@ class Child(Generic[Owner]):
     signalled: int | None = None  # the signal we sent it, if any
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Reaped(Generic[Owner]):
     """A reaped process: `child` is None for a stranger (an orphan re-parented to us)."""
 
