@@ -22,6 +22,7 @@ import logging
 import os
 import resource
 import select
+import socket
 import struct
 import time
 from collections.abc import Callable
@@ -52,12 +53,14 @@ def serve(server: Server, stop_fd: int, report_fd: int) -> int:
     max_rss_kib = config.max_rss * 1024
     listener = server.listener.socket
     listen_fd = listener.fileno()
+    # accept() itself, without socket.accept()'s per-call enum conversions of family and type
+    family, kind, proto = listener.family, listener.type, listener.proto
     os.set_blocking(stop_fd, False)
     os.write(report_fd, READY)
     served = 0
     while True:
         try:
-            request, client_address = listener.accept()
+            fd, client_address = listener._accept()  # type: ignore[attr-defined]
         except (BlockingIOError, InterruptedError):
             ready, _, _ = select.select([listen_fd, stop_fd], [], [])
             if stop_fd in ready:
@@ -69,7 +72,7 @@ def serve(server: Server, stop_fd: int, report_fd: int) -> int:
                 select.select([stop_fd], [], [], RESOURCE_PAUSE)
             continue
         started = time.monotonic()
-        ok = server.handle(request, client_address)
+        ok = server.handle(socket.socket(family, kind, proto, fileno=fd), client_address)
         os.write(report_fd, REPORT.pack(ok, time.monotonic() - started))
         served += 1
         if _stop_requested(stop_fd):
