@@ -81,6 +81,7 @@ def requests(supervisor: Supervisor, sockdir: Path) -> dict[str, Callable[[], by
         "time": lambda: exchange(inet("time"), b""),
         "time-udp": lambda: datagram(socket.AF_INET, inet("time-udp")),
         "hello": lambda: exchange(inet("hello"), b"GET /example HTTP/1.0\r\n\r\n"),
+        "hello-prefork": lambda: exchange(inet("hello-prefork"), b"GET /pre HTTP/1.0\r\n\r\n"),
         "echo-unix": lambda: exchange(unix("echo-unix"), b"unix\n"),
         "daytime-unixgram": lambda: datagram(
             socket.AF_UNIX, unix("daytime-unixgram"), sockdir / "client.sock"
@@ -118,6 +119,11 @@ def test_example_serves_every_server_then_stops(example: Supervisor, sockdir: Pa
     head, _, body = replies["hello"].partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.0 200 OK\r\n")
     assert re.fullmatch(rb"Hello from hello \(pid \d+\): /example\n", body)
+    head, _, body = replies["hello-prefork"].partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200 OK\r\n")
+    served = re.fullmatch(rb"Hello from hello-prefork \(pid (\d+)\): /pre\n", body)
+    assert served is not None
+    assert int(served[1]) in {child.pid for child in example.live_children()}  # a worker
 
     unix_paths = [example.unix_path(name) for name in ("echo-unix", "daytime-unixgram")]
     assert all(os.path.exists(path) for path in unix_paths)
