@@ -2,11 +2,13 @@
 
 import re
 import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psutil
 
-from tests.conftest import StartSupervisor, Supervisor, connect, readline
+from tests.conftest import StartSupervisor, Supervisor, connect, exchange, readline
 
 PREFORK = """
 [servers.pids]
@@ -37,6 +39,16 @@ def scrape_value(supervisor: Supervisor, name: str) -> float:
     return float(match.group(1))
 
 
+def settled_value(supervisor: Supervisor, name: str, expected: float) -> float:
+    """The metric once it reaches `expected` (workers report in batches, and the parent reads
+    them in its loop: the count can trail the replies for a moment), or its value at the
+    deadline. Over-counting never settles on `expected` either."""
+    deadline = time.monotonic() + 5
+    while (value := scrape_value(supervisor, name)) != expected and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return value
+
+
 def test_workers_serve_many_requests_each_and_report_every_one(
     start_supervisor: StartSupervisor,
 ) -> None:
@@ -55,6 +67,25 @@ def test_workers_serve_many_requests_each_and_report_every_one(
     assert scrape_value(supervisor, 'supervisor_children{server="pids"}') == 2
 
 
+def test_a_burst_of_requests_is_counted_exactly(start_supervisor: StartSupervisor) -> None:
+    supervisor = start_supervisor(
+        """
+        [servers.echo]
+        address = "tcp://127.0.0.1:0"
+        handler = "tests.handlers:LineEchoHandler"
+        mode = "prefork"
+        workers = 2
+        """
+    )
+    address = supervisor.inet("echo")
+    with ThreadPoolExecutor(max_workers=16) as pool:  # busy workers: reports go in batches
+        replies = list(pool.map(lambda i: exchange(address, b"%d\n" % i), range(500)))
+    assert all(reply.endswith(b" %d\n" % i) for i, reply in enumerate(replies))
+    assert settled_value(supervisor, 'supervisor_requests_total{server="echo"}', 500) == 500
+    histogram = 'supervisor_request_duration_seconds_count{server="echo"}'
+    assert settled_value(supervisor, histogram, 500) == 500
+
+
 def test_a_worker_is_recycled_after_max_requests(start_supervisor: StartSupervisor) -> None:
     supervisor = start_supervisor(
         PREFORK.format(settings="workers = 1\nmax_requests = 3\nmax_requests_jitter = 0")
@@ -63,8 +94,9 @@ def test_a_worker_is_recycled_after_max_requests(start_supervisor: StartSupervis
     first, second, third = dict.fromkeys(served_by)  # three workers, in order
     assert served_by == [first] * 3 + [second] * 3 + [third]
     supervisor.wait_for_log(rf"pids: worker {second} recycled after 3 requests")
-    assert scrape_value(supervisor, 'supervisor_child_exits_total{server="pids",outcome="ok"}') == 2
-    assert scrape_value(supervisor, 'supervisor_requests_total{server="pids"}') == 7
+    exits = 'supervisor_child_exits_total{server="pids",outcome="ok"}'
+    assert settled_value(supervisor, exits, 2) == 2
+    assert settled_value(supervisor, 'supervisor_requests_total{server="pids"}', 7) == 7
 
 
 def test_a_dead_worker_is_replaced_at_once(start_supervisor: StartSupervisor) -> None:
