@@ -133,7 +133,28 @@ def parse(data: Mapping[str, Any], source: str) -> Config:
     servers = {name: _server(name, servers_table.table(name)) for name in servers_table.data}
     _check_unique_addresses(source, servers)
     _check_metrics_address(source, metrics, servers)
+    _check_global_cap(source, supervisor, servers)
     return Config(source, supervisor, servers, metrics)
+
+
+def _check_global_cap(
+    source: str, supervisor: SupervisorConfig, servers: Mapping[str, ServerConfig]
+) -> None:
+    """Prefork workers count towards the global max_children: they must leave room for the
+    fork and thread servers, or those would never be let in (silently: nothing is wrong with
+    them)."""
+    cap = supervisor.max_children
+    workers = sum(server.workers for server in servers.values())
+    if cap is None or not workers:
+        return
+    others = any(server.mode in (Mode.FORK, Mode.THREAD) for server in servers.values())
+    if workers > cap or (others and workers >= cap):
+        room = " and leave room for the fork and thread servers" if others else ""
+        raise ConfigError(
+            source,
+            "supervisor.max_children",
+            f"{cap} is too small for the prefork servers' {workers} workers{room}",
+        )
 
 
 @dataclass(frozen=True)
@@ -249,8 +270,8 @@ def _prefork(table: "_Table", mode: Mode, address: Address, max_children: int) -
     if not address.is_stream:
         raise table.error("mode", "prefork needs a stream address (tcp://, unix://)")
     workers = table.optional_integer("workers", minimum=1, maximum=1024)
-    if workers is None:
-        workers = min(os.cpu_count() or 1, max_children)
+    if workers is None:  # the CPUs this process may use (a container's limit, not the host's)
+        workers = min(len(os.sched_getaffinity(0)), max_children)
     elif workers > max_children:
         raise table.error(
             "workers", f"must be at most max_children ({max_children}), got {workers}"

@@ -307,8 +307,7 @@ class Supervisor:
         for server in servers.values():
             server.update_saturation()  # max_children or the mode may have changed
             self._refresh(server)
-            if (pool := self.pools.get(server)) is not None:
-                pool.retire_all()  # old workers finish their request; new ones run the new code
+            self._retire_workers(server)
         for name in moved:
             self._log_listening(servers[name])
         _freeze_for_fork(again=True)
@@ -325,6 +324,7 @@ class Supervisor:
         server.retired = True
         if (pool := self.pools.get(server)) is not None:
             pool.close()
+            self._forget_pool(server)
         if released:
             self._release(server.listener)
         if not server.threads:
@@ -341,6 +341,12 @@ class Supervisor:
             if not any(listener is spare for spare in self.spare):
                 self.spare.append(listener)
         else:
+            if listener.address.is_stream:
+                # Out of LISTEN for every process holding it, prefork workers busy with a request
+                # included: new clients are refused, not queued for nobody (and the workers'
+                # accept() fails with EINVAL, their sign to stop).
+                with contextlib.suppress(OSError):
+                    listener.socket.shutdown(socket.SHUT_RD)
             listener.close()
 
     # -- metrics ---------------------------------------------------------------------------
@@ -354,6 +360,8 @@ class Supervisor:
         rendered: dict[bool, tuple[int, bytes]] = {}  # format -> (loop turn, body)
 
         def scrape(accept: str) -> Response:
+            for pool in self.pools.values():
+                pool.collect_reports()  # what workers have written, even if not read yet
             openmetrics = exposition.wants_openmetrics(accept)
             content_type = exposition.OPENMETRICS if openmetrics else exposition.TEXT
             # Scrapes answered in one turn of the loop share one rendering: a flood of them
@@ -622,6 +630,25 @@ class Supervisor:
         pool.closed = False
         pool.fill()
 
+    def _retire_workers(self, server: Server) -> None:
+        """At a reload: the server's workers finish their request and exit; if it is still a
+        prefork server, new ones (_staff) run the new code."""
+        pool = self.pools.get(server)
+        if pool is None:
+            return
+        if server.mode is Mode.PREFORK:
+            pool.retire_all()
+        else:
+            pool.close()
+            self._forget_pool(server)
+
+    def _forget_pool(self, server: Server) -> None:
+        """Drop a closed pool once its last worker is gone (the server left prefork mode, or
+        was removed)."""
+        pool = self.pools.get(server)
+        if pool is not None and pool.closed and not pool.workers:
+            del self.pools[server]
+
     def _spawn_worker(self, server: Server, run: Callable[[], int]) -> int | None:
         pid = self._spawn(server, run, "a worker")
         if pid is not None:
@@ -667,11 +694,12 @@ class Supervisor:
             server.stats.child_exited(
                 outcome, reaped.rusage, None if is_worker else reaped.duration
             )
-            if outcome in ("error", "signal"):
-                server.stats.errors += 1
+            if outcome in ("error", "signal") and not is_worker:
+                server.stats.errors += 1  # (a worker's death is in the exits metric only)
             self._count(server, -1)
             if pool is not None and is_worker:
                 pool.exited(reaped.pid, reaped.status.ok)
+                self._forget_pool(server)
 
     def _log_exit(self, child: Child[Server], reaped: Reaped[Server]) -> None:
         server, status = child.owner, reaped.status
@@ -705,10 +733,12 @@ class Supervisor:
             if not server.threads:  # else closed when the last thread is done
                 server.close_handler_socket()
         timeout = 0.0 if fast else self.config.supervisor.shutdown_timeout
+        workers = sum(len(pool.workers) for pool in self.pools.values())
         log.info(
-            "%s: stopping; %d requests in progress, waiting up to %gs for them",
+            "%s: stopping; %d requests in progress%s, waiting up to %gs for them",
             reason,
-            self.active,
+            self.active - workers,
+            f", {workers} prefork workers finishing theirs" if workers else "",
             timeout,
         )
         if not self.active:

@@ -327,13 +327,14 @@ class ProcessCollector:
             ),
             times.user + times.system,
         )
-        virtual, resident = _statm("self") or (0, 0)
-        yield single(
-            gauge("process_virtual_memory_bytes", "Virtual memory size.", "bytes"), virtual
-        )
-        yield single(
-            gauge("process_resident_memory_bytes", "Resident memory size.", "bytes"), resident
-        )
+        if (memory := _statm("self")) is not None:  # (as prometheus-client: no sample if not)
+            virtual, resident = memory
+            yield single(
+                gauge("process_virtual_memory_bytes", "Virtual memory size.", "bytes"), virtual
+            )
+            yield single(
+                gauge("process_resident_memory_bytes", "Resident memory size.", "bytes"), resident
+            )
         if self._started is not None:
             yield single(
                 gauge("process_start_time_seconds", "Start time (Unix time).", "seconds"),
@@ -342,8 +343,9 @@ class ProcessCollector:
         try:
             open_fds = len(os.listdir("/proc/self/fd"))
         except OSError:
-            open_fds = -1  # out of file descriptors: the scrape says so rather than fail
-        yield single(gauge("process_open_fds", "Open file descriptors."), open_fds)
+            pass  # out of file descriptors itself: no sample rather than a wrong one
+        else:
+            yield single(gauge("process_open_fds", "Open file descriptors."), open_fds)
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
         yield single(gauge("process_max_fds", "The limit on open file descriptors."), soft)
 

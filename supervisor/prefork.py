@@ -18,10 +18,12 @@ to 10 s), so a handler that breaks every new process cannot make the supervisor 
 """
 
 import contextlib
+import errno
 import logging
 import os
 import resource
 import select
+import signal
 import socket
 import struct
 import time
@@ -50,20 +52,15 @@ def serve(server: Server, stop_fd: int, report_fd: int) -> int:
     """The worker's loop; returns its exit status (0: told to stop, or recycled).
 
     Reports are written in batches: when the worker is about to wait for a connection, after
-    BATCH requests, and before it exits; a busy worker looks at its stop pipe on the same
-    occasions. Each write wakes the supervisor; once per request that cost about a tenth of the
-    throughput. The parent's counts trail a busy worker by at most BATCH requests, an idle one
-    not at all."""
-    config = server.config
-    limit = config.max_requests
-    if limit:  # plus a jitter (not the random module: it would reseed in every forked child)
-        limit += int.from_bytes(os.urandom(4), "big") % (config.max_requests_jitter + 1)
-    max_rss_kib = config.max_rss * 1024
+    BATCH requests, and before it exits. Each write wakes the supervisor; once per request that
+    cost about a tenth of the throughput. The parent's counts trail a busy worker by at most
+    BATCH requests (a scrape reads the pipes first), an idle one not at all. The stop pipe is
+    looked at after every request: a retired worker takes no new one."""
+    limit = _prepare(server, stop_fd)
     listener = server.listener.socket
     listen_fd = listener.fileno()
     # accept() itself, without socket.accept()'s per-call enum conversions of family and type
     family, kind, proto = listener.family, listener.type, listener.proto
-    os.set_blocking(stop_fd, False)
     os.write(report_fd, READY)
     reports = bytearray()
     served = 0
@@ -73,14 +70,12 @@ def serve(server: Server, stop_fd: int, report_fd: int) -> int:
                 fd, client_address = listener._accept()  # type: ignore[attr-defined]
             except (BlockingIOError, InterruptedError):
                 _flush(report_fd, reports)
-                ready, _, _ = select.select([listen_fd, stop_fd], [], [])
-                if stop_fd in ready:
+                if stop_fd in select.select([listen_fd, stop_fd], [], [])[0]:
                     return 0
                 continue
             except OSError as exc:
-                if exc.errno not in TRANSIENT_ERRNOS:
-                    log.warning("%s: worker %d: accept failed (%s)", server.name, os.getpid(), exc)
-                    select.select([stop_fd], [], [], RESOURCE_PAUSE)
+                if _accept_failed(server, exc, stop_fd):
+                    return 0
                 continue
             started = time.monotonic()
             ok = server.handle(socket.socket(family, kind, proto, fileno=fd), client_address)
@@ -88,23 +83,62 @@ def serve(server: Server, stop_fd: int, report_fd: int) -> int:
             served += 1
             if len(reports) >= BATCH_BYTES:
                 _flush(report_fd, reports)
-                if _stop_requested(stop_fd):
-                    return 0
-            if limit and served >= limit:
-                log.info(
-                    "%s: worker %d recycled after %d requests", server.name, os.getpid(), served
-                )
-                return 0
-            if max_rss_kib and resource.getrusage(resource.RUSAGE_SELF).ru_maxrss > max_rss_kib:
-                log.info(
-                    "%s: worker %d recycled: its RSS passed max_rss (%d MiB)",
-                    server.name,
-                    os.getpid(),
-                    config.max_rss,
-                )
+            if _stop_requested(stop_fd) or _recycled(server, served, limit):
                 return 0
     finally:
         _flush(report_fd, reports)
+
+
+def _prepare(server: Server, stop_fd: int) -> int:
+    """Set the worker up; return its request limit (max_requests plus its jitter, or 0)."""
+    config = server.config
+    os.set_blocking(stop_fd, False)
+    # `killall -HUP supervisor` or logrotate's `-USR1` reach the workers too (same name): they
+    # are the supervisor's to act on, not a reason for a worker to die mid-request.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if config.max_rss and start > config.max_rss * 1024:
+        log.warning(
+            "%s: max_rss = %d MiB is below a new worker's own size (%d MiB, most of it shared "
+            "with the supervisor): every worker will be replaced after each request",
+            server.name,
+            config.max_rss,
+            start // 1024,
+        )
+    if not config.max_requests:
+        return 0
+    # The jitter: not the random module, which would reseed in every forked child.
+    return config.max_requests + int.from_bytes(os.urandom(4), "big") % (
+        config.max_requests_jitter + 1
+    )
+
+
+def _accept_failed(server: Server, exc: OSError, stop_fd: int) -> bool:
+    """Whether the worker should stop after accept() failed with `exc`."""
+    if exc.errno == errno.EINVAL:
+        return True  # the supervisor shut the socket down: stopping, moved or removed
+    if exc.errno in TRANSIENT_ERRNOS:
+        return False
+    log.warning("%s: worker %d: accept failed (%s)", server.name, os.getpid(), exc)
+    return bool(select.select([stop_fd], [], [], RESOURCE_PAUSE)[0])
+
+
+def _recycled(server: Server, served: int, limit: int) -> bool:
+    """Whether the worker has done its share: max_requests, or max_rss passed."""
+    if limit and served >= limit:
+        log.info("%s: worker %d recycled after %d requests", server.name, os.getpid(), served)
+        return True
+    max_rss = server.config.max_rss
+    if max_rss and resource.getrusage(resource.RUSAGE_SELF).ru_maxrss > max_rss * 1024:
+        log.info(
+            "%s: worker %d recycled: its RSS passed max_rss (%d MiB)",
+            server.name,
+            os.getpid(),
+            max_rss,
+        )
+        return True
+    return False
 
 
 def _flush(report_fd: int, reports: bytearray) -> None:
@@ -169,13 +203,24 @@ class Pool:
         if self.closed or self._respawn is not None:
             return
         while self.current < self.server.config.workers:
-            if not self._start_one():
-                self._back_off()
+            if not self._start_one():  # out of processes or files: logged; try again later
+                self.failures += 1
+                self._back_off("cannot start workers")
                 return
 
     def _start_one(self) -> bool:
-        stop_read, stop_write = os.pipe()
-        report_read, report_write = os.pipe()
+        try:
+            stop_read, stop_write = os.pipe()
+        except OSError as exc:
+            log.error("%s: cannot start a worker (%s)", self.server.name, exc.strerror or exc)
+            return False
+        try:
+            report_read, report_write = os.pipe()
+        except OSError as exc:
+            os.close(stop_read)
+            os.close(stop_write)
+            log.error("%s: cannot start a worker (%s)", self.server.name, exc.strerror or exc)
+            return False
 
         def body() -> int:
             os.close(stop_write)
@@ -196,6 +241,12 @@ class Pool:
         self.workers[pid] = worker
         self.loop.add_reader(report_read, lambda: self._read(worker))
         return True
+
+    def collect_reports(self) -> None:
+        """Read every worker's pending reports now (before a scrape renders the counts)."""
+        for worker in list(self.workers.values()):
+            if worker.report_fd >= 0:
+                self._read(worker)
 
     def _read(self, worker: Worker) -> None:
         """Take the worker's request reports (all that are there); stop reading at EOF."""
@@ -250,17 +301,13 @@ class Pool:
             return
         if self._respawn is None:  # one step of the back-off per round of replacements
             self.failures += 1
-        self._back_off()
+        self._back_off("workers die before they are ready")
 
-    def _back_off(self) -> None:
+    def _back_off(self, reason: str) -> None:
         if self._respawn is not None or self.closed:
             return
         delay = min(BACKOFF_FIRST * 2 ** max(self.failures - 1, 0), BACKOFF_MAX)
-        log.warning(
-            "%s: workers die before they are ready; starting the next in %.1fs",
-            self.server.name,
-            delay,
-        )
+        log.warning("%s: %s; starting the next in %.1fs", self.server.name, reason, delay)
 
         def again() -> None:
             self._respawn = None

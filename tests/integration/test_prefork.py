@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psutil
+import pytest
 
 from tests.conftest import StartSupervisor, Supervisor, connect, exchange, readline
 
@@ -101,19 +102,35 @@ def test_a_worker_is_recycled_after_max_requests(start_supervisor: StartSupervis
 
 def test_a_dead_worker_is_replaced_at_once(start_supervisor: StartSupervisor) -> None:
     supervisor = start_supervisor(
-        '[supervisor]\nlog_level = "debug"\n' + PREFORK.format(settings="workers = 2")
+        '[supervisor]\nlog_level = "debug"\n' + PREFORK.format(settings="workers = 1")
     )
-    (victim, survivor) = (child.pid for child in supervisor.live_children())
+    (victim,) = (child.pid for child in supervisor.live_children())
     supervisor.wait_for_log(rf"pids: worker {victim} ready")
     psutil.Process(victim).kill()
     killed = supervisor.wait_for_log(rf"pids: child {victim} killed by signal SIGKILL").string
     after = supervisor.lines.index(killed) + 1
     replaced = int(supervisor.wait_for_log(r"pids: worker (\d+) ready", start=after).group(1))
-    replacement = {ask_pid(supervisor) for _ in range(10)} - {survivor}
-    live = {child.pid for child in supervisor.live_children()}
-    assert len(live) == 2
-    assert live == {survivor, replaced}
-    assert replacement <= live
+    assert ask_pid(supervisor) == replaced  # the only worker now, and it serves
+    assert {child.pid for child in supervisor.live_children()} == {replaced}
+    # A worker's death is an exit, not a handler error (no request of it failed).
+    exits = 'supervisor_child_exits_total{server="pids",outcome="signal"}'
+    assert settled_value(supervisor, exits, 1) == 1
+    assert scrape_value(supervisor, 'supervisor_handler_errors_total{server="pids"}') == 0
+
+
+def test_a_hangup_meant_for_the_supervisor_leaves_workers_alone(
+    start_supervisor: StartSupervisor,
+) -> None:
+    # `killall -HUP supervisor` signals the workers too: they share its name.
+    supervisor = start_supervisor(PREFORK.format(settings="workers = 1"))
+    (worker,) = supervisor.live_children()
+    with connect(supervisor.inet("pids")) as held:
+        assert int(readline(held)) == worker.pid  # mid-request
+        worker.send_signal(signal.SIGHUP)
+        worker.send_signal(signal.SIGUSR1)
+        held.sendall(b"done\n")
+        assert readline(held) == b"bye\n"
+    assert ask_pid(supervisor) == worker.pid
 
 
 def test_workers_that_die_at_start_are_replaced_with_a_back_off(
@@ -134,6 +151,7 @@ def test_workers_that_die_at_start_are_replaced_with_a_back_off(
     supervisor.wait_for_log(
         r"broken: workers die before they are ready; starting the next in 0\.8s"
     )
+    assert scrape_value(supervisor, 'supervisor_handler_errors_total{server="broken"}') == 0
     # 0.1 + 0.2 + 0.4 s of waiting so far: a handful of forks, not a fork loop.
     deaths = len(re.findall(r"broken: child \d+ exited with status 3", supervisor.log))
     assert 3 <= deaths <= 8
@@ -181,10 +199,17 @@ def test_reload_replaces_the_workers_and_lets_the_old_ones_finish(
 
 def test_stop_lets_the_workers_finish_their_requests(start_supervisor: StartSupervisor) -> None:
     supervisor = start_supervisor(PREFORK.format(settings="workers = 2"))
-    with connect(supervisor.inet("pids")) as held:
+    address = supervisor.inet("pids")
+    with connect(address) as held:
         readline(held)
         supervisor.signal(signal.SIGTERM)
-        supervisor.wait_for_log("stopping; 2 requests in progress")
+        supervisor.wait_for_log(
+            "stopping; 0 requests in progress, 2 prefork workers finishing theirs"
+        )
+        # The busy worker still holds the listening socket, but it no longer listens: a new
+        # client is refused at once instead of waiting in a queue nobody will take.
+        with pytest.raises(ConnectionRefusedError):
+            connect(address, timeout=5).close()
         held.sendall(b"finish\n")
         assert readline(held) == b"bye\n"
     assert supervisor.wait() == 0
@@ -201,7 +226,7 @@ def test_workers_do_not_outlive_a_killed_supervisor(start_supervisor: StartSuper
     assert alive == []
 
 
-def test_a_prefork_server_sits_beside_a_unix_one(
+def test_a_prefork_server_on_a_unix_socket(
     start_supervisor: StartSupervisor, sockdir: Path
 ) -> None:
     supervisor = start_supervisor(

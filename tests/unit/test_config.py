@@ -570,7 +570,7 @@ def test_prefork_workers_default_to_the_cpus_within_max_children() -> None:
     server = parse(ECHO + 'mode = "prefork"\nmax_children = 1\n', SOURCE).servers["echo"]
     assert server.workers == 1
     assert parse(ECHO + 'mode = "prefork"\n', SOURCE).servers["echo"].workers == min(
-        os.cpu_count() or 1, 40
+        len(os.sched_getaffinity(0)), 40
     )
 
 
@@ -602,3 +602,24 @@ def test_prefork_workers_default_to_the_cpus_within_max_children() -> None:
 )
 def test_prefork_errors(toml: str, message: str) -> None:
     assert error_of(toml) == f"{SOURCE}: {message}"
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        (
+            "[supervisor]\nmax_children = 3\n" + ECHO + 'mode = "prefork"\nworkers = 3\n'
+            "[servers.other]\naddress = 'tcp://127.0.0.1:7008'\nhandler = 'x:Y'\n",
+            "supervisor.max_children: 3 is too small for the prefork servers' 3 workers and "
+            "leave room for the fork and thread servers",
+        ),
+        (
+            "[supervisor]\nmax_children = 2\n" + ECHO + 'mode = "prefork"\nworkers = 3\n',
+            "supervisor.max_children: 2 is too small for the prefork servers' 3 workers",
+        ),
+    ],
+)
+def test_prefork_workers_and_the_global_cap(toml: str, message: str) -> None:
+    assert error_of(toml) == f"{SOURCE}: {message}"
+    # Exactly the cap is fine when nothing else needs room.
+    assert parse("[supervisor]\nmax_children = 3\n" + ECHO + 'mode = "prefork"\nworkers = 3\n')
