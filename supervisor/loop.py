@@ -40,6 +40,7 @@ class Loop:
         self._timers: list[Timer] = []
         self._sequence = itertools.count()
         self._pending: collections.deque[Callback] = collections.deque()
+        self._wake_pending = False  # a wake-up byte is written and not yet read
         self._wake_reader, self._wake_writer = socket.socketpair()
         self._wake_reader.setblocking(False)
         self._wake_writer.setblocking(False)
@@ -64,9 +65,17 @@ class Loop:
         return timer
 
     def call_soon_threadsafe(self, callback: Callback) -> None:
-        """Run `callback` in the loop's thread soon; safe to call from any thread."""
+        """Run `callback` in the loop's thread soon; safe to call from any thread.
+
+        One wake-up byte serves every call made before the loop runs the queue: a thread that
+        finds one already on its way adds its callback and writes nothing (each write is a
+        system call and, in thread mode, one per request). The loop clears the flag after it
+        has read the bytes and before it empties the queue (see _run_pending)."""
         self._pending.append(callback)
-        # BlockingIOError: a wake-up byte is already waiting. OSError: the loop is closed (a
+        if self._wake_pending:
+            return
+        self._wake_pending = True
+        # BlockingIOError: the socket is full of bytes already. OSError: the loop is closed (a
         # thread abandoned at shutdown finishing late); there is nothing left to wake.
         with contextlib.suppress(OSError):
             self._wake_writer.send(b"\0")
@@ -109,5 +118,9 @@ class Loop:
         with contextlib.suppress(BlockingIOError):
             while self._wake_reader.recv(4096):
                 pass
+        # After the bytes are read, before the queue is emptied: a thread that still sees the
+        # flag set has queued its callback before this point, so it is run below; one that
+        # sees it clear writes a new byte.
+        self._wake_pending = False
         while self._pending:
             self._pending.popleft()()

@@ -1,6 +1,7 @@
 """The selectors loop: timers, the thread-safe call queue, readers."""
 
 import functools
+import select
 import socket
 import threading
 import time
@@ -266,3 +267,60 @@ def test_the_loop_can_run_again_after_stop(loop: Loop) -> None:
         loop.call_later(0, loop.stop)
         run_guarded(loop)
     assert log == ["one", "two"]
+
+
+def test_callbacks_from_many_threads_all_run_with_coalesced_wake_ups() -> None:
+    """call_soon_threadsafe writes a wake-up byte only when none is on its way: no callback
+    may be left in the queue with nothing to wake the loop for it."""
+    loop = Loop()
+    threads, calls = 8, 5000
+    ran: list[int] = []
+
+    def callback() -> None:
+        ran.append(1)
+        if len(ran) == threads * calls:
+            loop.stop()
+
+    def caller() -> None:
+        for _ in range(calls):
+            loop.call_soon_threadsafe(callback)
+
+    workers = [threading.Thread(target=caller) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    loop.call_later(20, loop.stop)  # a lost wake-up would leave the loop asleep: fail, not hang
+    try:
+        loop.run()
+    finally:
+        for worker in workers:
+            worker.join()
+        loop.close()
+    assert len(ran) == threads * calls
+
+
+def test_a_call_racing_with_the_loops_read_of_the_wake_up_bytes_is_not_stranded() -> None:
+    """The interleaving the flag protocol must survive, played deterministically: another
+    thread's call lands while the loop reads the wake-up bytes. Afterwards, a new call must
+    still wake the loop (a byte must be readable), or its callback would wait forever."""
+    loop = Loop()
+    ran: list[str] = []
+    real = loop._wake_reader
+    injected = False
+
+    class Racing:
+        def recv(self, size: int) -> bytes:
+            nonlocal injected
+            if not injected:
+                injected = True
+                loop.call_soon_threadsafe(lambda: ran.append("racing"))
+            return real.recv(size)
+
+    loop.call_soon_threadsafe(lambda: ran.append("first"))
+    loop._wake_reader = Racing()  # type: ignore[assignment]
+    loop._run_pending()
+    loop._wake_reader = real
+    assert ran == ["first", "racing"]
+    loop.call_soon_threadsafe(lambda: ran.append("later"))
+    readable, _, _ = select.select([real], [], [], 0)
+    assert readable == [real]
+    loop.close()
