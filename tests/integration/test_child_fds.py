@@ -1,0 +1,77 @@
+"""What a forked child keeps of the parent's file descriptors: its own request, and no socket
+of any other server (a child holding a listener would keep a removed server's port taken)."""
+
+import signal
+import socket
+from pathlib import Path
+
+import psutil
+
+from tests.conftest import METRICS_ANY_PORT, StartSupervisor, Supervisor, connect, readline
+
+CONFIG = """
+[servers.hold]
+address = "tcp://127.0.0.1:0"
+handler = "tests.handlers:PidHandler"
+
+[servers.threaded]
+address = "tcp://127.0.0.1:0"
+handler = "tests.handlers:LineEchoHandler"
+mode = "thread"
+
+[servers.udp]
+address = "udp://127.0.0.1:0"
+handler = "tests.handlers:DatagramEchoHandler"
+
+[servers.local]
+address = "unix://{sockdir}/local.sock"
+handler = "tests.handlers:LineEchoHandler"
+{extra}
+"""
+ADDED = """
+[servers.added]
+address = "tcp://127.0.0.1:0"
+handler = "tests.handlers:LineEchoHandler"
+"""
+
+
+def sockets_of(pid: int) -> list[tuple[object, object, str]]:
+    """(local address, remote address, status) of every socket the process holds."""
+    return [(c.laddr, c.raddr, c.status) for c in psutil.Process(pid).net_connections(kind="all")]
+
+
+def check_a_child(supervisor: Supervisor) -> None:
+    host, port = supervisor.inet("hold")
+    with connect((host, port)) as client:
+        child = int(readline(client))  # the child is in the middle of this request
+        held = sockets_of(child)
+        client.sendall(b"done\n")
+        assert readline(client) == b"bye\n"
+    assert len(held) == 1, held  # the request, and nothing else of the parent's
+    ((local, _, status),) = held
+    assert local == (host, port)
+    assert status == psutil.CONN_ESTABLISHED
+
+
+def test_a_child_keeps_only_its_request(start_supervisor: StartSupervisor, sockdir: Path) -> None:
+    supervisor = start_supervisor(CONFIG.format(sockdir=sockdir, extra=""))
+    check_a_child(supervisor)
+    # A datagram child keeps the socket it answers on: its reply arrives.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        client.settimeout(10)
+        client.sendto(b"ping", supervisor.inet("udp"))
+        assert client.recv(100) == b"echo ping"
+
+
+def test_after_reloads_a_child_keeps_only_its_request(
+    start_supervisor: StartSupervisor, sockdir: Path
+) -> None:
+    supervisor = start_supervisor(CONFIG.format(sockdir=sockdir, extra=ADDED))
+    check_a_child(supervisor)
+    # Servers removed and added, sockets closed and opened: what a child closes must follow.
+    for extra in ("", ADDED, ""):
+        seen = len(supervisor.lines)
+        supervisor.config.write_text(CONFIG.format(sockdir=sockdir, extra=extra) + METRICS_ANY_PORT)
+        supervisor.signal(signal.SIGHUP)
+        supervisor.wait_for_log("reloaded: ", start=seen)
+        check_a_child(supervisor)
