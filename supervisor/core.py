@@ -66,6 +66,16 @@ def _freeze_for_fork(again: bool = False) -> None:
     gc.freeze()
 
 
+def close_runs(runs: list[tuple[int, int]], keep: set[int]) -> None:
+    """Close every descriptor in the runs [low, high), but those in `keep`."""
+    for low, high in runs:
+        start = low
+        for kept in sorted(fd for fd in keep if low <= fd < high):
+            os.closerange(start, kept)
+            start = kept + 1
+        os.closerange(start, high)
+
+
 def flush_standard_streams() -> None:
     for stream in (sys.stdout, sys.stderr):
         try:  # (not contextlib.suppress: this runs on every fork, in parent and child)
@@ -134,6 +144,9 @@ class Supervisor:
         self._thread_requests: set[Request] = set()
         self.pools: dict[Server, Pool] = {}  # prefork servers' workers (also while draining)
         self._debug = log.isEnabledFor(logging.DEBUG)  # per request: cheaper than asking logging
+        # What a forked child closes of the servers' sockets, as runs of descriptors; None when
+        # a socket was opened or closed since (see _socket_runs).
+        self._fd_runs: list[tuple[int, int]] | None = None
 
     # -- running ---------------------------------------------------------------------------
 
@@ -302,6 +315,7 @@ class Supervisor:
                 self._retire(server, released=id(server.listener) not in in_use)
         self.spare = [listener for listener in self.spare if id(listener) not in in_use]
         self.servers, self.config = servers, prepared.config
+        self._fd_runs = None
         logs.set_level(prepared.config.supervisor.log_level)
         self._debug = log.isEnabledFor(logging.DEBUG)
         for server in servers.values():
@@ -337,6 +351,7 @@ class Supervisor:
 
     def _release(self, listener: Listener) -> None:
         """A listener no server uses any more: close it, or keep it if systemd passed it in."""
+        self._fd_runs = None
         if listener.inherited:
             if not any(listener is spare for spare in self.spare):
                 self.spare.append(listener)
@@ -471,6 +486,7 @@ class Supervisor:
         if server.retired and not server.active:
             self.draining.discard(server)
             server.close_handler_socket()
+            self._fd_runs = None
             log.info("%s: removed server drained", server.name)
         if self.state is State.STOPPING and (
             not self.active or (self._killing and not len(self.children))
@@ -570,6 +586,7 @@ class Supervisor:
             server.close_old_sockets()
             if server.retired or self.state is not State.RUNNING:
                 server.close_handler_socket()
+            self._fd_runs = None
         self._count(server, -1)
 
     def _fork(self, server: Server, request: Request | int, client_address: Any) -> None:
@@ -587,10 +604,11 @@ class Supervisor:
         failed (logged). The caller counts it."""
         # Signals stay blocked across fork() until the child has reset its handlers, so a
         # SIGTERM sent to a new child is never swallowed by the parent's no-op handler.
+        runs = self._socket_runs()
         mask = block_signals()
         flush_standard_streams()  # or each child would write the parent's buffered output again
         try:
-            child = partial(self._child, server, run, mask)
+            child = partial(self._child, server, run, mask, runs)
             return self.children.spawn(server, child)
         except OSError as exc:
             log.error(
@@ -604,12 +622,18 @@ class Supervisor:
         finally:
             set_signal_mask(mask)
 
-    def _child(self, server: Server, run: Callable[[], int], mask: set[int]) -> NoReturn:
+    def _child(
+        self,
+        server: Server,
+        run: Callable[[], int],
+        mask: set[int],
+        runs: list[tuple[int, int]],
+    ) -> NoReturn:
         """The forked child: run one request (or a prefork worker's loop) and leave with
         os._exit, whatever happens."""
         status = 1
         try:
-            self._become_child(server)
+            self._become_child(server, runs)
             set_signal_mask(mask)
             status = run()
         except BaseException:
@@ -655,24 +679,45 @@ class Supervisor:
             self._count(server, +1)
         return pid
 
-    def _become_child(self, server: Server) -> None:
+    def _socket_runs(self) -> list[tuple[int, int]]:
+        """Every server's sockets (listeners, datagram handler sockets, replaced ones) and the
+        spare listeners, as runs [low, high) of descriptor numbers, for a child to close with a
+        few closerange() calls: walking the server objects instead would cost every child
+        time and copied pages in proportion to the number of servers. Computed in the parent
+        when first needed after a change (every place that opens or closes one of those
+        sockets forgets the last result)."""
+        if self._fd_runs is None:
+            sockets = [s.listener.socket for s in [*self.servers.values(), *self.draining]]
+            sockets += [s.socket for s in [*self.servers.values(), *self.draining]]
+            sockets += [
+                old for s in [*self.servers.values(), *self.draining] for old in s.old_sockets
+            ]
+            sockets += [listener.socket for listener in self.spare]
+            fds = sorted({sock.fileno() for sock in sockets} - {-1})
+            runs: list[tuple[int, int]] = []
+            for fd in fds:
+                if runs and runs[-1][1] == fd:
+                    runs[-1] = (runs[-1][0], fd + 1)
+                else:
+                    runs.append((fd, fd + 1))
+            self._fd_runs = runs
+        return self._fd_runs
+
+    def _become_child(self, server: Server, runs: list[tuple[int, int]]) -> None:
         """Drop what belongs to the parent: signal routing, the loop, other listening sockets."""
         if self._signals is not None:
             self._signals.reset_in_child()
-        self.loop.close()  # also closes the control socket's connections' registrations
+        self.loop.close_in_child()
         if self._control is not None:
             self._control.close_in_child()
         if self._metrics is not None:
             self._metrics.close_in_child()
-        worker = server.mode is Mode.PREFORK
-        for other in [*self.servers.values(), *self.draining]:
-            other.close_in_child(
-                keep_handler_socket=other is server, keep_listener=worker and other is server
-            )
+        # Other servers' sockets by number (no handler can reach their objects); this one's
+        # through its objects, which the handler sees as self.server.
+        close_runs(runs, keep=server.own_descriptors())
+        server.close_in_child(keep_listener=server.mode is Mode.PREFORK)
         for pool in self.pools.values():
             pool.close_in_child()
-        for listener in self.spare:
-            listener.socket.close()
         for request in list(self._thread_requests):
             if isinstance(request, socket.socket):
                 # os.close: socket.close() waits for the handler thread's makefile() objects.
@@ -729,7 +774,7 @@ class Supervisor:
             pool.close()  # workers finish their request and exit
         for server in [*self.servers.values(), *self.draining]:
             self._refresh(server)
-            self._release(server.listener)
+            self._release(server.listener)  # (which forgets _fd_runs)
             if not server.threads:  # else closed when the last thread is done
                 server.close_handler_socket()
         timeout = 0.0 if fast else self.config.supervisor.shutdown_timeout

@@ -9,6 +9,7 @@ import collections
 import contextlib
 import heapq
 import itertools
+import os
 import selectors
 import socket
 import time
@@ -94,8 +95,15 @@ class Loop:
                     break
             self._run_timers()
 
+    def close_in_child(self) -> None:
+        """In a forked child, which never runs this loop: close its descriptors only. Closing
+        the selector would first empty its map of every registered socket, touching (and so
+        copying) one key object per server in every child."""
+        for fd in (self.selector.fileno(), self._wake_reader.detach(), self._wake_writer.detach()):
+            os.close(fd)
+
     def close(self) -> None:
-        """Release the selector and wake-up sockets (also called in forked children)."""
+        """Release the selector and wake-up sockets."""
         self.selector.close()
         self._wake_reader.close()
         self._wake_writer.close()

@@ -76,6 +76,11 @@ class Server:
             listener.socket.listen(config.backlog)  # the backlog may have changed
             # (an inherited socket keeps the Backlog= its service manager gave it)
 
+    @property
+    def old_sockets(self) -> list[socket.socket]:
+        """Handler sockets of replaced listeners, still open (see close_old_sockets)."""
+        return self._old_sockets
+
     def close_old_sockets(self) -> None:
         """Close the handler sockets of replaced listeners once no thread can be using them
         (forked children have their own copies)."""
@@ -181,13 +186,17 @@ class Server:
             old.close()
         self._old_sockets.clear()
 
-    def close_in_child(self, keep_handler_socket: bool, keep_listener: bool = False) -> None:
-        """In a forked child: close the inherited sockets (but the listener a prefork worker
-        accepts on), and never remove the parent's file."""
+    def close_in_child(self, keep_listener: bool) -> None:
+        """In a forked child serving this server: close the parent's sockets of it (the
+        listener too, unless a prefork worker accepts on it), through the socket objects, so
+        that a handler's `server_close()` finds them closed; never remove the parent's file."""
         self.listener.created_file = None
         if not keep_listener:
             self.listener.socket.close()
         for old in self._old_sockets:
             old.close()
-        if not keep_handler_socket:
-            self.socket.close()
+
+    def own_descriptors(self) -> set[int]:
+        """The descriptors `close_in_child` takes care of, with the handler socket it keeps."""
+        sockets = [self.listener.socket, self.socket, *self._old_sockets]
+        return {sock.fileno() for sock in sockets} - {-1}
