@@ -43,6 +43,7 @@ from supervisor.sockets import TRANSIENT_ERRNOS, Listener
 log = logging.getLogger("supervisor")
 
 ACCEPT_BATCH = 16  # requests taken per readiness event, so one busy server cannot starve others
+FORK_BATCH = 2  # the same for fork mode: each fork holds the loop for most of a millisecond
 ACCEPT_BACKOFF = 0.1  # seconds to stop accepting after EMFILE, ENFILE, ENOBUFS or ENOMEM
 
 
@@ -496,7 +497,7 @@ class Supervisor:
     # -- requests --------------------------------------------------------------------------
 
     def _on_readable(self, server: Server) -> None:
-        for _ in range(ACCEPT_BATCH):
+        for _ in range(FORK_BATCH if server.accepts_fd else ACCEPT_BATCH):
             if not server.listening:
                 return
             request: Request | int
