@@ -67,6 +67,17 @@ def _freeze_for_fork(again: bool = False) -> None:
     gc.freeze()
 
 
+def descriptor_runs(fds: Iterable[int]) -> list[tuple[int, int]]:
+    """The descriptors as runs [low, high) of consecutive numbers."""
+    runs: list[tuple[int, int]] = []
+    for fd in sorted(fds):
+        if runs and runs[-1][1] == fd:
+            runs[-1] = (runs[-1][0], fd + 1)
+        else:
+            runs.append((fd, fd + 1))
+    return runs
+
+
 def close_runs(runs: list[tuple[int, int]], keep: set[int]) -> None:
     """Close every descriptor in the runs [low, high), but those in `keep`."""
     for low, high in runs:
@@ -533,18 +544,16 @@ class Supervisor:
 
     def _dispatch(self, server: Server, request: Request | int, client_address: Any) -> None:
         server.stats.requests += 1
-        if server.mode is Mode.INLINE and not isinstance(request, int):
+        if isinstance(request, int) or server.mode is Mode.FORK:  # (an int: a bare descriptor)
+            self._count(server, +1)
+            self._fork(server, request, client_address)
+        elif server.mode is Mode.THREAD:
+            self._count(server, +1)
+            self._start_thread(server, request, client_address)
+        else:
             started = time.monotonic()
             ok = server.handle(request, client_address)
             self._handled(server, ok, time.monotonic() - started)
-            return
-        self._count(server, +1)
-        if isinstance(request, int):
-            self._fork(server, request, client_address)
-        elif server.mode is Mode.THREAD:
-            self._start_thread(server, request, client_address)
-        else:
-            self._fork(server, request, client_address)
 
     def _start_thread(self, server: Server, request: Request, client_address: Any) -> None:
         def run() -> None:
@@ -595,14 +604,16 @@ class Supervisor:
             handled = server.socket_for(request) if isinstance(request, int) else request
             return 0 if server.handle(handled, client_address) else 1
 
-        if self._spawn(server, run, f"client {client_address}") is None:
+        if self._spawn(server, run, f"client {client_address}", "connection closed") is None:
             server.stats.errors += 1
             self._count(server, -1)
         server.close_request(request)
 
-    def _spawn(self, server: Server, run: Callable[[], int], what: str) -> int | None:
+    def _spawn(
+        self, server: Server, run: Callable[[], int], what: str, consequence: str
+    ) -> int | None:
         """Fork a child of `server` that runs `run` and exits with its status; None if fork
-        failed (logged). The caller counts it."""
+        failed (logged, with the caller's `consequence`). The caller counts it."""
         # Signals stay blocked across fork() until the child has reset its handlers, so a
         # SIGTERM sent to a new child is never swallowed by the parent's no-op handler.
         runs = self._socket_runs()
@@ -617,7 +628,7 @@ class Supervisor:
                 server.name,
                 what,
                 exc.strerror or exc,
-                "connection closed" if what.startswith("client") else "trying again",
+                consequence,
             )
             return None
         finally:
@@ -675,7 +686,7 @@ class Supervisor:
             del self.pools[server]
 
     def _spawn_worker(self, server: Server, run: Callable[[], int]) -> int | None:
-        pid = self._spawn(server, run, "a worker")
+        pid = self._spawn(server, run, "a worker", "trying again")
         if pid is not None:
             self._count(server, +1)
         return pid
@@ -694,14 +705,7 @@ class Supervisor:
                 old for s in [*self.servers.values(), *self.draining] for old in s.old_sockets
             ]
             sockets += [listener.socket for listener in self.spare]
-            fds = sorted({sock.fileno() for sock in sockets} - {-1})
-            runs: list[tuple[int, int]] = []
-            for fd in fds:
-                if runs and runs[-1][1] == fd:
-                    runs[-1] = (runs[-1][0], fd + 1)
-                else:
-                    runs.append((fd, fd + 1))
-            self._fd_runs = runs
+            self._fd_runs = descriptor_runs({sock.fileno() for sock in sockets} - {-1})
         return self._fd_runs
 
     def _become_child(self, server: Server, runs: list[tuple[int, int]]) -> None:

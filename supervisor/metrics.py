@@ -23,9 +23,10 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple
 
 from supervisor import __version__
+from supervisor.exposition import Collector
 
 if TYPE_CHECKING:
     from supervisor.core import Supervisor
@@ -58,10 +59,6 @@ class Metric:
     type: str
     unit: str = ""
     samples: list[Sample] = field(default_factory=list)
-
-
-class Collector(Protocol):
-    def collect(self) -> Iterator[Metric]: ...
 
 
 def counter(name: str, documentation: str, unit: str = "") -> Metric:

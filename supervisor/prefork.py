@@ -167,7 +167,6 @@ class Worker:
     pid: int
     stop_fd: int  # our end of the stop pipe; closed to retire the worker
     report_fd: int  # our end of the report pipe
-    started: float
     ready: bool = False
     retired: bool = False
     _partial: bytes = b""
@@ -211,14 +210,13 @@ class Pool:
     def _start_one(self) -> bool:
         try:
             stop_read, stop_write = os.pipe()
+            try:
+                report_read, report_write = os.pipe()
+            except OSError:
+                os.close(stop_read)
+                os.close(stop_write)
+                raise
         except OSError as exc:
-            log.error("%s: cannot start a worker (%s)", self.server.name, exc.strerror or exc)
-            return False
-        try:
-            report_read, report_write = os.pipe()
-        except OSError as exc:
-            os.close(stop_read)
-            os.close(stop_write)
             log.error("%s: cannot start a worker (%s)", self.server.name, exc.strerror or exc)
             return False
 
@@ -237,7 +235,7 @@ class Pool:
             os.close(report_read)
             return False
         os.set_blocking(report_read, False)
-        worker = Worker(pid, stop_write, report_read, time.monotonic())
+        worker = Worker(pid, stop_write, report_read)
         self.workers[pid] = worker
         self.loop.add_reader(report_read, lambda: self._read(worker))
         return True

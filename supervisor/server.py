@@ -34,9 +34,7 @@ class Server:
 
     def __init__(self, config: ServerConfig, handler: HandlerClass, listener: Listener) -> None:
         self.name = config.name
-        self.config = config
-        self.RequestHandlerClass = handler
-        self.max_packet_size = config.max_packet_size
+        self._use(config, handler)
         self.timeout: float | None = None
         self.active = 0  # live children (fork) or busy threads (thread)
         self.threads = 0  # busy threads: they may be answering on a datagram handler socket
@@ -47,7 +45,14 @@ class Server:
         self._old_sockets: list[socket.socket] = []  # handler sockets of replaced listeners
         self.listener = listener
         self.socket = self._attach(listener)
-        self.mode = config.mode  # (an attribute, not a property: read several times a request)
+
+    def _use(self, config: ServerConfig, handler: HandlerClass) -> None:
+        """Take a configuration and its handler class. `mode` and `accepts_fd` are attributes,
+        not properties: they are read several times a request."""
+        self.config = config
+        self.RequestHandlerClass = handler
+        self.max_packet_size = config.max_packet_size
+        self.mode = config.mode
         self.accepts_fd = config.mode is Mode.FORK and config.address.is_stream
 
     def _attach(self, listener: Listener) -> socket.socket:
@@ -63,11 +68,7 @@ class Server:
 
     def reconfigure(self, config: ServerConfig, handler: HandlerClass, listener: Listener) -> None:
         """Apply a new configuration; requests already running keep what they have."""
-        self.config = config
-        self.mode = config.mode
-        self.accepts_fd = config.mode is Mode.FORK and config.address.is_stream
-        self.RequestHandlerClass = handler
-        self.max_packet_size = config.max_packet_size
+        self._use(config, handler)
         if listener is not self.listener:
             if self.socket is not self.listener.socket:
                 self._old_sockets.append(self.socket)  # a thread may still be answering on it

@@ -60,12 +60,12 @@ def defer() -> None:
     PID 1 in a container has no default signal actions, so a SIGTERM that arrived while the
     configuration was loading would otherwise be lost, and `docker stop` end in SIGKILL. (The
     kernel drops a signal sent to PID 1 without a handler, but queues one that is blocked.)"""
-    signal.pthread_sigmask(signal.SIG_BLOCK, INTENTS)
+    block_signals()
 
 
 def release() -> None:
     """Undo `defer()` (a command that does not run the loop)."""
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, INTENTS)
+    _signal.pthread_sigmask(signal.SIG_UNBLOCK, _INTENT_NUMBERS)
 
 
 def _ignore(signum: int, frame: FrameType | None) -> None:

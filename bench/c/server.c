@@ -15,32 +15,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static const char reply[] = "HTTP/1.0 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n";
+#include "exchange.h"
 
 static void serve(int fd) {
-    char buffer[4096];
-    size_t have = 0;
-    while (have < sizeof buffer - 1) {
-        ssize_t got = recv(fd, buffer + have, sizeof buffer - 1 - have, 0);
-        if (got <= 0) {
-            break;
-        }
-        have += (size_t)got;
-        buffer[have] = '\0';
-        if (strstr(buffer, "\r\n\r\n") != NULL) {
-            break;
-        }
-    }
-    const char *next = reply;
-    size_t left = sizeof reply - 1;
-    while (left > 0) {
-        ssize_t sent = send(fd, next, left, MSG_NOSIGNAL);
-        if (sent <= 0) {
-            break;
-        }
-        next += sent;
-        left -= (size_t)sent;
-    }
+    exchange(fd, fd);
     close(fd);
 }
 
