@@ -119,6 +119,16 @@ class ChildTable(Generic[Owner]):
         self._counts[owner] += 1
         return pid
 
+    def adopt(self, pid: int, owner: Owner, started: float) -> None:
+        """Record a child forked by the fork server on our behalf (we cannot wait for it: its
+        exit comes through `release`)."""
+        self._children[pid] = Child(pid, owner, started)
+        self._counts[owner] += 1
+
+    def release(self, pid: int, status: ExitStatus, rusage: object) -> Reaped[Owner]:
+        """An adopted child has been reaped by the process that forked it."""
+        return self._forget(pid, status, rusage)
+
     def reap(self) -> list[Reaped[Owner]]:
         """Collect every exited child of ours (and strangers if asked), never blocking."""
         reaped: list[Reaped[Owner]] = []

@@ -69,6 +69,7 @@ class SupervisorConfig:
     path: tuple[str, ...] = ()
     pidfile: str | None = None
     log_file: str | None = None
+    fork_server: bool = True  # fork mode's stream servers fork from a small process (forking.py)
 
     @property
     def control_socket(self) -> str | None:
@@ -193,7 +194,14 @@ def diff(old: Config, new: Config) -> Diff:
 
 def _supervisor(table: "_Table", source: str) -> SupervisorConfig:
     table.only(
-        "shutdown_timeout", "kill_grace", "max_children", "log_level", "path", "pidfile", "log_file"
+        "shutdown_timeout",
+        "kill_grace",
+        "max_children",
+        "log_level",
+        "path",
+        "pidfile",
+        "log_file",
+        "fork_server",
     )
     base = os.path.dirname(os.path.abspath(source))
     pidfile = table.optional_path("pidfile", base)
@@ -211,6 +219,7 @@ def _supervisor(table: "_Table", source: str) -> SupervisorConfig:
         max_children=table.optional_integer("max_children", minimum=1),
         log_level=table.choice("log_level", "info", LOG_LEVELS),
         path=tuple(os.path.join(base, entry) for entry in table.strings("path")),
+        fork_server=table.boolean("fork_server", True),
     )
 
 
