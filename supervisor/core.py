@@ -27,11 +27,12 @@ from functools import partial
 from typing import Any, NoReturn
 
 from supervisor import config, exposition, logs, metrics, systemd
-from supervisor.children import Child, ChildTable, Reaped, SystemCalls
+from supervisor.children import Child, ChildTable, ExitStatus, Reaped, SystemCalls
 from supervisor.config import Mode
 from supervisor.control import ControlServer
 from supervisor.errors import SupervisorError
 from supervisor.exporter import HttpServer, Response
+from supervisor.forking import ForkServer, Usage, setup_for
 from supervisor.loop import Loop, Timer
 from supervisor.metrics import ReloadStats
 from supervisor.prefork import Pool
@@ -45,6 +46,7 @@ log = logging.getLogger("supervisor")
 ACCEPT_BATCH = 16  # requests taken per readiness event, so one busy server cannot starve others
 FORK_BATCH = 2  # the same for fork mode: each fork holds the loop for most of a millisecond
 ACCEPT_BACKOFF = 0.1  # seconds to stop accepting after EMFILE, ENFILE, ENOBUFS or ENOMEM
+FORK_SERVER_RESTART = (1.0, 60.0)  # seconds before replacing a fork server that died: first, most
 
 
 def exit_outcome(reaped: Reaped[Server]) -> str:
@@ -159,6 +161,10 @@ class Supervisor:
         # What a forked child closes of the servers' sockets, as runs of descriptors; None when
         # a socket was opened or closed since (see _socket_runs).
         self._fd_runs: list[tuple[int, int]] | None = None
+        # Fork servers (forking.py): the current one, and earlier ones finishing their children.
+        self.fork_server: ForkServer | None = None
+        self.fork_servers: list[ForkServer] = []
+        self._fork_server_delay = FORK_SERVER_RESTART[0]
 
     # -- running ---------------------------------------------------------------------------
 
@@ -171,6 +177,7 @@ class Supervisor:
             self._metrics = self._serve_metrics(self._metrics_listener)
         self.state = State.RUNNING  # STARTING -> RUNNING
         _freeze_for_fork()
+        self._start_fork_server()
         for server in self.servers.values():
             self._refresh(server)
             self._log_listening(server)
@@ -203,6 +210,8 @@ class Supervisor:
         )
 
     def _close(self) -> None:
+        for fork_server in self.fork_servers:
+            fork_server.kill()
         for server in [*self.servers.values(), *self.draining]:
             server.close_handler_socket()
             self._release(server.listener)
@@ -265,6 +274,8 @@ class Supervisor:
             )
             return
         log.info("%s: reopened %s", reason, log_file)
+        for fork_server in self.fork_servers:
+            fork_server.reopen_log()
 
     # -- reloading -----------------------------------------------------------------------
 
@@ -337,6 +348,7 @@ class Supervisor:
         for name in moved:
             self._log_listening(servers[name])
         _freeze_for_fork(again=True)
+        self._start_fork_server()  # the new handlers, imported afresh; the old one drains
         for server in servers.values():
             self._staff(server)
 
@@ -508,7 +520,16 @@ class Supervisor:
     # -- requests --------------------------------------------------------------------------
 
     def _on_readable(self, server: Server) -> None:
-        for _ in range(FORK_BATCH if server.accepts_fd else ACCEPT_BATCH):
+        fork_server = self._fork_server_for(server) if server.accepts_fd else None
+        try:
+            self._accept_batch(server, fork_server is None and server.accepts_fd)
+        finally:
+            if fork_server is not None:  # what _fork queued for it, in one message
+                for unsent in fork_server.send_queued():
+                    self._fork_here(*unsent)
+
+    def _accept_batch(self, server: Server, forks_here: bool) -> None:
+        for _ in range(FORK_BATCH if forks_here else ACCEPT_BATCH):
             if not server.listening:
                 return
             request: Request | int
@@ -600,6 +621,16 @@ class Supervisor:
         self._count(server, -1)
 
     def _fork(self, server: Server, request: Request | int, client_address: Any) -> None:
+        fork_server = self._fork_server_for(server)
+        if fork_server is not None and isinstance(request, int):
+            # Sent at the end of the accept batch (_on_readable), with the others.
+            fork_server.queue(server, request, client_address, time.monotonic())
+        else:
+            self._fork_here(server, request, client_address)
+
+    def _fork_here(self, server: Server, request: Request | int, client_address: Any) -> None:
+        """Fork the request's child from the supervisor itself."""
+
         def run() -> int:
             handled = server.socket_for(request) if isinstance(request, int) else request
             return 0 if server.handle(handled, client_address) else 1
@@ -723,6 +754,8 @@ class Supervisor:
         server.close_in_child(keep_listener=server.mode is Mode.PREFORK)
         for pool in self.pools.values():
             pool.close_in_child()
+        for fork_server in self.fork_servers:
+            fork_server.close_in_child()
         for request in list(self._thread_requests):
             if isinstance(request, socket.socket):
                 # os.close: socket.close() waits for the handler thread's makefile() objects.
@@ -732,24 +765,105 @@ class Supervisor:
     # -- reaping ---------------------------------------------------------------------------
 
     def _reap(self) -> None:
+        # Fork servers first: an unreaped one would head the queue the child table reads.
+        for fork_server in list(self.fork_servers):
+            if fork_server.reap() and fork_server.gone:
+                self.fork_servers.remove(fork_server)
         for reaped in self.children.reap():
-            if reaped.child is None:
-                log.debug("reaped pid %d, not a child of ours: %s", reaped.pid, reaped.status)
-                continue
-            server = reaped.child.owner
-            pool = self.pools.get(server)
-            is_worker = pool is not None and reaped.pid in pool.workers
-            self._log_exit(reaped.child, reaped)
-            outcome = exit_outcome(reaped)
-            server.stats.child_exited(
-                outcome, reaped.rusage, None if is_worker else reaped.duration
+            self._reaped(reaped)
+
+    def _reaped(self, reaped: Reaped[Server]) -> None:
+        """A child exited: reaped here, or by the fork server that forked it."""
+        if reaped.child is None:
+            log.debug("reaped pid %d, not a child of ours: %s", reaped.pid, reaped.status)
+            return
+        server = reaped.child.owner
+        pool = self.pools.get(server)
+        is_worker = pool is not None and reaped.pid in pool.workers
+        self._log_exit(reaped.child, reaped)
+        outcome = exit_outcome(reaped)
+        server.stats.child_exited(outcome, reaped.rusage, None if is_worker else reaped.duration)
+        if outcome in ("error", "signal") and not is_worker:
+            server.stats.errors += 1  # (a worker's death is in the exits metric only)
+        self._count(server, -1)
+        if pool is not None and is_worker:
+            pool.exited(reaped.pid, reaped.status.ok)
+            self._forget_pool(server)
+
+    # -- the fork server (forking.py) ------------------------------------------------------
+
+    def _fork_server_for(self, server: Server) -> ForkServer | None:
+        fork_server = self.fork_server
+        if fork_server is not None and fork_server.serves(server.name):
+            return fork_server
+        return None
+
+    def _start_fork_server(self) -> None:
+        """Start a fork server for the current configuration's fork-mode stream servers; the
+        previous one, if any, takes no more requests and exits once its children are done.
+        Until the new one is ready, the supervisor forks their requests itself."""
+        if self.fork_server is not None:
+            self.fork_server.close()
+            self.fork_server = None
+        servers = [server for server in self.servers.values() if server.accepts_fd]
+        if not servers or not self.config.supervisor.fork_server or not self.running:
+            return
+        setup = setup_for(servers, logs.LOG_FORMAT, self.config.supervisor.log_level)
+        try:
+            self.fork_server = ForkServer(self.loop, servers, self, setup)
+        except OSError as exc:
+            log.warning(
+                "cannot start the fork server (%s); the supervisor forks requests itself",
+                exc.strerror or exc,
             )
-            if outcome in ("error", "signal") and not is_worker:
-                server.stats.errors += 1  # (a worker's death is in the exits metric only)
-            self._count(server, -1)
-            if pool is not None and is_worker:
-                pool.exited(reaped.pid, reaped.status.ok)
-                self._forget_pool(server)
+            self._restart_fork_server_later()
+            return
+        self.fork_servers.append(self.fork_server)
+
+    def _restart_fork_server_later(self) -> None:
+        delay = self._fork_server_delay
+        self._fork_server_delay = min(delay * 2, FORK_SERVER_RESTART[1])
+
+        def restart() -> None:
+            if self.fork_server is None:
+                self._start_fork_server()
+
+        self.loop.call_later(delay, restart)
+
+    def forked(self, owner: Server, pid: int, started: float) -> None:
+        self.children.adopt(pid, owner, started)
+
+    def fork_failed(self, owner: Server, reason: str, client_address: Any) -> None:
+        log.error(
+            "%s: fork failed for client %s (%s); connection closed",
+            owner.name,
+            client_address,
+            reason,
+        )
+        owner.stats.errors += 1
+        self._count(owner, -1)
+
+    def exited(self, pid: int, status: ExitStatus, usage: Usage) -> None:
+        self._reaped(self.children.release(pid, status, usage))
+
+    def lost(self, pid: int) -> None:
+        reaped = self.children.release(pid, ExitStatus(), None)
+        if reaped.child is not None:
+            self._count(reaped.child.owner, -1)
+
+    def fork_server_gone(self, fork_server: ForkServer) -> None:
+        if fork_server is not self.fork_server:
+            return  # a closed one, done
+        self.fork_server = None
+        if fork_server.ready:
+            self._fork_server_delay = FORK_SERVER_RESTART[0]  # it had worked: not a start loop
+        if self.running:
+            log.warning(
+                "fork server %d gone; starting another in %gs",
+                fork_server.pid,
+                self._fork_server_delay,
+            )
+            self._restart_fork_server_later()
 
     def _log_exit(self, child: Child[Server], reaped: Reaped[Server]) -> None:
         server, status = child.owner, reaped.status
@@ -777,6 +891,8 @@ class Supervisor:
         systemd.notify("STOPPING=1")
         for pool in self.pools.values():
             pool.close()  # workers finish their request and exit
+        for fork_server in self.fork_servers:
+            fork_server.close()  # the same for the fork servers' children
         for server in [*self.servers.values(), *self.draining]:
             self._refresh(server)
             self._release(server.listener)  # (which forgets _fd_runs)

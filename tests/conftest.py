@@ -1,5 +1,6 @@
 """Fixtures that run a real supervisor process on loopback and clean up after it."""
 
+import contextlib
 import os
 import re
 import shutil
@@ -156,8 +157,17 @@ class Supervisor(LoggedProcess):
     def unix_path(self, name: str) -> str:
         return self.addresses[name].split("://", 1)[1]
 
+    def fork_servers(self) -> list[psutil.Process]:
+        """The supervisor's fork server processes (supervisor/forkserver.py), if running."""
+        return [child for child in psutil.Process(self.pid).children() if is_fork_server(child)]
+
     def _children(self, zombie: bool) -> list[psutil.Process]:
-        return children_of(self.pid, zombie)
+        """The request children: the supervisor's own, and its fork servers'."""
+        found = [child for child in children_of(self.pid, zombie) if not is_fork_server(child)]
+        for fork_server in self.fork_servers():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                found += children_of(fork_server.pid, zombie)
+        return found
 
     def live_children(self) -> list[psutil.Process]:
         """Children that are running (not zombies)."""
@@ -166,6 +176,13 @@ class Supervisor(LoggedProcess):
     def zombies(self) -> list[psutil.Process]:
         """Children that have exited and are not reaped yet."""
         return self._children(zombie=True)
+
+
+def is_fork_server(process: psutil.Process) -> bool:
+    try:
+        return any(arg.endswith("forkserver.py") for arg in process.cmdline())
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return False
 
 
 def children_of(pid: int, zombie: bool, recursive: bool = False) -> list[psutil.Process]:

@@ -212,3 +212,43 @@ class PendingSubprocessHandler(socketserver.StreamRequestHandler):
         program = subprocess.Popen(["sh", "-c", "exit 3"])
         time.sleep(0.05)  # not a synchronisation: the window a reaper must leave alone
         self.wfile.write(b"%d\n" % program.wait())
+
+
+class ThreadHandler(socketserver.StreamRequestHandler):
+    """Answer from a thread the handler starts and joins, as handlers that fan out do."""
+
+    def handle(self) -> None:
+        import threading  # noqa: PLC0415
+
+        answer: list[bytes] = []
+
+        def work() -> None:
+            answer.append(b"%d %s" % (threading.active_count(), self.rfile.readline().upper()))
+
+        worker = threading.Thread(target=work)
+        worker.start()
+        worker.join()
+        self.wfile.write(answer[0])
+
+
+class ForkWithThreadHandler(socketserver.StreamRequestHandler):
+    """Fork while a thread runs; report how many threads the new process believes it has (one:
+    fork() copies only the calling thread, and threading's after-fork hook says so)."""
+
+    def handle(self) -> None:
+        import threading  # noqa: PLC0415
+
+        release = threading.Event()
+        thread = threading.Thread(target=release.wait)
+        thread.start()
+        report_read, report_write = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.write(report_write, b"%d" % threading.active_count())
+            os._exit(0)
+        os.waitpid(pid, 0)
+        release.set()
+        thread.join()
+        self.wfile.write(os.read(report_read, 16) + b"\n")
+        os.close(report_read)
+        os.close(report_write)

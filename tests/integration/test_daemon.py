@@ -225,6 +225,7 @@ def test_a_second_instance_on_a_live_pidfile_is_refused(
     pidfile, log_file = sockdir / "sv.pid", tmp_path / "sv.log"
     config = write_config(tmp_path / "sv.toml", pidfile, log_file)
     daemon = start_daemon(config, pidfile, log_file)
+    daemon.log.wait_for(r"fork server \d+: forking for 1 servers$")  # (logged after ready)
     logged = daemon.log.text()
     session_leader = os.getsid(daemon.pid)  # python-daemon's first child, exited
 

@@ -5,6 +5,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+import psutil
 import pytest
 
 from tests.conftest import StartSupervisor, Supervisor, connect, exchange, readline
@@ -24,7 +25,11 @@ class ChildSampler:
 
     def _run(self) -> None:
         while not self._done.is_set():
-            self.most = max(self.most, len(self.supervisor.live_children()))
+            # A scan of /proc is not atomic: a child that exits during it, and the one started
+            # in its place, can both be listed. Those still alive after the scan were all
+            # alive together at some instant: only they count.
+            listed = self.supervisor.live_children()
+            self.most = max(self.most, sum(1 for child in listed if still_running(child)))
             self.samples += 1
 
     def __enter__(self) -> "ChildSampler":
@@ -34,6 +39,13 @@ class ChildSampler:
     def __exit__(self, *exc: object) -> None:
         self._done.set()
         self._thread.join(10)
+
+
+def still_running(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def flood(address: tuple[str, int], clients: int) -> list[bytes]:

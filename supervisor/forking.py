@@ -1,0 +1,324 @@
+"""The supervisor's side of the fork server (forkserver.py, which says why it exists).
+
+A `ForkServer` starts the process, hands it accepted connections of fork-mode stream servers,
+and turns its reports into the supervisor's own bookkeeping through `Events`: a forked child is
+adopted into the child table (so `max_children`, stop, status and metrics see it as before), its
+exit comes back with its status and CPU time. Admission stays in the supervisor: a connection is
+counted before it is handed over, so `max_children` is never exceeded.
+
+Lifecycle: STARTING (spawned; the supervisor forks requests itself meanwhile) -> READY (its
+handlers imported; per server, those it could not import stay with the supervisor) -> CLOSING
+(our end shut for writing at a reload or stop: it takes no more requests, reports its children's
+exits, and exits when they are done) -> GONE (end of file). A fork server that dies while
+current is replaced after a back-off; what it had forked is then no longer tracked.
+"""
+
+import array
+import fcntl
+import logging
+import marshal
+import os
+import socket
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from supervisor import forkserver
+from supervisor.children import ExitStatus
+from supervisor.loop import Loop
+
+log = logging.getLogger("supervisor")
+
+SCRIPT = forkserver.__file__
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """The part of a child's rusage the metrics use."""
+
+    ru_utime: float
+    ru_stime: float
+
+
+class Events(Protocol):
+    """What the supervisor does with the fork server's reports."""
+
+    def forked(self, owner: Any, pid: int, started: float) -> None: ...
+    def fork_failed(self, owner: Any, reason: str, client_address: Any) -> None: ...
+    def exited(self, pid: int, status: ExitStatus, usage: Usage) -> None: ...
+    def lost(self, pid: int) -> None: ...
+    def fork_server_gone(self, fork_server: "ForkServer") -> None: ...
+
+
+def setup_for(servers: Iterable[Any], log_format: str, log_level: str) -> bytes:
+    """The setup the process reads: sys.path, logging, and what `self.server` shows per server."""
+    specs = []
+    for server in servers:
+        listening = server.listener.socket
+        spec: dict[str, Any] = {
+            "name": server.name,
+            "handler": server.config.handler,
+            "server_address": server.server_address,
+            "family": int(listening.family),
+            "type": int(listening.type),
+            "proto": listening.proto,
+            "max_packet_size": server.max_packet_size,
+        }
+        if hasattr(server, "server_name"):
+            spec["server_name"], spec["server_port"] = server.server_name, server.server_port
+        specs.append(spec)
+    setup = {
+        "path": list(sys.path),
+        "locations": package_locations(servers),
+        "log_format": log_format,
+        "log_level": log_level.upper(),
+    }
+    return marshal.dumps({**setup, "servers": specs})
+
+
+def package_locations(servers: Iterable[Any]) -> dict[str, tuple[str, list[str] | None]]:
+    """Where each handler's top-level package (or module) was loaded from: its file, and its
+    search locations for a package. The fork server runs no site hooks (-S), so a package that
+    a `.pth` import hook makes importable here (an editable install) is loaded from there by
+    location when sys.path alone does not find it."""
+    locations = {}
+    for server in servers:
+        top = server.RequestHandlerClass.__module__.partition(".")[0]
+        spec = getattr(sys.modules.get(top), "__spec__", None)
+        if spec is not None and spec.has_location and spec.origin:
+            search = spec.submodule_search_locations
+            locations[top] = (spec.origin, None if search is None else list(search))
+    return locations
+
+
+def _high_fd(fd: int) -> int:
+    """A close-on-exec duplicate numbered above the fds the process receives them as."""
+    return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, forkserver.SETUP_FD + 1)
+
+
+def _setup_file(data: bytes) -> int:
+    fd = os.memfd_create("supervisor-forkserver-setup", os.MFD_CLOEXEC)
+    try:
+        os.write(fd, data)  # (one write: a memfd takes it all)
+        os.lseek(fd, 0, os.SEEK_SET)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def interpreter_flags() -> list[str]:
+    """The interpreter options the supervisor runs with (-O, -W, -X ...), plus -S (no site
+    hooks), -P (the script's directory is not put on sys.path) and -u (unbuffered stdout and
+    stderr: a child's output needs no flush before its exit)."""
+    import subprocess  # noqa: PLC0415 (once per fork server start, not for every run)
+
+    flags: list[str] = subprocess._args_from_interpreter_flags()  # type: ignore[attr-defined]
+    return ["-S", "-P", "-u", *(flag for flag in flags if flag not in ("-S", "-P", "-u"))]
+
+
+class ForkServer:
+    """One fork server process and its channel."""
+
+    def __init__(self, loop: Loop, servers: list[Any], events: Events, setup: bytes) -> None:
+        self.loop = loop
+        self.events = events
+        self.ready: dict[str, Any] = {}  # server name -> Server, once it can fork for it
+        self.closing = False
+        self.gone = False
+        self.reaped = False
+        self.pending: dict[int, tuple[Any, float, Any]] = {}  # seq -> server, start, client
+        self.pids: set[int] = set()  # forked by it, not yet reported as exited
+        self._servers = {server.name: server for server in servers}
+        self._seq = 0
+        self._queued: list[tuple[Any, int, Any, float]] = []  # (server, fd, client, start)
+        self._buffer = bytearray(forkserver.REPORT_SIZE)  # reports are read into this
+        self._view = memoryview(self._buffer)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        setup_fd = channel_fd = -1
+        try:
+            setup_fd = _high_fd(fd := _setup_file(setup))
+            os.close(fd)
+            channel_fd = _high_fd(theirs.fileno())
+            self.pid = os.posix_spawn(
+                sys.executable,
+                [sys.executable, *interpreter_flags(), SCRIPT],
+                os.environ,
+                file_actions=[
+                    (os.POSIX_SPAWN_DUP2, channel_fd, forkserver.CHANNEL_FD),
+                    (os.POSIX_SPAWN_DUP2, setup_fd, forkserver.SETUP_FD),
+                ],
+                setsigmask=(),
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+            for fd in (setup_fd, channel_fd):
+                if fd >= 0:
+                    os.close(fd)
+        ours.setblocking(False)
+        self.channel = ours
+        self.loop.add_reader(ours, self._on_readable)
+
+    def __repr__(self) -> str:
+        return f"<ForkServer pid {self.pid}>"
+
+    def serves(self, name: str) -> bool:
+        return not self.closing and name in self.ready
+
+    def queue(self, server: Any, fd: int, client_address: Any, started: float) -> None:
+        """Take an accepted connection; `send_queued` hands it over."""
+        self._queued.append((server, fd, client_address, started))
+
+    def send_queued(self) -> list[tuple[Any, int, Any]]:
+        """Hand the queued connections over in one message, and close them here; those that
+        cannot be sent now (server, fd, client_address) are returned for the supervisor to
+        fork itself."""
+        queued, self._queued = self._queued, []
+        if not queued:
+            return []
+        requests = []
+        for server, _, client_address, _ in queued:
+            self._seq += 1
+            requests.append((server.name, self._seq, client_address))
+        fds = array.array("i", [fd for _, fd, _, _ in queued])
+        try:
+            self.channel.sendmsg(
+                [marshal.dumps(("R", requests))], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)]
+            )
+        except OSError:
+            return [(server, fd, client_address) for server, fd, client_address, _ in queued]
+        for (_, seq, _), (server, fd, client_address, started) in zip(
+            requests, queued, strict=True
+        ):
+            os.close(fd)
+            self.pending[seq] = (server, started, client_address)
+        return []
+
+    def signal_children(self, signum: int) -> None:
+        self._send(("K", signum))
+
+    def reopen_log(self) -> None:
+        """Give the process our stderr (a reopened log file) as its stdout and stderr."""
+        self._send(("L",), fd=2)
+
+    def _send(self, command: tuple[Any, ...], fd: int | None = None) -> None:
+        if self.closing or self.gone:
+            return
+        fds = (
+            [] if fd is None else [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", (fd,)))]
+        )
+        try:
+            self.channel.sendmsg([marshal.dumps(command)], fds)
+        except OSError as exc:
+            log.warning("fork server %d: cannot send %s (%s)", self.pid, command[0], exc)
+
+    def close(self) -> None:
+        """CLOSING: no more requests; it exits once its children are done."""
+        if not self.closing and not self.gone:
+            self.closing = True
+            try:
+                self.channel.shutdown(socket.SHUT_WR)
+            except OSError:
+                self._gone()
+
+    def close_in_child(self) -> None:
+        """In a child the supervisor forks: its copy of the channel would hide the
+        supervisor's end from the fork server."""
+        if not self.gone:
+            os.close(self.channel.fileno())
+
+    def kill(self) -> None:
+        """At the very end: make sure the process is gone and reaped."""
+        if not self.gone:
+            self.loop.remove_reader(self.channel)
+            self.channel.close()
+            self.gone = True
+        if not self.reaped:
+            try:
+                os.kill(self.pid, 9)
+                os.waitpid(self.pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+            self.reaped = True
+
+    def reap(self) -> bool:
+        """Collect the process if it has exited; True once it has been."""
+        if not self.reaped:
+            try:
+                pid, _ = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                pid = self.pid  # (collected as a stranger, as PID 1)
+            self.reaped = pid == self.pid
+        return self.reaped
+
+    def _on_readable(self) -> None:
+        while not self.gone:
+            try:
+                size = self.channel.recv_into(self._buffer)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                size = 0
+            if not size:
+                self._gone()
+                return
+            # (marshal: our own fork server, on a socket pair)
+            records = marshal.loads(self._view[:size])  # noqa: S302
+            for record in records:
+                self._report(record)
+
+    def _report(self, record: tuple[Any, ...]) -> None:
+        kind = record[0]
+        if kind == "F":
+            server, started, _ = self.pending.pop(record[1])
+            self.pids.add(record[2])
+            self.events.forked(server, record[2], started)
+        elif kind == "X":
+            self.pids.discard(record[1])
+            self.events.exited(record[1], ExitStatus.decode(record[2]), Usage(*record[3:5]))
+        elif kind == "E":
+            server, _, client_address = self.pending.pop(record[1])
+            self.events.fork_failed(server, record[2], client_address)
+        elif kind == "serves":
+            self.ready[record[1]] = self._servers[record[1]]
+        elif kind == "ready":
+            log.info("fork server %d: forking for %d servers", self.pid, len(self.ready))
+            if not record[1]:
+                log.warning(
+                    "fork server %d: a handler module started a thread at import; its "
+                    "children run threading's after-fork hook (slower)",
+                    self.pid,
+                )
+        elif kind == "failed":
+            log.warning(
+                "%s: the fork server cannot import the handler (%s); the supervisor forks its "
+                "requests itself",
+                record[1],
+                record[2],
+            )
+
+    def _gone(self) -> None:
+        """GONE: end of file. Requests not yet forked failed; children not yet reported are
+        no longer tracked (if it died; after a clean exit there are none)."""
+        self.gone = True
+        self.loop.remove_reader(self.channel)
+        self.channel.close()
+        if not self.closing or self.pending or self.pids:
+            log.error(
+                "fork server %d exited unexpectedly; %d connections not forked, %d children "
+                "no longer tracked",
+                self.pid,
+                len(self.pending),
+                len(self.pids),
+            )
+        for server, _, client_address in self.pending.values():
+            self.events.fork_failed(server, "the fork server exited", client_address)
+        self.pending.clear()
+        for pid in self.pids:
+            self.events.lost(pid)
+        self.pids.clear()
+        self.events.fork_server_gone(self)

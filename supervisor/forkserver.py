@@ -1,0 +1,416 @@
+"""The fork server: a small process that forks fork-mode requests for the supervisor.
+
+Why: what a fork-per-request child costs is mostly the copy-on-write page faults after fork()
+and the teardown at exit, which grow with the size of the forking process, plus what runs in
+the child before the handler. The supervisor (its loop, configuration, metrics, logging) is
+about 18 MiB; this process is a fresh interpreter started with `-S` (no site hooks: their
+imports were 3 MiB here) that imports only the handler modules, and forks from a loop that
+touches almost nothing between forks. Measured per request on 2 vCPUs: child 0.55 ms of CPU and
+170 faults here, against 1.3 ms and 390 when forked from the supervisor (bench/README.md).
+
+It also skips `threading._after_fork` in its children while it is single-threaded (it never
+starts a thread itself; a handler module that started one at import turns this off): that hook
+rebuilds the threading module's state for the case where other threads existed at fork(), and
+its page faults were 0.3 ms of every child's 0.55. The child puts the hook back first thing, so
+a handler that forks again gets the standard behaviour.
+
+This file runs as a script (`python -S forkserver.py`) and imports only the standard library:
+the supervisor package's modules are for the supervisor. The protocol, on a SOCK_SEQPACKET
+socket pair (fd 3 here), each message a marshal'd tuple:
+
+- setup (fd 4, a file): sys.path, the log format and level, and per server its name, handler
+  (`module:Class`) and the attributes its handlers see as `self.server`.
+- supervisor -> here: ("R", [(name, seq, client_address), ...]) with the connections' fds in
+  the same order (SCM_RIGHTS: at most one accept batch, 16);
+  ("K", signum) to signal every live child; ("L",) with a new stderr (log file reopened).
+  End of file: take no more requests, wait for the children, exit.
+- here -> supervisor, batched per turn as lists of at most 64 KiB: ("serves", name) for each
+  server it can fork for, then ("ready", threads_ok); ("failed", name, reason) for a handler
+  that cannot be imported here, ("F", seq, pid) forked,
+  ("E", seq, reason) fork failed, ("X", pid, status, utime, stime) a child was reaped.
+
+Signals that stop or reload the supervisor are blocked here, with their default actions (a
+Ctrl-C or a service manager signals the whole group): this process ends when the supervisor
+closes its end. Its children inherit the mask and unblock it once they are ready, so a signal
+sent to a child just after fork() is held for it, with no mask changes around each fork.
+"""
+
+from __future__ import annotations  # (no typing module at run time: see below)
+
+import _signal  # type: ignore[import-not-found]  # `signal` without its enum conversions
+import array
+import gc
+import importlib
+import marshal
+import os
+import select
+import socket
+import socketserver
+import sys
+
+TYPE_CHECKING = False  # `typing` (and the `re` it imports) is a megabyte of this small process
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
+
+CHANNEL_FD = 3
+SETUP_FD = 4
+# Blocked here for good, with their default actions: see the module docstring.
+HELD = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT, _signal.SIGUSR1)
+REQUEST_SIZE = 16384  # a request message: per connection a server name and a client address
+REQUEST_FDS = 64  # the most connections one request message carries
+REPORT_SIZE = 65536  # the most a report message may take (the supervisor reads this much)
+WARM_UP_RUNS = 16  # CPython 3.11 specialises a function's code after 8 calls
+REPORT_BATCH = 256  # records per report message, fewer if they would not fit
+
+
+class ServerView:
+    """What a handler sees as `self.server` in a child: socketserver.BaseServer's attributes.
+    The listening socket is not in this process: `socket` is a closed socket of its family and
+    type, as the supervisor's own children see theirs (they close it before the handler)."""
+
+    def __init__(self, spec: dict[str, Any], handler: type) -> None:
+        self.name: str = spec["name"]
+        self.handler_spec: str = spec["handler"]
+        self.RequestHandlerClass = handler
+        self.server_address = spec["server_address"]
+        self.address_family = spec["family"]
+        self.socket_type = spec["type"]
+        self.proto: int = spec["proto"]
+        self.max_packet_size: int = spec["max_packet_size"]
+        self.timeout: float | None = None
+        if "server_name" in spec:
+            self.server_name: str = spec["server_name"]
+            self.server_port: int = spec["server_port"]
+        self.socket = socket.socket(self.address_family, self.socket_type, self.proto)
+        self.socket.close()
+
+    def fileno(self) -> int:
+        return self.socket.fileno()
+
+    def server_close(self) -> None:
+        self.socket.close()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        _logger().exception("%s: error handling a request from %s", self.name, client_address)
+
+    def shutdown_request(self, request: socket.socket) -> None:
+        # Not contextlib.suppress: this runs in every child, and costs it page faults.
+        try:  # noqa: SIM105
+            request.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        request.close()
+
+    def close_request(self, request: socket.socket) -> None:
+        request.close()
+
+
+_log_setup: tuple[str, str] = ("%(message)s", "INFO")
+
+
+def _configure_logging() -> None:
+    """Log as the supervisor does (format, level, stderr), if nothing configured it yet."""
+    import logging  # noqa: PLC0415 (only where a line is logged: the process stays small)
+
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(_log_setup[0]))
+        root.addHandler(handler)
+        root.setLevel(_log_setup[1])
+
+
+def _logger() -> Any:
+    _configure_logging()
+    import logging  # noqa: PLC0415
+
+    return logging.getLogger("supervisor")
+
+
+def _handle(server: ServerView, fd: int, client_address: Any) -> int:
+    """Run the handler on the connection, as the supervisor's Server.handle does; the exit
+    status (0 ok, 1 failed)."""
+    request = socket.socket(server.address_family, server.socket_type, server.proto, fileno=fd)
+    try:
+        server.RequestHandlerClass(request, client_address, server)
+    except (ConnectionError, TimeoutError) as exc:
+        _logger().warning(
+            "%s: connection with client %s lost (%s)",
+            server.name,
+            client_address,
+            exc.strerror or exc,
+        )
+        return 1
+    except BaseException:
+        _logger().exception(
+            "%s: handler %s failed for client %s",
+            server.name,
+            server.handler_spec,
+            client_address or "(unnamed)",
+        )
+        return 1
+    finally:
+        server.shutdown_request(request)
+    return 0
+
+
+class ForkServer:
+    """The loop: requests in, forks, exits out."""
+
+    def __init__(self, servers: dict[str, ServerView]) -> None:
+        self.servers = servers
+        self.channel = socket.socket(fileno=CHANNEL_FD)
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.children: set[int] = set()
+        self.out: list[tuple[Any, ...]] = []
+        self.accepting = True  # the supervisor may still send requests
+        self.reporting = True  # and still reads what we send
+        self.hook: Any = None  # threading._after_fork and its code, while skipped
+        self.hook_code: Any = None
+
+    def skip_threading_hook(self) -> bool:
+        """Skip threading's after-fork hook in children if this process is single-threaded;
+        False if a handler module started a thread (the hook is then needed)."""
+        threading = sys.modules.get("threading")
+        if threading is None:
+            return True
+        if threading.active_count() != 1:
+            return False
+        self.hook = threading._after_fork
+        self.hook_code = self.hook.__code__
+        self.hook.__code__ = _nothing.__code__
+        return True
+
+    def run(self) -> None:
+        _signal.signal(_signal.SIGCHLD, _nothing_signal)
+        _signal.siginterrupt(_signal.SIGCHLD, False)
+        _signal.set_wakeup_fd(self.wake_w)
+        poller = select.poll()
+        poller.register(CHANNEL_FD, select.POLLIN)
+        poller.register(self.wake_r, select.POLLIN)
+        while self.accepting or self.children:
+            for fd, _ in poller.poll():
+                if fd == self.wake_r:
+                    self.reap()
+                elif self.accepting:
+                    self.receive(poller)
+            self.flush()
+
+    def receive(self, poller: Any) -> None:
+        fds = array.array("i")
+        try:
+            message, ancillary, _, _ = self.channel.recvmsg(
+                REQUEST_SIZE, socket.CMSG_SPACE(REQUEST_FDS * fds.itemsize)
+            )
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            message, ancillary = b"", []
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+        if not message:
+            self.accepting = False  # the supervisor is done with us: drain
+            poller.unregister(CHANNEL_FD)
+            for fd in fds:
+                os.close(fd)
+            return
+        command = marshal.loads(message)  # noqa: S302 (from the supervisor, a socket pair)
+        if command[0] == "R":
+            for (name, seq, client_address), fd in zip(
+                command[1], fds, strict=False
+            ):  # (fds: as many as arrived)
+                self.fork(name, seq, client_address, fd)
+        elif command[0] == "K":
+            for pid in self.children:
+                try:
+                    os.kill(pid, command[1])
+                except ProcessLookupError:
+                    continue
+        elif command[0] == "L" and fds:
+            os.dup2(fds[0], 1)
+            os.dup2(fds[0], 2)
+            os.close(fds[0])
+
+    def fork(self, name: str, seq: int, client_address: Any, fd: int) -> None:
+        server = self.servers[name]
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            os.close(fd)
+            self.out.append(("E", seq, exc.strerror or str(exc)))
+            return
+        if pid == 0:
+            self.child(server, fd, client_address)
+        os.close(fd)
+        self.children.add(pid)
+        self.out.append(("F", seq, pid))
+
+    def child(self, server: ServerView, fd: int, client_address: Any) -> NoReturn:
+        status = 1
+        try:
+            if self.hook is not None:
+                self.hook.__code__ = self.hook_code
+            # Every call here is paid by every request, in page faults (see the docstring).
+            # The wake-up pipe stays open: the signal module's wake-up fd still names it, and
+            # only a signal with a Python handler (none, unless the handler sets one) writes.
+            gc.enable()
+            _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
+            _signal.pthread_sigmask(_signal.SIG_UNBLOCK, HELD)  # (what was sent to it arrives)
+            os.close(CHANNEL_FD)
+            status = _handle(server, fd, client_address)
+        except BaseException:
+            _logger().exception("%s: child %d failed outside its handler", server.name, os.getpid())
+        finally:
+            # No flush of stdout and stderr: this process runs with -u, they are unbuffered.
+            os._exit(status)
+
+    def reap(self) -> None:
+        try:  # noqa: SIM105 (one read, no suppress object: this runs for every exit)
+            os.read(self.wake_r, 4096)  # (poll says there is something)
+        except (BlockingIOError, InterruptedError):
+            pass
+        while self.children:
+            try:
+                pid, status, usage = os.wait4(-1, os.WNOHANG)
+            except ChildProcessError:
+                self.children.clear()
+                return
+            if pid == 0:
+                return
+            self.children.discard(pid)
+            self.out.append(("X", pid, status, usage.ru_utime, usage.ru_stime))
+
+    def flush(self) -> None:
+        if not self.out:
+            return
+        records, self.out = self.out, []
+        if not self.reporting:
+            return  # nobody is listening any more
+        try:
+            for start in range(0, len(records), REPORT_BATCH):
+                self.send(records[start : start + REPORT_BATCH])
+        except OSError:
+            self.reporting = False  # the supervisor is gone: finish the children, then exit
+
+    def send(self, records: list[tuple[Any, ...]]) -> None:
+        message = marshal.dumps(records)
+        if len(message) <= REPORT_SIZE or len(records) == 1:
+            self.channel.sendall(message[:REPORT_SIZE])
+        else:
+            half = len(records) // 2
+            self.send(records[:half])
+            self.send(records[half:])
+
+
+def _nothing() -> None:
+    return None
+
+
+def _nothing_signal(signum: int, frame: object) -> None:
+    return None
+
+
+def _import(module_name: str, locations: dict[str, tuple[str, list[str] | None]]) -> Any:
+    """Import a handler module; if sys.path does not have its top-level package, load that
+    from where the supervisor found it (its site hooks put it there: an editable install)."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        top = module_name.partition(".")[0]
+        if exc.name != top or top not in locations:
+            raise
+    _load_by_location(top, *locations[top])
+    return importlib.import_module(module_name)
+
+
+def _load_by_location(name: str, origin: str, search: list[str] | None) -> None:
+    import importlib.util  # noqa: PLC0415 (only for such packages)
+
+    spec = importlib.util.spec_from_file_location(name, origin, submodule_search_locations=search)
+    if spec is None or spec.loader is None:
+        return
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+
+
+def load(setup: dict[str, Any]) -> tuple[dict[str, ServerView], dict[str, str]]:
+    """Import the handlers; the servers that can run here and the reasons for those that
+    cannot (the supervisor forks those itself)."""
+    global _log_setup  # noqa: PLW0603 (one process, set once before the loop)
+    _log_setup = (setup["log_format"], setup["log_level"])
+    sys.path[:] = setup["path"]
+    servers: dict[str, ServerView] = {}
+    failed: dict[str, str] = {}
+    for spec in setup["servers"]:
+        module_name, _, attribute = spec["handler"].partition(":")
+        try:
+            found: Any = _import(module_name, setup["locations"])
+            for part in attribute.split("."):
+                found = getattr(found, part)
+            servers[spec["name"]] = ServerView(spec, found)
+        except BaseException as exc:
+            failed[spec["name"]] = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+    if "logging" in sys.modules:
+        _configure_logging()  # handler modules log: as the supervisor's children would
+    return servers, failed
+
+
+def main() -> None:
+    for signum in HELD:
+        _signal.signal(signum, _signal.SIG_DFL)
+    _signal.pthread_sigmask(_signal.SIG_BLOCK, HELD)
+    os.closerange(SETUP_FD + 1, os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 1024)
+    with open(SETUP_FD, "rb") as setup_file:
+        setup = marshal.loads(setup_file.read())  # noqa: S302 (the supervisor's)
+    servers, failed = load(setup)
+    server = ForkServer(servers)
+    threads_ok = server.skip_threading_hook()
+    server.out.extend(("failed", name, reason[:1000]) for name, reason in failed.items())
+    server.out.extend(("serves", name) for name in servers)
+    server.out.append(("ready", threads_ok))
+    server.flush()
+    warm_up()
+    # What the imports built is out of the collector's reach (a child's collections would
+    # copy those pages), and this loop collects nothing: it makes no reference cycles. Each
+    # child turns collection back on for its handler.
+    gc.freeze()
+    gc.disable()
+    server.run()
+
+
+class _Idle(socketserver.StreamRequestHandler):
+    def handle(self) -> None:
+        return None
+
+
+def warm_up() -> None:
+    """Run the standard library's part of a request (socket, request handler set-up and
+    finish, shut-down) on a local socket pair until the interpreter has specialised its code:
+    children then run that code without writing into it, which would copy its pages. No
+    handler code runs here."""
+    view = ServerView(
+        {
+            "name": "warm-up",
+            "handler": "",
+            "server_address": "",
+            "family": socket.AF_UNIX,
+            "type": socket.SOCK_STREAM,
+            "proto": 0,
+            "max_packet_size": 0,
+        },
+        _Idle,
+    )
+    for _ in range(WARM_UP_RUNS):
+        ours, theirs = socket.socketpair()
+        with theirs:
+            _handle(view, ours.detach(), "")
+
+
+if __name__ == "__main__":
+    main()

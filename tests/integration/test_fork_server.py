@@ -1,0 +1,282 @@
+"""The fork server: fork mode's stream requests are forked from a small process, and nothing a
+user sees changes (status, metrics, signals, logs, reload, stop), also when it fails."""
+
+import signal
+import socket
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from supervisor import control
+from tests.conftest import StartSupervisor, Supervisor, connect, exchange, readline
+from tests.integration.test_daemon import LogFile, wait_ready
+from tests.integration.test_metrics import idle, scrape, scrape_until
+
+FORKING = r"fork server (\d+): forking for (\d+) servers"
+
+CONFIG = """
+[supervisor]
+pidfile = "{sockdir}/sv.pid"
+shutdown_timeout = {shutdown_timeout}
+kill_grace = 2
+{extra}
+
+[servers.hold]
+address = "tcp://127.0.0.1:0"
+handler = "tests.handlers:PidHandler"
+
+[servers.echo]
+address = "tcp://127.0.0.1:0"
+handler = "{echo}"
+"""
+ECHO = "tests.handlers:LineEchoHandler"
+PRINT = "tests.handlers:PrintHandler"
+
+
+def start(
+    start_supervisor: StartSupervisor,
+    sockdir: Path,
+    *,
+    extra: str = "",
+    shutdown_timeout: float = 10,
+    echo: str = ECHO,
+    serves: int = 2,
+) -> tuple[Supervisor, int]:
+    """A supervisor and the pid of its fork server, once that is ready."""
+    text = CONFIG.format(sockdir=sockdir, extra=extra, shutdown_timeout=shutdown_timeout, echo=echo)
+    supervisor = start_supervisor(text)
+    match = supervisor.wait_for_log(FORKING)
+    assert int(match.group(2)) == serves
+    return supervisor, int(match.group(1))
+
+
+def held_child(supervisor: Supervisor) -> tuple[socket.socket, psutil.Process]:
+    """A connection to `hold` whose child is running, and that child."""
+    client = connect(supervisor.inet("hold"))
+    return client, psutil.Process(int(readline(client)))
+
+
+def finish(client: socket.socket) -> None:
+    with client:
+        client.sendall(b"done\n")
+        assert readline(client) == b"bye\n"
+
+
+def status(sockdir: Path) -> dict[str, Any]:
+    return control.request(str(sockdir / "sv.sock"), "status")
+
+
+def test_requests_are_forked_by_the_fork_server(
+    start_supervisor: StartSupervisor, sockdir: Path
+) -> None:
+    supervisor, fork_server = start(start_supervisor, sockdir)
+    process = psutil.Process(fork_server)
+    assert process.ppid() == supervisor.pid
+    assert "forkserver.py" in " ".join(process.cmdline())
+    client, child = held_child(supervisor)
+    assert child.ppid() == fork_server
+    # The supervisor knows the child as its own: status, metrics and max_children see it.
+    assert status(sockdir)["children"] == [{"pid": child.pid, "server": "hold"}]
+    assert scrape(supervisor).value("supervisor_children", server="hold") == 1
+    finish(client)
+    current = scrape_until(supervisor, idle("hold"))
+    assert current.exits("hold")["ok"] == 1
+    assert current.value("supervisor_requests_total", server="hold") == 1
+    # No listening socket of the supervisor's in the fork server: only its channel.
+    assert process.net_connections(kind="inet") == []
+
+
+def test_fork_server_off_forks_in_the_supervisor(
+    start_supervisor: StartSupervisor, sockdir: Path
+) -> None:
+    text = CONFIG.format(
+        sockdir=sockdir, extra="fork_server = false", shutdown_timeout=10, echo=ECHO
+    )
+    supervisor = start_supervisor(text)
+    client, child = held_child(supervisor)
+    assert child.ppid() == supervisor.pid
+    finish(client)
+    assert "fork server" not in supervisor.log
+
+
+def test_a_handler_the_fork_server_cannot_import_is_forked_by_the_supervisor(
+    start_supervisor: StartSupervisor, sockdir: Path
+) -> None:
+    supervisor, fork_server = start(
+        start_supervisor, sockdir, echo="tests.no_site_handler:LineEchoHandler", serves=1
+    )
+    supervisor.wait_for_log(
+        r"echo: the fork server cannot import the handler \(ImportError: this module needs the "
+        r"site hooks\); the supervisor forks its requests itself"
+    )
+    with connect(supervisor.inet("echo")) as client:
+        client.sendall(b"ping\n")
+        assert readline(client).endswith(b" ping\n")
+    client, child = held_child(supervisor)  # the other server still goes through it
+    assert child.ppid() == fork_server
+    finish(client)
+
+
+def test_a_fork_server_that_dies_is_replaced(
+    start_supervisor: StartSupervisor, sockdir: Path
+) -> None:
+    supervisor, fork_server = start(start_supervisor, sockdir)
+    client, child = held_child(supervisor)
+    psutil.Process(fork_server).kill()
+    supervisor.wait_for_log(
+        rf"fork server {fork_server} exited unexpectedly; 0 connections not forked, 1 children "
+        r"no longer tracked"
+    )
+    # Its orphan finishes its request; the supervisor no longer counts it.
+    finish(client)
+    assert status(sockdir)["children"] == []
+    scrape_until(supervisor, idle("hold"))
+    # Meanwhile the supervisor forks requests itself, then a new fork server takes over.
+    assert exchange(supervisor.inet("echo"), b"ping\n").endswith(b" ping\n")
+    start_of_log = len(supervisor.lines)
+    match = supervisor.wait_for_log(FORKING, start=start_of_log)
+    replacement = int(match.group(1))
+    assert replacement != fork_server
+    client, child = held_child(supervisor)
+    assert child.ppid() == replacement
+    finish(client)
+
+
+def test_a_reload_starts_a_new_fork_server_and_the_old_one_drains(
+    start_supervisor: StartSupervisor, sockdir: Path
+) -> None:
+    supervisor, old = start(start_supervisor, sockdir)
+    old_client, old_child = held_child(supervisor)
+    start_of_log = len(supervisor.lines)
+    supervisor.signal(signal.SIGHUP)
+    new = int(supervisor.wait_for_log(FORKING, start=start_of_log).group(1))
+    assert new != old
+    new_client, new_child = held_child(supervisor)
+    assert (old_child.ppid(), new_child.ppid()) == (old, new)
+    assert psutil.Process(old).is_running()  # still has a child to see through
+    finish(old_client)
+    psutil.Process(old).wait(timeout=10)  # (reaped by the supervisor: it was its child)
+    finish(new_client)
+    current = scrape_until(supervisor, idle("hold"))
+    assert current.exits("hold")["ok"] == 2
+
+
+def test_stop_waits_for_the_fork_servers_children(
+    start_supervisor: StartSupervisor, sockdir: Path
+) -> None:
+    supervisor, fork_server = start(start_supervisor, sockdir)
+    client, child = held_child(supervisor)
+    start_of_log = len(supervisor.lines)
+    supervisor.signal(signal.SIGTERM)
+    supervisor.wait_for_log("stopping; 1 requests in progress", start=start_of_log)
+    assert supervisor.running()
+    assert child.is_running()
+    finish(client)
+    assert supervisor.wait() == 0
+    assert not psutil.pid_exists(fork_server)
+    assert not psutil.pid_exists(child.pid)
+
+
+def test_stop_terminates_the_fork_servers_children_after_the_timeout(
+    start_supervisor: StartSupervisor, sockdir: Path
+) -> None:
+    supervisor, fork_server = start(start_supervisor, sockdir, shutdown_timeout=0.2)
+    client, child = held_child(supervisor)
+    with client:
+        supervisor.signal(signal.SIGTERM)
+        # The fork server holds stop signals blocked; its children unblock them.
+        supervisor.wait_for_log("sent SIGTERM to 1 children still running")
+        supervisor.wait_for_log(rf"hold: child {child.pid} killed by signal SIGTERM")
+        assert supervisor.wait() == 0
+    assert not psutil.pid_exists(fork_server)
+
+
+def test_threads_and_subprocesses_work_in_the_fork_servers_children(
+    start_supervisor: StartSupervisor, sockdir: Path
+) -> None:
+    extra = """
+[servers.thread]
+address = "tcp://127.0.0.1:0"
+handler = "tests.handlers:ThreadHandler"
+
+[servers.shell]
+address = "tcp://127.0.0.1:0"
+handler = "tests.handlers:SubprocessHandler"
+
+[servers.orphan]
+address = "tcp://127.0.0.1:0"
+handler = "tests.handlers:DoubleForkHandler"
+
+[servers.forks]
+address = "tcp://127.0.0.1:0"
+handler = "tests.handlers:ForkWithThreadHandler"
+"""
+    supervisor, _ = start(start_supervisor, sockdir, extra="", serves=2)
+    supervisor.config.write_text(supervisor.config.read_text() + extra)
+    start_of_log = len(supervisor.lines)
+    supervisor.signal(signal.SIGHUP)
+    supervisor.wait_for_log(r"fork server \d+: forking for 6 servers", start=start_of_log)
+    supervisor.wait_ready()
+    # threading works in a child although the fork server skipped its after-fork hook
+    assert exchange(supervisor.inet("thread"), b"hi\n") == b"2 HI\n"
+    assert exchange(supervisor.inet("shell"), b"go\n") == b"3\n"  # its own child's status
+    with connect(supervisor.inet("orphan")) as client:
+        assert readline(client).startswith(b"orphan ")  # a handler forking twice (grandchild)
+        client.sendall(b"go\n")
+        assert readline(client) == b"released\n"
+    # A child's own fork() runs threading's after-fork hook again (the fork server skips it
+    # only for its own forks): the new process does not count the thread it did not inherit.
+    assert exchange(supervisor.inet("forks"), b"") == b"1\n"
+
+
+def test_handler_output_and_errors_are_logged_as_before(
+    start_supervisor: StartSupervisor, sockdir: Path
+) -> None:
+    supervisor, _ = start(start_supervisor, sockdir, echo="tests.handlers:FailingHandler")
+    with connect(supervisor.inet("echo")) as client:
+        client.sendall(b"boom\n")
+        assert client.recv(10) == b""
+    supervisor.wait_for_log(
+        r"ERROR supervisor\[\d+\]: echo: handler tests.handlers:FailingHandler failed for client "
+        r"\('127.0.0.1', \d+\)"
+    )
+    supervisor.wait_for_log(r"RuntimeError: handler failure on purpose: b'boom\\n'")
+    current = scrape_until(supervisor, idle("echo"))
+    assert current.exits("echo")["error"] == 1
+    assert current.value("supervisor_handler_errors_total", server="echo") == 1
+
+
+def test_a_handler_module_that_starts_a_thread_at_import(
+    start_supervisor: StartSupervisor, sockdir: Path
+) -> None:
+    supervisor, fork_server = start(
+        start_supervisor, sockdir, echo="tests.thread_at_import:LineEchoHandler"
+    )
+    supervisor.wait_for_log(
+        rf"fork server {fork_server}: a handler module started a thread at import; its children "
+        r"run threading's after-fork hook \(slower\)"
+    )
+    assert exchange(supervisor.inet("echo"), b"ping\n").endswith(b" ping\n")
+
+
+def test_a_reopened_log_file_reaches_the_fork_servers_children(
+    start_supervisor: StartSupervisor, sockdir: Path, tmp_path: Path
+) -> None:
+    log_file = tmp_path / "supervisor.log"
+    extra = f'log_file = "{log_file}"'
+    text = CONFIG.format(sockdir=sockdir, extra=extra, shutdown_timeout=10, echo=PRINT)
+    supervisor = start_supervisor(text, ready=False)
+    log = LogFile(log_file)
+    log.wait_for(FORKING)
+    echo = wait_ready(sockdir / "sv.pid", log).inet("echo")
+    assert exchange(echo, b"x\n") == b"printed\n"
+    log.wait_for("^print-handler-was-here$")
+    rotated = tmp_path / "supervisor.log.1"
+    log_file.rename(rotated)  # as logrotate does
+    supervisor.signal(signal.SIGUSR1)
+    new = LogFile(log_file)
+    new.wait_for("SIGUSR1: reopened")
+    assert exchange(echo, b"x\n") == b"printed\n"
+    new.wait_for("^print-handler-was-here$")  # a fork server's child wrote it
+    assert rotated.read_text().count("print-handler-was-here") == 1
