@@ -851,6 +851,9 @@ class Supervisor:
         if reaped.child is not None:
             self._count(reaped.child.owner, -1)
 
+    def lost_request(self, owner: Server) -> None:
+        self._count(owner, -1)
+
     def fork_server_gone(self, fork_server: ForkServer) -> None:
         if fork_server is not self.fork_server:
             return  # a closed one, done

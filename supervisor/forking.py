@@ -48,6 +48,7 @@ class Events(Protocol):
     def fork_failed(self, owner: Any, reason: str, client_address: Any) -> None: ...
     def exited(self, pid: int, status: ExitStatus, usage: Usage) -> None: ...
     def lost(self, pid: int) -> None: ...
+    def lost_request(self, owner: Any) -> None: ...
     def fork_server_gone(self, fork_server: "ForkServer") -> None: ...
 
 
@@ -302,22 +303,23 @@ class ForkServer:
             )
 
     def _gone(self) -> None:
-        """GONE: end of file. Requests not yet forked failed; children not yet reported are
-        no longer tracked (if it died; after a clean exit there are none)."""
+        """GONE: end of file. After a clean exit nothing is left to account for; if it died,
+        what it had taken (forked, or about to be) is no longer tracked: the supervisor
+        counts those requests as finished, and their children, if any, run on as orphans."""
         self.gone = True
         self.loop.remove_reader(self.channel)
         self.channel.close()
-        if not self.closing or self.pending or self.pids:
+        taken = [server for server, _, _ in self.pending.values()]
+        if not self.closing or taken or self.pids:
             log.error(
-                "fork server %d exited unexpectedly; %d connections not forked, %d children "
-                "no longer tracked",
+                "fork server %d exited unexpectedly; %d requests it had taken are no longer "
+                "tracked",
                 self.pid,
-                len(self.pending),
-                len(self.pids),
+                len(taken) + len(self.pids),
             )
-        for server, _, client_address in self.pending.values():
-            self.events.fork_failed(server, "the fork server exited", client_address)
         self.pending.clear()
+        for server in taken:
+            self.events.lost_request(server)
         for pid in self.pids:
             self.events.lost(pid)
         self.pids.clear()

@@ -47,6 +47,7 @@ import select
 import socket
 import socketserver
 import sys
+import time
 
 TYPE_CHECKING = False  # `typing` (and the `re` it imports) is a megabyte of this small process
 if TYPE_CHECKING:
@@ -61,6 +62,7 @@ REQUEST_FDS = 64  # the most connections one request message carries
 REPORT_SIZE = 65536  # the most a report message may take (the supervisor reads this much)
 WARM_UP_RUNS = 16  # CPython 3.11 specialises a function's code after 8 calls
 REPORT_BATCH = 256  # records per report message, fewer if they would not fit
+FORK_REPORT_DELAY = 0.01  # seconds a fork report may wait for company (see ForkServer.flush)
 
 
 class ServerView:
@@ -163,6 +165,8 @@ class ForkServer:
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.children: set[int] = set()
         self.out: list[tuple[Any, ...]] = []
+        self.urgent = False  # something in `out` that is not a fork report (see flush)
+        self.deferred_since: float | None = None
         self.accepting = True  # the supervisor may still send requests
         self.reporting = True  # and still reads what we send
         self.hook: Any = None  # threading._after_fork and its code, while skipped
@@ -189,12 +193,19 @@ class ForkServer:
         poller.register(CHANNEL_FD, select.POLLIN)
         poller.register(self.wake_r, select.POLLIN)
         while self.accepting or self.children:
-            for fd, _ in poller.poll():
+            for fd, _ in poller.poll(self.report_timeout()):
                 if fd == self.wake_r:
                     self.reap()
                 elif self.accepting:
                     self.receive(poller)
             self.flush()
+
+    def report_timeout(self) -> int | None:
+        """How long poll() may wait (ms): until deferred fork reports are due, if any."""
+        if self.deferred_since is None:
+            return None
+        remaining = self.deferred_since + FORK_REPORT_DELAY - time.monotonic()
+        return max(0, int(remaining * 1000) + 1)  # (rounded up: no busy turns before it)
 
     def receive(self, poller: Any) -> None:
         fds = array.array("i")
@@ -239,6 +250,7 @@ class ForkServer:
         except OSError as exc:
             os.close(fd)
             self.out.append(("E", seq, exc.strerror or str(exc)))
+            self.urgent = True
             return
         if pid == 0:
             self.child(server, fd, client_address)
@@ -280,11 +292,22 @@ class ForkServer:
                 return
             self.children.discard(pid)
             self.out.append(("X", pid, status, usage.ru_utime, usage.ru_stime))
+            self.urgent = True
 
     def flush(self) -> None:
+        """Send what is to report: at once if anything but fork reports is waiting; fork
+        reports alone wait up to FORK_REPORT_DELAY, to go with the next exit (at a few
+        clients, one wake-up of the supervisor per request instead of two)."""
         if not self.out:
             return
+        if not self.urgent:
+            now = time.monotonic()
+            if self.deferred_since is None:
+                self.deferred_since = now
+            if now - self.deferred_since < FORK_REPORT_DELAY:
+                return
         records, self.out = self.out, []
+        self.urgent, self.deferred_since = False, None
         if not self.reporting:
             return  # nobody is listening any more
         try:
@@ -374,6 +397,7 @@ def main() -> None:
     server.out.extend(("failed", name, reason[:1000]) for name, reason in failed.items())
     server.out.extend(("serves", name) for name in servers)
     server.out.append(("ready", threads_ok))
+    server.urgent = True
     server.flush()
     warm_up()
     # What the imports built is out of the collector's reach (a child's collections would

@@ -3,6 +3,8 @@ user sees changes (status, metrics, signals, logs, reload, stop), also when it f
 
 import signal
 import socket
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +69,16 @@ def status(sockdir: Path) -> dict[str, Any]:
     return control.request(str(sockdir / "sv.sock"), "status")
 
 
+def wait_for_status(
+    sockdir: Path, condition: Callable[[dict[str, Any]], bool], timeout: float = 10.0
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while not condition(current := status(sockdir)):
+        assert time.monotonic() < deadline, f"never reached; last status: {current}"
+        time.sleep(0.005)
+    return current
+
+
 def test_requests_are_forked_by_the_fork_server(
     start_supervisor: StartSupervisor, sockdir: Path
 ) -> None:
@@ -76,9 +88,12 @@ def test_requests_are_forked_by_the_fork_server(
     assert "forkserver.py" in " ".join(process.cmdline())
     client, child = held_child(supervisor)
     assert child.ppid() == fork_server
-    # The supervisor knows the child as its own: status, metrics and max_children see it.
-    assert status(sockdir)["children"] == [{"pid": child.pid, "server": "hold"}]
+    # Counted as the server's from the start; known by its pid once the fork server has said
+    # it (with the next exit report, or within 10 ms: FORK_REPORT_DELAY).
     assert scrape(supervisor).value("supervisor_children", server="hold") == 1
+    assert wait_for_status(sockdir, lambda s: s["children"] != [])["children"] == [
+        {"pid": child.pid, "server": "hold"}
+    ]
     finish(client)
     current = scrape_until(supervisor, idle("hold"))
     assert current.exits("hold")["ok"] == 1
@@ -123,13 +138,17 @@ def test_a_fork_server_that_dies_is_replaced(
 ) -> None:
     supervisor, fork_server = start(start_supervisor, sockdir)
     client, child = held_child(supervisor)
-    psutil.Process(fork_server).kill()
-    supervisor.wait_for_log(
-        rf"fork server {fork_server} exited unexpectedly; 0 connections not forked, 1 children "
-        r"no longer tracked"
-    )
-    # Its orphan finishes its request; the supervisor no longer counts it.
-    finish(client)
+    try:
+        psutil.Process(fork_server).kill()
+        supervisor.wait_for_log(
+            rf"fork server {fork_server} exited unexpectedly; 1 requests it had taken are no "
+            r"longer tracked"
+        )
+        # Its orphan finishes its request; the supervisor no longer counts it.
+        finish(client)
+    finally:
+        if child.is_running():  # (an orphan: not the supervisor's to clean up any more)
+            child.kill()
     assert status(sockdir)["children"] == []
     scrape_until(supervisor, idle("hold"))
     # Meanwhile the supervisor forks requests itself, then a new fork server takes over.
