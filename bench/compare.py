@@ -826,10 +826,21 @@ def scenario_1(ctx: "Context") -> tuple[list[str], list[Target]]:
     floor = samples.get(("floor", 0), [])
     ours_pid = pool.running["sv-fork"].pid if "sv-fork" in pool.running else None
     if FLOOR_RSS and ours_pid is not None:
+        supervisor = psutil.Process(ours_pid)
+        forking = [
+            process.memory_info().rss / 2**20
+            for process in supervisor.children()
+            if is_fork_server(process)
+        ]
         lines += wrapped(
             f"Sizes: the fork floor's process {statistics.median(FLOOR_RSS) / 2**20:.1f} MiB RSS, "
-            f"the fork-mode supervisor's {psutil.Process(ours_pid).memory_info().rss / 2**20:.1f} "
-            "MiB (they should be close: a bigger process forks slower)."
+            f"the fork-mode supervisor's {supervisor.memory_info().rss / 2**20:.1f} MiB (they "
+            "should be close: the floor is what forking from the supervisor would allow); "
+            + (
+                f"its fork server's {forking[0]:.1f} MiB (what its children are forked from)."
+                if forking
+                else "no fork server running."
+            )
         )
     for connections in config.concurrencies:
         keys = ["sv-fork", "std-fork", "std-fork-q", "c-fork", "xinetd", "tcpserver"]
@@ -1262,17 +1273,26 @@ def held_child(contender: Contender, timeout: float = 3.0) -> tuple[socket.socke
     """Open a connection without sending the request: the child that serves it waits in recv.
     Returns the connection and the new child's pid."""
     parent = psutil.Process(contender.pid)
-    known = {child.pid for child in parent.children()}
+    # (recursive: the supervisor's fork children are its fork server's)
+    known = {child.pid for child in parent.children(recursive=True)}
     connection = socket.create_connection((LOOPBACK, contender.port), timeout=2)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        new = [child.pid for child in parent.children() if child.pid not in known]
+        new = [child.pid for child in parent.children(recursive=True) if child.pid not in known]
         if new:
             time.sleep(0.1)  # past the fork, in the handler's recv
             return connection, new[0]
         time.sleep(0.005)
     connection.close()
     return None
+
+
+def is_fork_server(process: psutil.Process) -> bool:
+    """The supervisor's fork server (supervisor/forkserver.py), not a request's child."""
+    try:
+        return any(arg.endswith("forkserver.py") for arg in process.cmdline())
+    except psutil.Error:  # gone, or a zombie: a child exiting
+        return False
 
 
 def memory_of(pid: int) -> tuple[int, int]:
@@ -1293,6 +1313,7 @@ def scenario_7(ctx: "Context") -> tuple[list[str], list[Target]]:
             continue
         rss, uss = memory_of(contender.pid)
         child = "-"
+        fork_servers = [p for p in psutil.Process(contender.pid).children() if is_fork_server(p)]
         if key == "sv-prefork":
             workers = psutil.Process(contender.pid).children()
             sizes = sorted(memory_of(worker.pid)[1] for worker in workers)
@@ -1317,6 +1338,11 @@ def scenario_7(ctx: "Context") -> tuple[list[str], list[Target]]:
                 child_rss = statistics.median(sample[0] for sample in samples)
                 child_uss = statistics.median(sample[1] for sample in samples)
                 child = f"live child: USS {child_uss / mib:.2f} MiB, RSS {child_rss / mib:.1f} MiB"
+            for fork_server in fork_servers:
+                server_rss, server_uss = memory_of(fork_server.pid)
+                child += (
+                    f"; fork server: USS {server_uss / mib:.1f} MiB, RSS {server_rss / mib:.1f} MiB"
+                )
         rows.append([pool.label(key), f"{rss / mib:.1f}", f"{uss / mib:.1f}", child])
     padded = [row + [""] * (4 - len(row)) for row in rows]
     lines = [
@@ -1609,6 +1635,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, help="rounds per contender (default 5, quick 1)")
     parser.add_argument("--seconds", type=int, help="whole seconds per load (default 3, quick 1)")
     arguments = parser.parse_args()
+    # SIGTERM (timeout, kill) ends the run like Ctrl-C: through the finally blocks that stop
+    # every contender, not leaving them behind.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     config = settings(arguments.quick, arguments.rounds, arguments.seconds)
     started = time.perf_counter()
     with more_files():
