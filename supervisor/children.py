@@ -79,6 +79,7 @@ class Child(Generic[Owner]):
     owner: Owner
     started: float
     signalled: int | None = None  # the signal we sent it, if any
+    adopted: bool = False  # forked by the fork server: signalled and reaped through it
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,11 +120,12 @@ class ChildTable(Generic[Owner]):
         self._counts[owner] += 1
         return pid
 
-    def adopt(self, pid: int, owner: Owner, started: float) -> None:
+    def adopt(self, pid: int, owner: Owner, started: float) -> Child[Owner]:
         """Record a child forked by the fork server on our behalf (we cannot wait for it: its
         exit comes through `release`)."""
-        self._children[pid] = Child(pid, owner, started)
+        child = self._children[pid] = Child(pid, owner, started, adopted=True)
         self._counts[owner] += 1
+        return child
 
     def release(self, pid: int, status: ExitStatus, rusage: object) -> Reaped[Owner]:
         """An adopted child has been reaped by the process that forked it."""
@@ -171,13 +173,16 @@ class ChildTable(Generic[Owner]):
         return Reaped(pid, status, rusage, child, self.calls.clock() - child.started)
 
     def signal_all(self, signum: int) -> int:
-        """Send `signum` to every live child; return how many were signalled."""
+        """Send `signum` to every live child of ours and mark the adopted ones, which the
+        caller signals through their fork server (it knows whether the pid is still its
+        child; we would risk a reused pid); return how many were signalled."""
         sent = 0
         for child in self._children.values():
-            try:
-                self.calls.kill(child.pid, signum)
-            except ProcessLookupError:
-                continue  # exited, not reaped yet
+            if not child.adopted:
+                try:
+                    self.calls.kill(child.pid, signum)
+                except ProcessLookupError:
+                    continue  # exited, not reaped yet
             child.signalled = signum
             sent += 1
         return sent

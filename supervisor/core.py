@@ -165,6 +165,8 @@ class Supervisor:
         self.fork_server: ForkServer | None = None
         self.fork_servers: list[ForkServer] = []
         self._fork_server_delay = FORK_SERVER_RESTART[0]
+        self._unsent_fds: set[int] = set()  # a batch the fork server did not get, being forked
+        self._stop_signal: int | None = None  # the last signal sent to all children
 
     # -- running ---------------------------------------------------------------------------
 
@@ -467,6 +469,7 @@ class Supervisor:
                 for server in [*self.servers.values(), *self.draining]
             ],
             "children": [{"pid": child.pid, "server": child.owner.name} for child in self.children],
+            "fork_servers": [fork_server.pid for fork_server in self.fork_servers],
         }
 
     # -- admission -------------------------------------------------------------------------
@@ -513,7 +516,7 @@ class Supervisor:
             self._fd_runs = None
             log.info("%s: removed server drained", server.name)
         if self.state is State.STOPPING and (
-            not self.active or (self._killing and not len(self.children))
+            not self.active or (self._killing and not self._child_count())
         ):
             self._stopped()
 
@@ -525,8 +528,15 @@ class Supervisor:
             self._accept_batch(server, fork_server is None and server.accepts_fd)
         finally:
             if fork_server is not None:  # what _fork queued for it, in one message
-                for unsent in fork_server.send_queued():
-                    self._fork_here(*unsent)
+                self._fork_unsent(fork_server.send_queued())
+
+    def _fork_unsent(self, unsent: list[tuple[Server, int, Any]]) -> None:
+        """Fork here what the fork server could not be given; each child closes the other
+        connections of the batch (_become_child), as it does what belongs to other servers."""
+        self._unsent_fds = {fd for _, fd, _ in unsent}
+        for server, fd, client_address in unsent:
+            self._unsent_fds.discard(fd)
+            self._fork_here(server, fd, client_address)
 
     def _accept_batch(self, server: Server, forks_here: bool) -> None:
         for _ in range(FORK_BATCH if forks_here else ACCEPT_BATCH):
@@ -756,6 +766,8 @@ class Supervisor:
             pool.close_in_child()
         for fork_server in self.fork_servers:
             fork_server.close_in_child()
+        for fd in self._unsent_fds:
+            os.close(fd)
         for request in list(self._thread_requests):
             if isinstance(request, socket.socket):
                 # os.close: socket.close() waits for the handler thread's makefile() objects.
@@ -831,7 +843,9 @@ class Supervisor:
         self.loop.call_later(delay, restart)
 
     def forked(self, owner: Server, pid: int, started: float) -> None:
-        self.children.adopt(pid, owner, started)
+        child = self.children.adopt(pid, owner, started)
+        # Handed over before a stop signal went out through its fork server: it got one.
+        child.signalled = self._stop_signal
 
     def fork_failed(self, owner: Server, reason: str, client_address: Any) -> None:
         log.error(
@@ -917,26 +931,39 @@ class Supervisor:
         else:
             self._stop_timer = self.loop.call_later(timeout, self._terminate)
 
+    def _signal_children(self, signum: int) -> int:
+        """Signal every child: ours by pid, and through each fork server all of its own,
+        those whose pids have not reached us yet too."""
+        self._stop_signal = signum
+        for fork_server in self.fork_servers:
+            fork_server.signal_children(signum)
+        handed_over = sum(len(fork_server.pending) for fork_server in self.fork_servers)
+        return self.children.signal_all(signum) + handed_over
+
+    def _child_count(self) -> int:
+        """Children alive or about to be: in the table, or handed to a fork server."""
+        return len(self.children) + sum(len(each.pending) for each in self.fork_servers)
+
     def _terminate(self) -> None:
         self._terminating = True
         if self._stop_timer is not None:
             self._stop_timer.cancel()
-        sent = self.children.signal_all(signal.SIGTERM)
+        sent = self._signal_children(signal.SIGTERM)
         log.warning("sent SIGTERM to %d children still running", sent)
         self._stop_timer = self.loop.call_later(self.config.supervisor.kill_grace, self._kill)
 
     def _kill(self) -> None:
         self._killing = True
-        sent = self.children.signal_all(signal.SIGKILL)
+        sent = self._signal_children(signal.SIGKILL)
         if sent:
             log.warning("sent SIGKILL to %d children that outlived SIGTERM", sent)
-        threads = self.active - len(self.children)
+        threads = self.active - self._child_count()
         if threads:
             log.warning("abandoning %d request threads still running", threads)
         # Children killed with SIGKILL are reaped at once, and the supervisor stops as soon as
         # the last one is (_count); it gives up on a child stuck in the kernel after kill_grace.
         self._stop_timer = self.loop.call_later(self.config.supervisor.kill_grace, self._stopped)
-        if not len(self.children):
+        if not self._child_count():
             self._stopped()
 
     def _stopped(self) -> None:

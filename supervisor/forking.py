@@ -14,10 +14,12 @@ current is replaced after a back-off; what it had forked is then no longer track
 """
 
 import array
+import contextlib
 import fcntl
 import logging
 import marshal
 import os
+import signal
 import socket
 import sys
 from collections.abc import Iterable
@@ -29,6 +31,8 @@ from supervisor.children import ExitStatus
 from supervisor.loop import Loop
 
 log = logging.getLogger("supervisor")
+
+READY_TIMEOUT = 30.0  # seconds a fork server may take to import the handlers
 
 SCRIPT = forkserver.__file__
 
@@ -71,6 +75,7 @@ def setup_for(servers: Iterable[Any], log_format: str, log_level: str) -> bytes:
         specs.append(spec)
     setup = {
         "path": list(sys.path),
+        "argv": list(sys.argv),
         "locations": package_locations(servers),
         "log_format": log_format,
         "log_level": log_level.upper(),
@@ -111,12 +116,11 @@ def _setup_file(data: bytes) -> int:
 
 def interpreter_flags() -> list[str]:
     """The interpreter options the supervisor runs with (-O, -W, -X ...), plus -S (no site
-    hooks), -P (the script's directory is not put on sys.path) and -u (unbuffered stdout and
-    stderr: a child's output needs no flush before its exit)."""
+    hooks) and -P (the script's directory is not put on sys.path)."""
     import subprocess  # noqa: PLC0415 (once per fork server start, not for every run)
 
     flags: list[str] = subprocess._args_from_interpreter_flags()  # type: ignore[attr-defined]
-    return ["-S", "-P", "-u", *(flag for flag in flags if flag not in ("-S", "-P", "-u"))]
+    return ["-S", "-P", *(flag for flag in flags if flag not in ("-S", "-P"))]
 
 
 class ForkServer:
@@ -126,6 +130,7 @@ class ForkServer:
         self.loop = loop
         self.events = events
         self.ready: dict[str, Any] = {}  # server name -> Server, once it can fork for it
+        self.is_ready = False  # its "ready" came
         self.closing = False
         self.gone = False
         self.reaped = False
@@ -150,7 +155,7 @@ class ForkServer:
                     (os.POSIX_SPAWN_DUP2, channel_fd, forkserver.CHANNEL_FD),
                     (os.POSIX_SPAWN_DUP2, setup_fd, forkserver.SETUP_FD),
                 ],
-                setsigmask=(),
+                setsigmask=forkserver.HELD,  # (held from the first instruction on)
             )
         except BaseException:
             ours.close()
@@ -163,6 +168,18 @@ class ForkServer:
         ours.setblocking(False)
         self.channel = ours
         self.loop.add_reader(ours, self._on_readable)
+        self._deadline = loop.call_later(READY_TIMEOUT, self._not_ready)
+
+    def _not_ready(self) -> None:
+        """STARTING for too long (a handler's import blocks there): replaced, with back-off."""
+        if not self.is_ready and not self.gone:
+            log.warning(
+                "fork server %d: not ready after %gs (a handler module's import is stuck?); "
+                "killing it",
+                self.pid,
+                READY_TIMEOUT,
+            )
+            self._kill_process()
 
     def __repr__(self) -> str:
         return f"<ForkServer pid {self.pid}>"
@@ -200,14 +217,15 @@ class ForkServer:
         return []
 
     def signal_children(self, signum: int) -> None:
-        self._send(("K", signum))
+        """Signal all its children, those whose pids have not come yet too."""
+        self._send(("K", int(signum)))  # (an int: marshal takes no enum)
 
     def reopen_log(self) -> None:
         """Give the process our stderr (a reopened log file) as its stdout and stderr."""
         self._send(("L",), fd=2)
 
     def _send(self, command: tuple[Any, ...], fd: int | None = None) -> None:
-        if self.closing or self.gone:
+        if self.gone:
             return
         fds = (
             [] if fd is None else [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", (fd,)))]
@@ -218,13 +236,23 @@ class ForkServer:
             log.warning("fork server %d: cannot send %s (%s)", self.pid, command[0], exc)
 
     def close(self) -> None:
-        """CLOSING: no more requests; it exits once its children are done."""
-        if not self.closing and not self.gone:
-            self.closing = True
-            try:
-                self.channel.shutdown(socket.SHUT_WR)
-            except OSError:
-                self._gone()
+        """CLOSING: no more requests; it exits once its children are done. One that is not
+        ready yet may be stuck in an import: it is killed instead."""
+        if self.closing or self.gone:
+            return
+        self.closing = True
+        if not self.is_ready:
+            self._kill_process()
+            return
+        try:
+            self.channel.send(marshal.dumps(("C",)))
+        except OSError:
+            self._kill_process()
+
+    def _kill_process(self) -> None:
+        """SIGKILL it: end of file follows, and with it GONE."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
 
     def close_in_child(self) -> None:
         """In a child the supervisor forks: its copy of the channel would hide the
@@ -233,17 +261,18 @@ class ForkServer:
             os.close(self.channel.fileno())
 
     def kill(self) -> None:
-        """At the very end: make sure the process is gone and reaped."""
+        """At the very end: its children and then itself are killed, and it is reaped."""
+        self._deadline.cancel()
         if not self.gone:
+            with contextlib.suppress(OSError):  # (its children must not outlive it)
+                self.channel.send(marshal.dumps(("K", int(signal.SIGKILL))))
             self.loop.remove_reader(self.channel)
             self.channel.close()
             self.gone = True
         if not self.reaped:
-            try:
-                os.kill(self.pid, 9)
+            with contextlib.suppress(ProcessLookupError, ChildProcessError):
+                os.kill(self.pid, signal.SIGKILL)
                 os.waitpid(self.pid, 0)
-            except (ProcessLookupError, ChildProcessError):
-                pass
             self.reaped = True
 
     def reap(self) -> bool:
@@ -267,10 +296,15 @@ class ForkServer:
             if not size:
                 self._gone()
                 return
-            # (marshal: our own fork server, on a socket pair)
-            records = marshal.loads(self._view[:size])  # noqa: S302
-            for record in records:
-                self._report(record)
+            try:
+                # (marshal: our own fork server, on a socket pair)
+                for record in marshal.loads(self._view[:size]):  # noqa: S302
+                    self._report(record)
+            except Exception:  # a report we cannot read must not take the supervisor down
+                log.exception("fork server %d: unreadable report; killing it", self.pid)
+                self._kill_process()
+                self._gone()
+                return
 
     def _report(self, record: tuple[Any, ...]) -> None:
         kind = record[0]
@@ -281,12 +315,17 @@ class ForkServer:
         elif kind == "X":
             self.pids.discard(record[1])
             self.events.exited(record[1], ExitStatus.decode(record[2]), Usage(*record[3:5]))
+        elif kind == "Z":
+            self.pids.discard(record[1])
+            self.events.lost(record[1])
         elif kind == "E":
             server, _, client_address = self.pending.pop(record[1])
             self.events.fork_failed(server, record[2], client_address)
         elif kind == "serves":
             self.ready[record[1]] = self._servers[record[1]]
         elif kind == "ready":
+            self.is_ready = True
+            self._deadline.cancel()
             log.info("fork server %d: forking for %d servers", self.pid, len(self.ready))
             if not record[1]:
                 log.warning(
@@ -323,4 +362,6 @@ class ForkServer:
         for pid in self.pids:
             self.events.lost(pid)
         self.pids.clear()
+        self._deadline.cancel()
+        self.reap()
         self.events.fork_server_gone(self)

@@ -21,18 +21,20 @@ socket pair (fd 3 here), each message a marshal'd tuple:
 - setup (fd 4, a file): sys.path, the log format and level, and per server its name, handler
   (`module:Class`) and the attributes its handlers see as `self.server`.
 - supervisor -> here: ("R", [(name, seq, client_address), ...]) with the connections' fds in
-  the same order (SCM_RIGHTS: at most one accept batch, 16);
-  ("K", signum) to signal every live child; ("L",) with a new stderr (log file reopened).
-  End of file: take no more requests, wait for the children, exit.
+  the same order (SCM_RIGHTS: one accept batch); ("K", signum) to signal every live child,
+  reported or not; ("L",) with a new stderr (log file reopened); ("C",): no more requests,
+  exit once the children are done. End of file: the supervisor is gone; the same.
 - here -> supervisor, batched per turn as lists of at most 64 KiB: ("serves", name) for each
   server it can fork for, then ("ready", threads_ok); ("failed", name, reason) for a handler
-  that cannot be imported here, ("F", seq, pid) forked,
-  ("E", seq, reason) fork failed, ("X", pid, status, utime, stime) a child was reaped.
+  that cannot be imported here; ("F", seq, pid) forked; ("E", seq, reason) not forked (the
+  connection is closed); ("X", pid, status, utime, stime) a child was reaped; ("Z", pid) a
+  child is gone without a status.
 
 Signals that stop or reload the supervisor are blocked here, with their default actions (a
-Ctrl-C or a service manager signals the whole group): this process ends when the supervisor
-closes its end. Its children inherit the mask and unblock it once they are ready, so a signal
-sent to a child just after fork() is held for it, with no mask changes around each fork.
+Ctrl-C or a service manager signals the whole group; SIGINT is ignored, as in the supervisor's
+own children): this process ends when the supervisor says so or goes away. Its children
+inherit the mask and unblock it once they are ready, so a signal sent to a child just after
+fork() is held for it, with no mask changes around each fork.
 """
 
 from __future__ import annotations  # (no typing module at run time: see below)
@@ -47,22 +49,23 @@ import select
 import socket
 import socketserver
 import sys
-import time
 
+MSG_CMSG_CLOEXEC = getattr(socket, "MSG_CMSG_CLOEXEC", 0)  # (Linux)
 TYPE_CHECKING = False  # `typing` (and the `re` it imports) is a megabyte of this small process
 if TYPE_CHECKING:
     from typing import Any, NoReturn
 
 CHANNEL_FD = 3
 SETUP_FD = 4
-# Blocked here for good, with their default actions: see the module docstring.
+# Blocked here for good: see the module docstring. SIGINT is also ignored, as in the
+# supervisor's own children: a Ctrl-C to the group lets the supervisor drain the requests.
 HELD = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT, _signal.SIGUSR1)
 REQUEST_SIZE = 16384  # a request message: per connection a server name and a client address
 REQUEST_FDS = 64  # the most connections one request message carries
 REPORT_SIZE = 65536  # the most a report message may take (the supervisor reads this much)
 WARM_UP_RUNS = 16  # CPython 3.11 specialises a function's code after 8 calls
 REPORT_BATCH = 256  # records per report message, fewer if they would not fit
-FORK_REPORT_DELAY = 0.01  # seconds a fork report may wait for company (see ForkServer.flush)
+REASON_LIMIT = 1000  # characters of an import error's reason
 
 
 class ServerView:
@@ -70,13 +73,14 @@ class ServerView:
     The listening socket is not in this process: `socket` is a closed socket of its family and
     type, as the supervisor's own children see theirs (they close it before the handler)."""
 
-    def __init__(self, spec: dict[str, Any], handler: type) -> None:
+    def __init__(self, spec: dict[str, Any], handler: type, log_setup: tuple[str, str]) -> None:
         self.name: str = spec["name"]
         self.handler_spec: str = spec["handler"]
+        self.log_setup = log_setup
         self.RequestHandlerClass = handler
         self.server_address = spec["server_address"]
-        self.address_family = spec["family"]
-        self.socket_type = spec["type"]
+        self.address_family = socket.AddressFamily(spec["family"])
+        self.socket_type = socket.SocketKind(spec["type"])
         self.proto: int = spec["proto"]
         self.max_packet_size: int = spec["max_packet_size"]
         self.timeout: float | None = None
@@ -93,7 +97,9 @@ class ServerView:
         self.socket.close()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        _logger().exception("%s: error handling a request from %s", self.name, client_address)
+        _logger(self.log_setup).exception(
+            "%s: error handling a request from %s", self.name, client_address
+        )
 
     def shutdown_request(self, request: socket.socket) -> None:
         # Not contextlib.suppress: this runs in every child, and costs it page faults.
@@ -107,26 +113,36 @@ class ServerView:
         request.close()
 
 
-_log_setup: tuple[str, str] = ("%(message)s", "INFO")
-
-
-def _configure_logging() -> None:
-    """Log as the supervisor does (format, level, stderr), if nothing configured it yet."""
+def _configure_logging(log_setup: tuple[str, str], force: bool = False) -> None:
+    """Log as the supervisor does (format, level, stderr). `force`: also when something
+    configured the root logger already (a handler module's logging.basicConfig(), which in
+    the supervisor, configured first, does nothing)."""
     import logging  # noqa: PLC0415 (only where a line is logged: the process stays small)
 
     root = logging.getLogger()
-    if not root.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(_log_setup[0]))
-        root.addHandler(handler)
-        root.setLevel(_log_setup[1])
+    if root.handlers and not force:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(log_setup[0]))
+    root.handlers[:] = [handler]
+    root.setLevel(log_setup[1])
 
 
-def _logger() -> Any:
-    _configure_logging()
+def _logger(log_setup: tuple[str, str]) -> Any:
+    _configure_logging(log_setup)
     import logging  # noqa: PLC0415
 
     return logging.getLogger("supervisor")
+
+
+def _flush_output() -> None:
+    """A child's buffered stdout and stderr, before os._exit: one write each, so that
+    concurrent children's lines do not interleave in the log."""
+    for stream in (sys.stdout, sys.stderr):
+        try:  # noqa: SIM105 (per child: no suppress object)
+            stream.flush()
+        except (OSError, ValueError):
+            pass
 
 
 def _handle(server: ServerView, fd: int, client_address: Any) -> int:
@@ -136,7 +152,7 @@ def _handle(server: ServerView, fd: int, client_address: Any) -> int:
     try:
         server.RequestHandlerClass(request, client_address, server)
     except (ConnectionError, TimeoutError) as exc:
-        _logger().warning(
+        _logger(server.log_setup).warning(
             "%s: connection with client %s lost (%s)",
             server.name,
             client_address,
@@ -144,7 +160,7 @@ def _handle(server: ServerView, fd: int, client_address: Any) -> int:
         )
         return 1
     except BaseException:
-        _logger().exception(
+        _logger(server.log_setup).exception(
             "%s: handler %s failed for client %s",
             server.name,
             server.handler_spec,
@@ -157,20 +173,26 @@ def _handle(server: ServerView, fd: int, client_address: Any) -> int:
 
 
 class ForkServer:
-    """The loop: requests in, forks, exits out."""
+    """The loop: requests in, forks, exits out.
 
-    def __init__(self, servers: dict[str, ServerView]) -> None:
+    States: ACCEPTING -> DRAINING (the supervisor said "C", or its end closed, or a send to it
+    failed: no more requests; the children finish, their exits are still reported if the
+    supervisor listens) -> exit when no child is left. If the channel fails, it is closed, so
+    that the supervisor sees end of file and replaces this process."""
+
+    def __init__(self, servers: dict[str, ServerView], log_setup: tuple[str, str]) -> None:
         self.servers = servers
+        self.log_setup = log_setup
         self.channel = socket.socket(fileno=CHANNEL_FD)
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.children: set[int] = set()
         self.out: list[tuple[Any, ...]] = []
-        self.urgent = False  # something in `out` that is not a fork report (see flush)
-        self.deferred_since: float | None = None
         self.accepting = True  # the supervisor may still send requests
-        self.reporting = True  # and still reads what we send
+        self.listening = True  # the channel is open: commands may still come
+        self.reporting = True  # and the supervisor still reads what we send
         self.hook: Any = None  # threading._after_fork and its code, while skipped
         self.hook_code: Any = None
+        self.poller = select.poll()
 
     def skip_threading_hook(self) -> bool:
         """Skip threading's after-fork hook in children if this process is single-threaded;
@@ -189,93 +211,117 @@ class ForkServer:
         _signal.signal(_signal.SIGCHLD, _nothing_signal)
         _signal.siginterrupt(_signal.SIGCHLD, False)
         _signal.set_wakeup_fd(self.wake_w)
-        poller = select.poll()
-        poller.register(CHANNEL_FD, select.POLLIN)
-        poller.register(self.wake_r, select.POLLIN)
+        self.poller.register(CHANNEL_FD, select.POLLIN)
+        self.poller.register(self.wake_r, select.POLLIN)
         while self.accepting or self.children:
-            for fd, _ in poller.poll(self.report_timeout()):
+            for fd, _ in self.poller.poll():
                 if fd == self.wake_r:
                     self.reap()
-                elif self.accepting:
-                    self.receive(poller)
+                elif self.listening:
+                    self.receive()
             self.flush()
 
-    def report_timeout(self) -> int | None:
-        """How long poll() may wait (ms): until deferred fork reports are due, if any."""
-        if self.deferred_since is None:
-            return None
-        remaining = self.deferred_since + FORK_REPORT_DELAY - time.monotonic()
-        return max(0, int(remaining * 1000) + 1)  # (rounded up: no busy turns before it)
+    def hang_up(self) -> None:
+        """The channel is done (end of file, or it failed): no more requests or reports; the
+        supervisor sees end of file once we and the children have exited (they do not hold
+        it)."""
+        self.accepting = self.reporting = False
+        if self.listening:
+            self.listening = False
+            self.poller.unregister(CHANNEL_FD)
+            self.channel.close()
 
-    def receive(self, poller: Any) -> None:
+    def receive(self) -> None:
         fds = array.array("i")
         try:
-            message, ancillary, _, _ = self.channel.recvmsg(
-                REQUEST_SIZE, socket.CMSG_SPACE(REQUEST_FDS * fds.itemsize)
+            # MSG_CMSG_CLOEXEC: the connections are close-on-exec, as accept4() made them in
+            # the supervisor (a handler's exec'd program must not inherit them).
+            message, ancillary, flags, _ = self.channel.recvmsg(
+                REQUEST_SIZE, socket.CMSG_SPACE(REQUEST_FDS * fds.itemsize), MSG_CMSG_CLOEXEC
             )
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
-            message, ancillary = b"", []
+            message, ancillary, flags = b"", [], 0
         for level, kind, data in ancillary:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                 fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
-        if not message:
-            self.accepting = False  # the supervisor is done with us: drain
-            poller.unregister(CHANNEL_FD)
+        if not message or flags & socket.MSG_TRUNC:
             for fd in fds:
                 os.close(fd)
+            self.hang_up()  # the supervisor is gone, or the channel is broken
             return
         command = marshal.loads(message)  # noqa: S302 (from the supervisor, a socket pair)
         if command[0] == "R":
-            for (name, seq, client_address), fd in zip(
-                command[1], fds, strict=False
-            ):  # (fds: as many as arrived)
-                self.fork(name, seq, client_address, fd)
+            self.fork_all(command[1], list(fds))
+        elif command[0] == "C":
+            self.accepting = False  # DRAINING
         elif command[0] == "K":
-            for pid in self.children:
-                try:
-                    os.kill(pid, command[1])
-                except ProcessLookupError:
-                    continue
+            self.signal_children(command[1])
         elif command[0] == "L" and fds:
             os.dup2(fds[0], 1)
             os.dup2(fds[0], 2)
             os.close(fds[0])
 
-    def fork(self, name: str, seq: int, client_address: Any, fd: int) -> None:
-        server = self.servers[name]
+    def fork_all(self, requests: list[tuple[str, int, Any]], fds: list[int]) -> None:
+        """Fork a child for each request; each child closes the others' connections."""
+        for index, (name, seq, client_address) in enumerate(requests):
+            if index >= len(fds) or not self.accepting or name not in self.servers:
+                self.out.append(("E", seq, "not forked by the fork server"))
+                if index < len(fds):
+                    os.close(fds[index])
+                continue
+            self.fork(self.servers[name], seq, client_address, fds[index], fds[index + 1 :])
+        for fd in fds[len(requests) :]:
+            os.close(fd)
+
+    def fork(
+        self, server: ServerView, seq: int, client_address: Any, fd: int, others: list[int]
+    ) -> None:
         try:
             pid = os.fork()
         except OSError as exc:
             os.close(fd)
             self.out.append(("E", seq, exc.strerror or str(exc)))
-            self.urgent = True
             return
         if pid == 0:
-            self.child(server, fd, client_address)
+            self.child(server, fd, client_address, others)
         os.close(fd)
         self.children.add(pid)
         self.out.append(("F", seq, pid))
 
-    def child(self, server: ServerView, fd: int, client_address: Any) -> NoReturn:
+    def child(
+        self, server: ServerView, fd: int, client_address: Any, others: list[int]
+    ) -> NoReturn:
         status = 1
         try:
             if self.hook is not None:
                 self.hook.__code__ = self.hook_code
-            # Every call here is paid by every request, in page faults (see the docstring).
-            # The wake-up pipe stays open: the signal module's wake-up fd still names it, and
-            # only a signal with a Python handler (none, unless the handler sets one) writes.
             gc.enable()
+            # Every call here is paid by every request, in page faults. The wake-up pipe stays
+            # open (close-on-exec): the signal module still names it, and only a signal with a
+            # Python handler (none, unless the handler sets one) writes to it.
             _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
-            _signal.pthread_sigmask(_signal.SIG_UNBLOCK, HELD)  # (what was sent to it arrives)
             os.close(CHANNEL_FD)
+            for other in others:  # the rest of this batch's connections
+                os.close(other)
+            _signal.pthread_sigmask(_signal.SIG_UNBLOCK, HELD)  # (what was sent to it arrives)
             status = _handle(server, fd, client_address)
         except BaseException:
-            _logger().exception("%s: child %d failed outside its handler", server.name, os.getpid())
+            _logger(self.log_setup).exception(
+                "%s: child %d failed outside its handler", server.name, os.getpid()
+            )
         finally:
-            # No flush of stdout and stderr: this process runs with -u, they are unbuffered.
+            _flush_output()
             os._exit(status)
+
+    def signal_children(self, signum: int) -> None:
+        """Signal every live child, reported or not."""
+        for pid in self.children:
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                continue
 
     def reap(self) -> None:
         try:  # noqa: SIM105 (one read, no suppress object: this runs for every exit)
@@ -285,45 +331,37 @@ class ForkServer:
         while self.children:
             try:
                 pid, status, usage = os.wait4(-1, os.WNOHANG)
-            except ChildProcessError:
+            except ChildProcessError:  # (cannot happen: they are ours) say they are gone
+                self.out.extend(("Z", pid) for pid in self.children)
                 self.children.clear()
                 return
             if pid == 0:
                 return
             self.children.discard(pid)
             self.out.append(("X", pid, status, usage.ru_utime, usage.ru_stime))
-            self.urgent = True
 
     def flush(self) -> None:
-        """Send what is to report: at once if anything but fork reports is waiting; fork
-        reports alone wait up to FORK_REPORT_DELAY, to go with the next exit (at a few
-        clients, one wake-up of the supervisor per request instead of two)."""
+        """Send what this turn has to report, in one message (or a few)."""
         if not self.out:
             return
-        if not self.urgent:
-            now = time.monotonic()
-            if self.deferred_since is None:
-                self.deferred_since = now
-            if now - self.deferred_since < FORK_REPORT_DELAY:
-                return
         records, self.out = self.out, []
-        self.urgent, self.deferred_since = False, None
         if not self.reporting:
             return  # nobody is listening any more
         try:
             for start in range(0, len(records), REPORT_BATCH):
                 self.send(records[start : start + REPORT_BATCH])
         except OSError:
-            self.reporting = False  # the supervisor is gone: finish the children, then exit
+            self.hang_up()  # the supervisor is gone, or the channel failed: it replaces us
 
     def send(self, records: list[tuple[Any, ...]]) -> None:
         message = marshal.dumps(records)
-        if len(message) <= REPORT_SIZE or len(records) == 1:
-            self.channel.sendall(message[:REPORT_SIZE])
-        else:
+        if len(message) <= REPORT_SIZE:
+            self.channel.sendall(message)
+        elif len(records) > 1:
             half = len(records) // 2
             self.send(records[:half])
             self.send(records[half:])
+        # (a single record over REPORT_SIZE cannot be made: names and reasons are bounded)
 
 
 def _nothing() -> None:
@@ -365,9 +403,9 @@ def _load_by_location(name: str, origin: str, search: list[str] | None) -> None:
 def load(setup: dict[str, Any]) -> tuple[dict[str, ServerView], dict[str, str]]:
     """Import the handlers; the servers that can run here and the reasons for those that
     cannot (the supervisor forks those itself)."""
-    global _log_setup  # noqa: PLW0603 (one process, set once before the loop)
-    _log_setup = (setup["log_format"], setup["log_level"])
+    log_setup = (setup["log_format"], setup["log_level"])
     sys.path[:] = setup["path"]
+    sys.argv[:] = setup["argv"]  # (what handlers see: the supervisor's command line)
     servers: dict[str, ServerView] = {}
     failed: dict[str, str] = {}
     for spec in setup["servers"]:
@@ -376,28 +414,30 @@ def load(setup: dict[str, Any]) -> tuple[dict[str, ServerView], dict[str, str]]:
             found: Any = _import(module_name, setup["locations"])
             for part in attribute.split("."):
                 found = getattr(found, part)
-            servers[spec["name"]] = ServerView(spec, found)
+            servers[spec["name"]] = ServerView(spec, found, log_setup)
         except BaseException as exc:
-            failed[spec["name"]] = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
-    if "logging" in sys.modules:
-        _configure_logging()  # handler modules log: as the supervisor's children would
+            reason = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+            failed[spec["name"]] = reason[:REASON_LIMIT]
+    if "logging" in sys.modules:  # handler modules log: as the supervisor's children would
+        _configure_logging(log_setup, force=True)
     return servers, failed
 
 
 def main() -> None:
+    # (the supervisor starts us with HELD blocked already: nothing arrives before this)
     for signum in HELD:
         _signal.signal(signum, _signal.SIG_DFL)
+    _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
     _signal.pthread_sigmask(_signal.SIG_BLOCK, HELD)
     os.closerange(SETUP_FD + 1, os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 1024)
     with open(SETUP_FD, "rb") as setup_file:
         setup = marshal.loads(setup_file.read())  # noqa: S302 (the supervisor's)
     servers, failed = load(setup)
-    server = ForkServer(servers)
+    server = ForkServer(servers, (setup["log_format"], setup["log_level"]))
     threads_ok = server.skip_threading_hook()
-    server.out.extend(("failed", name, reason[:1000]) for name, reason in failed.items())
+    server.out.extend(("failed", name, reason) for name, reason in failed.items())
     server.out.extend(("serves", name) for name in servers)
     server.out.append(("ready", threads_ok))
-    server.urgent = True
     server.flush()
     warm_up()
     # What the imports built is out of the collector's reach (a child's collections would
@@ -429,6 +469,7 @@ def warm_up() -> None:
             "max_packet_size": 0,
         },
         _Idle,
+        ("%(message)s", "INFO"),
     )
     for _ in range(WARM_UP_RUNS):
         ours, theirs = socket.socketpair()

@@ -12,6 +12,7 @@ import tempfile
 import textwrap
 import threading
 import time
+import tomllib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 LISTENING = re.compile(r"(\S+): listening on (\S+)")
 READY = "ready: "
+FORK_SERVER_READY = r"fork server \d+: forking for \d+ servers"
 STOP_TIMEOUT = 20.0
 # Server tables the command-line tests share.
 ECHO = """
@@ -142,6 +144,8 @@ class Supervisor(LoggedProcess):
 
     def wait_ready(self, timeout: float = 20.0) -> "Supervisor":
         self.wait_for_log(READY, timeout)
+        if uses_fork_server(self.config):  # ready a little later: then requests go through it
+            self.wait_for_log(FORK_SERVER_READY, timeout)
         with self._changed:
             for line in self.lines:
                 if match := LISTENING.search(line):
@@ -176,6 +180,21 @@ class Supervisor(LoggedProcess):
     def zombies(self) -> list[psutil.Process]:
         """Children that have exited and are not reaped yet."""
         return self._children(zombie=True)
+
+
+def uses_fork_server(config: Path) -> bool:
+    """Whether the configuration has fork-mode stream servers and the fork server is on."""
+    try:
+        data = tomllib.loads(config.read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return False
+    if not data.get("supervisor", {}).get("fork_server", True):
+        return False
+    return any(
+        server.get("mode", "fork") == "fork"
+        and str(server.get("address", "")).startswith(("tcp://", "unix://"))
+        for server in data.get("servers", {}).values()
+    )
 
 
 def is_fork_server(process: psutil.Process) -> bool:

@@ -252,3 +252,10 @@ class ForkWithThreadHandler(socketserver.StreamRequestHandler):
         self.wfile.write(os.read(report_read, 16) + b"\n")
         os.close(report_read)
         os.close(report_write)
+
+
+class InheritableHandler(socketserver.BaseRequestHandler):
+    """Say whether the connection would pass to a program the handler executes (1) or not."""
+
+    def handle(self) -> None:
+        self.request.sendall(b"%d\n" % os.get_inheritable(self.request.fileno()))

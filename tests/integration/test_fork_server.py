@@ -3,8 +3,6 @@ user sees changes (status, metrics, signals, logs, reload, stop), also when it f
 
 import signal
 import socket
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,16 +67,6 @@ def status(sockdir: Path) -> dict[str, Any]:
     return control.request(str(sockdir / "sv.sock"), "status")
 
 
-def wait_for_status(
-    sockdir: Path, condition: Callable[[dict[str, Any]], bool], timeout: float = 10.0
-) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while not condition(current := status(sockdir)):
-        assert time.monotonic() < deadline, f"never reached; last status: {current}"
-        time.sleep(0.005)
-    return current
-
-
 def test_requests_are_forked_by_the_fork_server(
     start_supervisor: StartSupervisor, sockdir: Path
 ) -> None:
@@ -88,12 +76,11 @@ def test_requests_are_forked_by_the_fork_server(
     assert "forkserver.py" in " ".join(process.cmdline())
     client, child = held_child(supervisor)
     assert child.ppid() == fork_server
-    # Counted as the server's from the start; known by its pid once the fork server has said
-    # it (with the next exit report, or within 10 ms: FORK_REPORT_DELAY).
+    # The supervisor knows the child as its own: status, metrics and max_children see it.
+    answer = status(sockdir)
+    assert answer["children"] == [{"pid": child.pid, "server": "hold"}]
+    assert answer["fork_servers"] == [fork_server]
     assert scrape(supervisor).value("supervisor_children", server="hold") == 1
-    assert wait_for_status(sockdir, lambda s: s["children"] != [])["children"] == [
-        {"pid": child.pid, "server": "hold"}
-    ]
     finish(client)
     current = scrape_until(supervisor, idle("hold"))
     assert current.exits("hold")["ok"] == 1
@@ -299,3 +286,48 @@ def test_a_reopened_log_file_reaches_the_fork_servers_children(
     assert exchange(echo, b"x\n") == b"printed\n"
     new.wait_for("^print-handler-was-here$")  # a fork server's child wrote it
     assert rotated.read_text().count("print-handler-was-here") == 1
+
+
+def test_each_child_holds_only_its_own_connection_of_a_batch(
+    start_supervisor: StartSupervisor, sockdir: Path
+) -> None:
+    supervisor, fork_server = start(start_supervisor, sockdir)
+    supervisor.signal(signal.SIGSTOP)  # the connections queue up: one accept batch takes all
+    try:
+        clients = [connect(supervisor.inet("hold")) for _ in range(4)]
+    finally:
+        supervisor.signal(signal.SIGCONT)
+    children = [psutil.Process(int(readline(client))) for client in clients]
+    assert {child.ppid() for child in children} == {fork_server}
+    for child in children:  # its request, and not the later ones of its batch
+        assert len(child.net_connections(kind="inet")) == 1, child.net_connections(kind="inet")
+    for client in clients:
+        finish(client)
+
+
+def test_a_childs_connection_is_close_on_exec(
+    start_supervisor: StartSupervisor, sockdir: Path
+) -> None:
+    supervisor, _ = start(start_supervisor, sockdir, echo="tests.handlers:InheritableHandler")
+    assert exchange(supervisor.inet("echo"), b"") == b"0\n"
+
+
+def test_children_ignore_sigint_as_the_supervisors_own_do(
+    start_supervisor: StartSupervisor, sockdir: Path
+) -> None:
+    supervisor, _ = start(start_supervisor, sockdir)
+    client, child = held_child(supervisor)
+    child.send_signal(signal.SIGINT)  # (a Ctrl-C in a terminal reaches the whole group)
+    finish(client)  # it was still there to answer
+
+
+def test_a_handler_modules_basicconfig_does_not_change_the_log(
+    start_supervisor: StartSupervisor, sockdir: Path
+) -> None:
+    supervisor, _ = start(
+        start_supervisor, sockdir, echo="tests.basicconfig_handler:LoggingHandler"
+    )
+    assert exchange(supervisor.inet("echo"), b"") == b"logged\n"
+    supervisor.wait_for_log(r"WARNING supervisor\[\d+\]: a handler log line$")
+    assert "BASICCONFIG" not in supervisor.log
+    assert "a debug line" not in supervisor.log  # log_level (info) still applies

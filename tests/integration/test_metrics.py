@@ -266,10 +266,6 @@ def test_promtool_finds_nothing_to_report_in_a_real_scrape(
             assert udp.recv(100) == b"echo ping"
     with hold(supervisor.inet("held")) as held:  # a live child, at max_children
         scrape_until(supervisor, idle("forked", "threaded", "failing", "dying", "datagrams"))
-        # (the fork server tells a child's pid, which the memory gauge needs, within 10 ms)
-        scrape_until(
-            supervisor, lambda now: now.value("supervisor_children_memory_bytes", server="held") > 0
-        )
         text = get(supervisor.inet("metrics"), "/metrics").body.decode()
         release(held)
     current = Scrape(text)
@@ -471,10 +467,7 @@ def test_children_memory_while_a_child_is_held(start_supervisor: StartSupervisor
     supervisor = start_supervisor(server("hold", "PidHandler") + server("idle", "PidHandler"))
     with connect(supervisor.inet("hold")) as sock:
         child = psutil.Process(int(readline(sock)))
-        # (known by its pid, which the gauge needs, once the fork server says it: within 10 ms)
-        current = scrape_until(
-            supervisor, lambda now: now.value("supervisor_children_memory_bytes", server="hold") > 0
-        )
+        current = scrape(supervisor)
         rss = child.memory_info().rss
         assert (
             0.5 * rss < current.value("supervisor_children_memory_bytes", server="hold") < 2 * rss

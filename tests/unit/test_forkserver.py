@@ -14,9 +14,9 @@ from supervisor import forking, forkserver
 @pytest.fixture
 def isolated_imports() -> Iterator[None]:
     """forkserver.load replaces sys.path and imports: undo both."""
-    path, modules = list(sys.path), dict(sys.modules)
+    path, modules, argv = list(sys.path), dict(sys.modules), list(sys.argv)
     yield
-    sys.path[:] = path
+    sys.path[:], sys.argv[:] = path, argv
     for name in [name for name in sys.modules if name not in modules]:
         del sys.modules[name]
 
@@ -57,6 +57,7 @@ def test_a_package_found_only_by_an_import_hook_is_loaded_from_its_location(
         "locations": {
             "mapped_pkg": (str(tmp_path / "src_dir" / "__init__.py"), [str(tmp_path / "src_dir")])
         },
+        "argv": ["supervisor", "run"],
         "log_format": "%(message)s",
         "log_level": "INFO",
         "servers": [spec("one", "mapped_pkg.mod:Handler"), spec("two", "absent_pkg.mod:Handler")],
@@ -80,6 +81,7 @@ def test_a_failing_import_is_reported_on_one_line(tmp_path: Path) -> None:
     setup = {
         "path": [str(tmp_path), *sys.path],
         "locations": {},
+        "argv": ["supervisor", "run"],
         "log_format": "%(message)s",
         "log_level": "INFO",
         "servers": [spec("bad", "broken_mod:Handler")],
@@ -99,7 +101,7 @@ def test_package_locations_name_the_top_level_package() -> None:
     assert search == [str(Path(__file__).parent.parent)]
 
 
-def test_interpreter_flags_keep_the_supervisors_and_add_no_site_and_unbuffered() -> None:
+def test_interpreter_flags_keep_the_supervisors_and_add_no_site() -> None:
     flags = forking.interpreter_flags()
-    assert flags[:3] == ["-S", "-P", "-u"]
+    assert flags[:2] == ["-S", "-P"]
     assert flags.count("-S") == 1
