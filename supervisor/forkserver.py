@@ -5,14 +5,16 @@ and the teardown at exit, which grow with the size of the forking process, plus 
 the child before the handler. The supervisor (its loop, configuration, metrics, logging) is
 about 18 MiB; this process is a fresh interpreter started with `-S` (no site hooks: their
 imports were 3 MiB here) that imports only the handler modules, and forks from a loop that
-touches almost nothing between forks. Measured per request on 2 vCPUs: child 0.55 ms of CPU and
-170 faults here, against 1.3 ms and 390 when forked from the supervisor (bench/README.md).
+touches little between forks. Measured per request (wrk, 8 clients, 2 vCPUs): child about 0.7
+ms of CPU and 200 faults, this process 0.45 ms; forked from the supervisor, the child took 1.3
+ms and the supervisor 0.9 (README, Performance).
 
 It also skips `threading._after_fork` in its children while it is single-threaded (it never
 starts a thread itself; a handler module that started one at import turns this off): that hook
 rebuilds the threading module's state for the case where other threads existed at fork(), and
-its page faults were 0.3 ms of every child's 0.55. The child puts the hook back first thing, so
-a handler that forks again gets the standard behaviour.
+its page faults were 0.3 ms of every child (a bare fork+exit from here: 0.55 ms with it, 0.22
+without). The child puts the hook back first thing, so a handler that forks again gets the
+standard behaviour.
 
 This file runs as a script (`python -S forkserver.py`) and imports only the standard library:
 the supervisor package's modules are for the supervisor. The protocol, on a SOCK_SEQPACKET
