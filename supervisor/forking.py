@@ -32,7 +32,9 @@ from supervisor.loop import Loop
 
 log = logging.getLogger("supervisor")
 
-READY_TIMEOUT = 30.0  # seconds a fork server may take to import the handlers
+READY_SLOW = 30.0  # seconds after which a fork server not ready yet is worth a warning
+CONTROL_TIMEOUT = 1.0  # seconds a control message may wait for room in a full channel
+EXIT_TIMEOUT = 1.0  # seconds the final kill() waits for it to kill its children and exit
 
 SCRIPT = forkserver.__file__
 
@@ -168,18 +170,18 @@ class ForkServer:
         ours.setblocking(False)
         self.channel = ours
         self.loop.add_reader(ours, self._on_readable)
-        self._deadline = loop.call_later(READY_TIMEOUT, self._not_ready)
+        self._deadline = loop.call_later(READY_SLOW, self._not_ready)
 
     def _not_ready(self) -> None:
-        """STARTING for too long (a handler's import blocks there): replaced, with back-off."""
+        """STARTING for long: say so (an import may be slow on purpose: it is not killed; a
+        reload kills one that is still not ready, see close)."""
         if not self.is_ready and not self.gone:
             log.warning(
-                "fork server %d: not ready after %gs (a handler module's import is stuck?); "
-                "killing it",
+                "fork server %d: not ready after %gs (a handler module's import is slow or "
+                "stuck); the supervisor forks requests itself meanwhile",
                 self.pid,
-                READY_TIMEOUT,
+                READY_SLOW,
             )
-            self._kill_process()
 
     def __repr__(self) -> str:
         return f"<ForkServer pid {self.pid}>"
@@ -224,29 +226,38 @@ class ForkServer:
         """Give the process our stderr (a reopened log file) as its stdout and stderr."""
         self._send(("L",), fd=2)
 
-    def _send(self, command: tuple[Any, ...], fd: int | None = None) -> None:
+    def _send(self, command: tuple[Any, ...], fd: int | None = None) -> bool:
+        """Send a control message. A channel full of requests it has not read yet gets up to
+        CONTROL_TIMEOUT for room (rare, short, and these messages must not be lost); False
+        if it could not be sent (logged)."""
         if self.gone:
-            return
+            return False
         fds = (
             [] if fd is None else [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", (fd,)))]
         )
+        message = marshal.dumps(command)
         try:
-            self.channel.sendmsg([marshal.dumps(command)], fds)
+            try:
+                self.channel.sendmsg([message], fds)
+            except BlockingIOError:
+                self.channel.settimeout(CONTROL_TIMEOUT)
+                try:
+                    self.channel.sendmsg([message], fds)
+                finally:
+                    self.channel.setblocking(False)
         except OSError as exc:
-            log.warning("fork server %d: cannot send %s (%s)", self.pid, command[0], exc)
+            log.error("fork server %d: cannot send %s (%s)", self.pid, command[0], exc)
+            return False
+        return True
 
     def close(self) -> None:
         """CLOSING: no more requests; it exits once its children are done. One that is not
-        ready yet may be stuck in an import: it is killed instead."""
+        ready yet may be stuck in an import: it is killed instead, as is one that cannot be
+        told."""
         if self.closing or self.gone:
             return
         self.closing = True
-        if not self.is_ready:
-            self._kill_process()
-            return
-        try:
-            self.channel.send(marshal.dumps(("C",)))
-        except OSError:
+        if not self.is_ready or not self._send(("C",)):
             self._kill_process()
 
     def _kill_process(self) -> None:
@@ -261,11 +272,13 @@ class ForkServer:
             os.close(self.channel.fileno())
 
     def kill(self) -> None:
-        """At the very end: its children and then itself are killed, and it is reaped."""
+        """At the very end (the loop has stopped): its children are killed (none is left
+        after a stop that waited for them), then it, once they are, or after EXIT_TIMEOUT;
+        it is reaped."""
         self._deadline.cancel()
         if not self.gone:
-            with contextlib.suppress(OSError):  # (its children must not outlive it)
-                self.channel.send(marshal.dumps(("K", int(signal.SIGKILL))))
+            if self._send(("K", int(signal.SIGKILL))) and self._send(("C",)):
+                self._wait_for_end_of_file(EXIT_TIMEOUT)
             self.loop.remove_reader(self.channel)
             self.channel.close()
             self.gone = True
@@ -274,6 +287,13 @@ class ForkServer:
                 os.kill(self.pid, signal.SIGKILL)
                 os.waitpid(self.pid, 0)
             self.reaped = True
+
+    def _wait_for_end_of_file(self, timeout: float) -> None:
+        """Read (and drop) reports until it has exited: blocking, for kill() only."""
+        self.channel.settimeout(timeout)
+        with contextlib.suppress(OSError):
+            while self.channel.recv(forkserver.REPORT_SIZE):
+                pass
 
     def reap(self) -> bool:
         """Collect the process if it has exited; True once it has been."""

@@ -43,6 +43,7 @@ from __future__ import annotations  # (no typing module at run time: see below)
 
 import _signal  # type: ignore[import-not-found]  # `signal` without its enum conversions
 import array
+import errno
 import gc
 import importlib
 import marshal
@@ -68,6 +69,9 @@ REPORT_SIZE = 65536  # the most a report message may take (the supervisor reads 
 WARM_UP_RUNS = 16  # CPython 3.11 specialises a function's code after 8 calls
 REPORT_BATCH = 256  # records per report message, fewer if they would not fit
 REASON_LIMIT = 1000  # characters of an import error's reason
+GONE_ERRNOS = (errno.EPIPE, errno.ECONNRESET)  # the supervisor is gone
+CHANNEL_RETRIES = 100  # channel errors in a row (ENOBUFS, ENOMEM) before giving up on it
+RETRY_MS = 10  # how soon reports that could not be sent are tried again
 
 
 class ServerView:
@@ -195,6 +199,7 @@ class ForkServer:
         self.hook: Any = None  # threading._after_fork and its code, while skipped
         self.hook_code: Any = None
         self.poller = select.poll()
+        self.failures = 0  # channel errors in a row (see failed_again)
 
     def skip_threading_hook(self) -> bool:
         """Skip threading's after-fork hook in children if this process is single-threaded;
@@ -216,7 +221,7 @@ class ForkServer:
         self.poller.register(CHANNEL_FD, select.POLLIN)
         self.poller.register(self.wake_r, select.POLLIN)
         while self.accepting or self.children:
-            for fd, _ in self.poller.poll():
+            for fd, _ in self.poller.poll(RETRY_MS if self.out else None):
                 if fd == self.wake_r:
                     self.reap()
                 elif self.listening:
@@ -224,9 +229,9 @@ class ForkServer:
             self.flush()
 
     def hang_up(self) -> None:
-        """The channel is done (end of file, or it failed): no more requests or reports; the
-        supervisor sees end of file once we and the children have exited (they do not hold
-        it)."""
+        """The channel is done (end of file, the supervisor gone, or it kept failing): no more
+        requests or reports. Closed at once: a supervisor still there sees end of file and
+        counts what we had as no longer tracked (and replaces us)."""
         self.accepting = self.reporting = False
         if self.listening:
             self.listening = False
@@ -243,7 +248,9 @@ class ForkServer:
             )
         except (BlockingIOError, InterruptedError):
             return
-        except OSError:
+        except OSError as exc:
+            if exc.errno not in GONE_ERRNOS and self.failed_again():
+                return  # (a passing shortage, ENOBUFS say: the next turn tries again)
             message, ancillary, flags = b"", [], 0
         for level, kind, data in ancillary:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
@@ -346,24 +353,29 @@ class ForkServer:
         """Send what this turn has to report, in one message (or a few)."""
         if not self.out:
             return
-        records, self.out = self.out, []
         if not self.reporting:
+            self.out.clear()
             return  # nobody is listening any more
-        try:
-            for start in range(0, len(records), REPORT_BATCH):
-                self.send(records[start : start + REPORT_BATCH])
-        except OSError:
-            self.hang_up()  # the supervisor is gone, or the channel failed: it replaces us
+        while self.out:
+            count = min(len(self.out), REPORT_BATCH)
+            message = marshal.dumps(self.out[:count])
+            while len(message) > REPORT_SIZE and count > 1:  # (records are bounded in size)
+                count //= 2
+                message = marshal.dumps(self.out[:count])
+            try:
+                self.channel.send(message)  # (a datagram: all of it, or an error)
+            except OSError as exc:
+                if exc.errno not in GONE_ERRNOS and self.failed_again():
+                    return  # kept, for the next turn (poll wakes again soon: see run)
+                self.hang_up()  # the supervisor is gone, or the channel keeps failing
+                return
+            del self.out[:count]  # (only what went: nothing is reported twice)
+        self.failures = 0
 
-    def send(self, records: list[tuple[Any, ...]]) -> None:
-        message = marshal.dumps(records)
-        if len(message) <= REPORT_SIZE:
-            self.channel.sendall(message)
-        elif len(records) > 1:
-            half = len(records) // 2
-            self.send(records[:half])
-            self.send(records[half:])
-        # (a single record over REPORT_SIZE cannot be made: names and reasons are bounded)
+    def failed_again(self) -> bool:
+        """Count a channel error that may pass; False once there were too many in a row."""
+        self.failures += 1
+        return self.failures < CHANNEL_RETRIES
 
 
 def _nothing() -> None:
@@ -435,6 +447,7 @@ def main() -> None:
     with open(SETUP_FD, "rb") as setup_file:
         setup = marshal.loads(setup_file.read())  # noqa: S302 (the supervisor's)
     servers, failed = load(setup)
+    _flush_output()  # what the imports printed, once: not again from every child
     server = ForkServer(servers, (setup["log_format"], setup["log_level"]))
     threads_ok = server.skip_threading_hook()
     server.out.extend(("failed", name, reason) for name, reason in failed.items())

@@ -19,7 +19,7 @@ CONFIG = """
 [supervisor]
 pidfile = "{sockdir}/sv.pid"
 shutdown_timeout = {shutdown_timeout}
-kill_grace = 2
+kill_grace = {kill_grace}
 {extra}
 
 [servers.hold]
@@ -34,17 +34,37 @@ ECHO = "tests.handlers:LineEchoHandler"
 PRINT = "tests.handlers:PrintHandler"
 
 
+def config_text(
+    sockdir: Path,
+    *,
+    extra: str = "",
+    shutdown_timeout: float = 10,
+    kill_grace: float = 2,
+    echo: str = ECHO,
+) -> str:
+    return CONFIG.format(
+        sockdir=sockdir,
+        extra=extra,
+        shutdown_timeout=shutdown_timeout,
+        kill_grace=kill_grace,
+        echo=echo,
+    )
+
+
 def start(
     start_supervisor: StartSupervisor,
     sockdir: Path,
     *,
     extra: str = "",
     shutdown_timeout: float = 10,
+    kill_grace: float = 2,
     echo: str = ECHO,
     serves: int = 2,
 ) -> tuple[Supervisor, int]:
     """A supervisor and the pid of its fork server, once that is ready."""
-    text = CONFIG.format(sockdir=sockdir, extra=extra, shutdown_timeout=shutdown_timeout, echo=echo)
+    text = config_text(
+        sockdir, extra=extra, shutdown_timeout=shutdown_timeout, kill_grace=kill_grace, echo=echo
+    )
     supervisor = start_supervisor(text)
     match = supervisor.wait_for_log(FORKING)
     assert int(match.group(2)) == serves
@@ -92,9 +112,7 @@ def test_requests_are_forked_by_the_fork_server(
 def test_fork_server_off_forks_in_the_supervisor(
     start_supervisor: StartSupervisor, sockdir: Path
 ) -> None:
-    text = CONFIG.format(
-        sockdir=sockdir, extra="fork_server = false", shutdown_timeout=10, echo=ECHO
-    )
+    text = config_text(sockdir, extra="fork_server = false")
     supervisor = start_supervisor(text)
     client, child = held_child(supervisor)
     assert child.ppid() == supervisor.pid
@@ -271,7 +289,7 @@ def test_a_reopened_log_file_reaches_the_fork_servers_children(
 ) -> None:
     log_file = tmp_path / "supervisor.log"
     extra = f'log_file = "{log_file}"'
-    text = CONFIG.format(sockdir=sockdir, extra=extra, shutdown_timeout=10, echo=PRINT)
+    text = config_text(sockdir, extra=extra, echo=PRINT)
     supervisor = start_supervisor(text, ready=False)
     log = LogFile(log_file)
     log.wait_for(FORKING)
@@ -331,3 +349,34 @@ def test_a_handler_modules_basicconfig_does_not_change_the_log(
     supervisor.wait_for_log(r"WARNING supervisor\[\d+\]: a handler log line$")
     assert "BASICCONFIG" not in supervisor.log
     assert "a debug line" not in supervisor.log  # log_level (info) still applies
+
+
+def test_a_fast_stop_with_no_grace_leaves_no_child_behind(
+    start_supervisor: StartSupervisor, sockdir: Path
+) -> None:
+    supervisor, fork_server = start(
+        start_supervisor, sockdir, kill_grace=0, echo="tests.handlers:StubbornHandler"
+    )
+    clients = [connect(supervisor.inet("echo")) for _ in range(3)]
+    try:
+        children = [psutil.Process(int(readline(client))) for client in clients]  # SIGTERM-proof
+        processes = [*children, psutil.Process(fork_server)]
+        supervisor.signal(signal.SIGQUIT)
+        assert supervisor.wait() == 0
+        _, alive = psutil.wait_procs(processes, timeout=5)
+        assert alive == []
+    finally:
+        for client in clients:
+            client.close()
+
+
+def test_what_a_handler_module_prints_at_import_is_not_repeated_by_every_child(
+    start_supervisor: StartSupervisor, sockdir: Path
+) -> None:
+    text = config_text(sockdir, echo="tests.print_at_import:LineEchoHandler")
+    supervisor = start_supervisor(text, env={"PYTHONUNBUFFERED": ""})  # (stdout block-buffered)
+    for _ in range(3):
+        assert exchange(supervisor.inet("echo"), b"x\n").endswith(b" x\n")
+    supervisor.signal(signal.SIGTERM)
+    assert supervisor.wait() == 0
+    assert supervisor.log.count("printed-at-import") == 2  # the supervisor and its fork server
