@@ -31,6 +31,9 @@ address = "tcp://127.0.0.1:0"
 handler = "{echo}"
 """
 ECHO = "tests.handlers:LineEchoHandler"
+# Handover messages: more than the fork server's channel holds unread (278 with this kernel's
+# default socket buffers; a machine with much larger ones would need more).
+CHANNEL_FILL = 600
 PRINT = "tests.handlers:PrintHandler"
 
 
@@ -380,3 +383,46 @@ def test_what_a_handler_module_prints_at_import_is_not_repeated_by_every_child(
     supervisor.signal(signal.SIGTERM)
     assert supervisor.wait() == 0
     assert supervisor.log.count("printed-at-import") == 2  # the supervisor and its fork server
+
+
+def test_a_stuck_fork_server_leaves_requests_to_the_supervisor(
+    start_supervisor: StartSupervisor, sockdir: Path
+) -> None:
+    """With the fork server stopped, its channel fills up; the supervisor then forks new
+    requests itself (a batch too, each child with only its own connection), and the queued
+    ones are served once the fork server runs again."""
+    text = config_text(sockdir).replace(
+        'handler = "tests.handlers:LineEchoHandler"',
+        'handler = "tests.handlers:LineEchoHandler"\nmax_children = 1000',
+    )
+    supervisor = start_supervisor(text)
+    fork_server = int(supervisor.wait_for_log(FORKING).group(1))
+    stuck = psutil.Process(fork_server)
+    stuck.suspend()
+    queued: list[socket.socket] = []
+    try:
+        for _ in range(CHANNEL_FILL):  # one handover message each: more than the channel holds
+            client = connect(supervisor.inet("echo"))
+            client.sendall(b"ping\n")
+            queued.append(client)
+        assert readline(queued[-1]).endswith(b" ping\n")  # served: by the supervisor itself
+        supervisor.signal(signal.SIGSTOP)  # one accept batch of four, while the channel is full
+        try:
+            held = [connect(supervisor.inet("hold")) for _ in range(4)]
+        finally:
+            supervisor.signal(signal.SIGCONT)
+        children = [psutil.Process(int(readline(client))) for client in held]
+        assert {child.ppid() for child in children} == {supervisor.pid}
+        for child in children:
+            assert len(child.net_connections(kind="inet")) == 1, child.net_connections("inet")
+        for client in held:
+            finish(client)
+    finally:
+        stuck.resume()
+    queued.pop().close()  # (its reply was read above)
+    expected = b"('127.0.0.1', %d) ping\n" % supervisor.inet("echo")[1]
+    for client in queued:  # those handed over before, served now, and those forked here
+        with client:
+            assert readline(client) == expected
+    current = scrape_until(supervisor, idle("echo", "hold"))
+    assert current.exits("echo")["ok"] == CHANNEL_FILL
