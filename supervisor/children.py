@@ -136,8 +136,10 @@ class ChildTable(Generic[Owner]):
         reaped: list[Reaped[Owner]] = []
         while (pid := self._next_exited()) is not None:
             if pid not in self._children and not self.reap_strangers:
-                # Someone else's process heads the queue: collect ours one by one instead.
-                reaped.extend(r for p in list(self._children) if (r := self._collect(p)))
+                # Someone else's process heads the queue: collect ours one by one instead (not
+                # the adopted ones: their fork server waits for them).
+                ours = [pid for pid, child in self._children.items() if not child.adopted]
+                reaped.extend(r for p in ours if (r := self._collect(p)))
                 break
             collected = self._collect(pid)
             if collected is None:

@@ -362,9 +362,8 @@ class Supervisor:
     def _retire(self, server: Server, released: bool) -> None:
         """A server the new configuration removes: stop accepting, let its requests finish."""
         server.retired = True
-        if (pool := self.pools.get(server)) is not None:
-            pool.close()
-            self._forget_pool(server)
+        if server in self.pools:
+            self._close_pool(server)
         if released:
             self._release(server.listener)
         if not server.threads:
@@ -525,7 +524,7 @@ class Supervisor:
     def _on_readable(self, server: Server) -> None:
         fork_server = self._fork_server_for(server) if server.accepts_fd else None
         try:
-            self._accept_batch(server, fork_server is None and server.accepts_fd)
+            self._accept_batch(server, fork_server)
         finally:
             if fork_server is not None:  # what _fork queued for it, in one message
                 self._fork_unsent(fork_server.send_queued())
@@ -538,7 +537,8 @@ class Supervisor:
             self._unsent_fds.discard(fd)
             self._fork_here(server, fd, client_address)
 
-    def _accept_batch(self, server: Server, forks_here: bool) -> None:
+    def _accept_batch(self, server: Server, fork_server: ForkServer | None) -> None:
+        forks_here = server.accepts_fd and fork_server is None
         for _ in range(FORK_BATCH if forks_here else ACCEPT_BATCH):
             if not server.listening:
                 return
@@ -555,7 +555,7 @@ class Supervisor:
                     continue
                 self._back_off(server, exc)
                 return
-            self._dispatch(server, request, client_address)
+            self._dispatch(server, request, client_address, fork_server)
 
     def _back_off(self, server: Server, exc: OSError) -> None:
         log.warning(
@@ -573,18 +573,30 @@ class Supervisor:
 
         self.loop.call_later(ACCEPT_BACKOFF, resume)
 
-    def _dispatch(self, server: Server, request: Request | int, client_address: Any) -> None:
+    def _dispatch(
+        self,
+        server: Server,
+        request: Request | int,
+        client_address: Any,
+        fork_server: ForkServer | None = None,
+    ) -> None:
+        """Run one request as the server's mode says; `fork_server`: the one that takes this
+        server's connections, if any (found once per accept batch)."""
         server.stats.requests += 1
         if isinstance(request, int) or server.mode is Mode.FORK:  # (an int: a bare descriptor)
             self._count(server, +1)
-            self._fork(server, request, client_address)
+            if fork_server is not None and isinstance(request, int):
+                # Sent at the end of the accept batch (_on_readable), with the others.
+                fork_server.queue(server, request, client_address, time.monotonic())
+            else:
+                self._fork_here(server, request, client_address)
         elif server.mode is Mode.THREAD:
             self._count(server, +1)
             self._start_thread(server, request, client_address)
         else:
             started = time.monotonic()
             ok = server.handle(request, client_address)
-            self._handled(server, ok, time.monotonic() - started)
+            server.stats.handled(ok, time.monotonic() - started)
 
     def _start_thread(self, server: Server, request: Request, client_address: Any) -> None:
         def run() -> None:
@@ -614,29 +626,17 @@ class Supervisor:
             server.stats.errors += 1
             self._count(server, -1)
 
-    def _handled(self, server: Server, ok: bool, duration: float) -> None:
-        """A request handled in the supervisor itself (inline or thread mode)."""
-        if not ok:
-            server.stats.errors += 1
-        server.stats.durations.observe(duration)
-
     def _thread_done(self, server: Server, ok: bool, duration: float) -> None:
-        self._handled(server, ok, duration)
+        server.stats.handled(ok, duration)
         server.threads -= 1
         if not server.threads:
+            closing = server.retired or self.state is not State.RUNNING
+            if server.old_sockets or closing:
+                self._fd_runs = None  # (sockets close below: the runs a child closes change)
             server.close_old_sockets()
-            if server.retired or self.state is not State.RUNNING:
+            if closing:
                 server.close_handler_socket()
-            self._fd_runs = None
         self._count(server, -1)
-
-    def _fork(self, server: Server, request: Request | int, client_address: Any) -> None:
-        fork_server = self._fork_server_for(server)
-        if fork_server is not None and isinstance(request, int):
-            # Sent at the end of the accept batch (_on_readable), with the others.
-            fork_server.queue(server, request, client_address, time.monotonic())
-        else:
-            self._fork_here(server, request, client_address)
 
     def _fork_here(self, server: Server, request: Request | int, client_address: Any) -> None:
         """Fork the request's child from the supervisor itself."""
@@ -716,8 +716,12 @@ class Supervisor:
         if server.mode is Mode.PREFORK:
             pool.retire_all()
         else:
-            pool.close()
-            self._forget_pool(server)
+            self._close_pool(server)
+
+    def _close_pool(self, server: Server) -> None:
+        """Its workers finish their request and exit; the pool goes with the last of them."""
+        self.pools[server].close()
+        self._forget_pool(server)
 
     def _forget_pool(self, server: Server) -> None:
         """Drop a closed pool once its last worker is gone (the server left prefork mode, or
@@ -740,13 +744,10 @@ class Supervisor:
         when first needed after a change (every place that opens or closes one of those
         sockets forgets the last result)."""
         if self._fd_runs is None:
-            sockets = [s.listener.socket for s in [*self.servers.values(), *self.draining]]
-            sockets += [s.socket for s in [*self.servers.values(), *self.draining]]
-            sockets += [
-                old for s in [*self.servers.values(), *self.draining] for old in s.old_sockets
-            ]
-            sockets += [listener.socket for listener in self.spare]
-            self._fd_runs = descriptor_runs({sock.fileno() for sock in sockets} - {-1})
+            servers = [*self.servers.values(), *self.draining]
+            fds = {fd for server in servers for fd in server.own_descriptors()}
+            fds |= {listener.socket.fileno() for listener in self.spare}
+            self._fd_runs = descriptor_runs(fds - {-1})
         return self._fd_runs
 
     def _become_child(self, server: Server, runs: list[tuple[int, int]]) -> None:
@@ -798,7 +799,8 @@ class Supervisor:
         if outcome in ("error", "signal") and not is_worker:
             server.stats.errors += 1  # (a worker's death is in the exits metric only)
         self._count(server, -1)
-        if pool is not None and is_worker:
+        if is_worker:
+            assert pool is not None  # noqa: S101 (for mypy: is_worker says so)
             pool.exited(reaped.pid, reaped.status.ok)
             self._forget_pool(server)
 
@@ -822,7 +824,7 @@ class Supervisor:
             return
         setup = setup_for(servers, logs.LOG_FORMAT, self.config.supervisor.log_level)
         try:
-            self.fork_server = ForkServer(self.loop, servers, self, setup)
+            self.fork_server = ForkServer(self.loop, self, setup)
         except OSError as exc:
             log.warning(
                 "cannot start the fork server (%s); the supervisor forks requests itself",
@@ -872,7 +874,7 @@ class Supervisor:
         if fork_server is not self.fork_server:
             return  # a closed one, done
         self.fork_server = None
-        if fork_server.ready:
+        if fork_server.serving:
             self._fork_server_delay = FORK_SERVER_RESTART[0]  # it had worked: not a start loop
         if self.running:
             log.warning(
@@ -937,12 +939,15 @@ class Supervisor:
         self._stop_signal = signum
         for fork_server in self.fork_servers:
             fork_server.signal_children(signum)
-        handed_over = sum(len(fork_server.pending) for fork_server in self.fork_servers)
-        return self.children.signal_all(signum) + handed_over
+        return self.children.signal_all(signum) + self._handed_over()
+
+    def _handed_over(self) -> int:
+        """Connections given to a fork server whose child's pid has not come back yet."""
+        return sum(len(fork_server.pending) for fork_server in self.fork_servers)
 
     def _child_count(self) -> int:
         """Children alive or about to be: in the table, or handed to a fork server."""
-        return len(self.children) + sum(len(each.pending) for each in self.fork_servers)
+        return len(self.children) + self._handed_over()
 
     def _terminate(self) -> None:
         self._terminating = True

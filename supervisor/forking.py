@@ -128,17 +128,16 @@ def interpreter_flags() -> list[str]:
 class ForkServer:
     """One fork server process and its channel."""
 
-    def __init__(self, loop: Loop, servers: list[Any], events: Events, setup: bytes) -> None:
+    def __init__(self, loop: Loop, events: Events, setup: bytes) -> None:
         self.loop = loop
         self.events = events
-        self.ready: dict[str, Any] = {}  # server name -> Server, once it can fork for it
+        self.serving: set[str] = set()  # the servers it can fork for, once it says so
         self.is_ready = False  # its "ready" came
         self.closing = False
         self.gone = False
         self.reaped = False
         self.pending: dict[int, tuple[Any, float, Any]] = {}  # seq -> server, start, client
         self.pids: set[int] = set()  # forked by it, not yet reported as exited
-        self._servers = {server.name: server for server in servers}
         self._seq = 0
         self._queued: list[tuple[Any, int, Any, float]] = []  # (server, fd, client, start)
         self._buffer = bytearray(forkserver.REPORT_SIZE)  # reports are read into this
@@ -187,7 +186,7 @@ class ForkServer:
         return f"<ForkServer pid {self.pid}>"
 
     def serves(self, name: str) -> bool:
-        return not self.closing and name in self.ready
+        return not self.closing and name in self.serving
 
     def queue(self, server: Any, fd: int, client_address: Any, started: float) -> None:
         """Take an accepted connection; `send_queued` hands it over."""
@@ -342,11 +341,11 @@ class ForkServer:
             server, _, client_address = self.pending.pop(record[1])
             self.events.fork_failed(server, record[2], client_address)
         elif kind == "serves":
-            self.ready[record[1]] = self._servers[record[1]]
+            self.serving.add(record[1])
         elif kind == "ready":
             self.is_ready = True
             self._deadline.cancel()
-            log.info("fork server %d: forking for %d servers", self.pid, len(self.ready))
+            log.info("fork server %d: forking for %d servers", self.pid, len(self.serving))
             if not record[1]:
                 log.warning(
                     "fork server %d: a handler module started a thread at import; its "

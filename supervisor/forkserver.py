@@ -194,8 +194,7 @@ class ForkServer:
         self.children: set[int] = set()
         self.out: list[tuple[Any, ...]] = []
         self.accepting = True  # the supervisor may still send requests
-        self.listening = True  # the channel is open: commands may still come
-        self.reporting = True  # and the supervisor still reads what we send
+        self.listening = True  # the channel is open: commands come, reports go
         self.hook: Any = None  # threading._after_fork and its code, while skipped
         self.hook_code: Any = None
         self.poller = select.poll()
@@ -232,7 +231,7 @@ class ForkServer:
         """The channel is done (end of file, the supervisor gone, or it kept failing): no more
         requests or reports. Closed at once: a supervisor still there sees end of file and
         counts what we had as no longer tracked (and replaces us)."""
-        self.accepting = self.reporting = False
+        self.accepting = False
         if self.listening:
             self.listening = False
             self.poller.unregister(CHANNEL_FD)
@@ -353,7 +352,7 @@ class ForkServer:
         """Send what this turn has to report, in one message (or a few)."""
         if not self.out:
             return
-        if not self.reporting:
+        if not self.listening:
             self.out.clear()
             return  # nobody is listening any more
         while self.out:

@@ -131,12 +131,16 @@ class ServerStats:
         if duration is not None:
             self.durations.observe(duration)
 
-    def request_done(self, ok: bool, duration: float) -> None:
-        """A request a prefork worker has finished (and reported through its pipe)."""
-        self.requests += 1
+    def handled(self, ok: bool, duration: float) -> None:
+        """A request handled without a child of its own (inline, thread, a prefork worker)."""
         if not ok:
             self.errors += 1
         self.durations.observe(duration)
+
+    def request_done(self, ok: bool, duration: float) -> None:
+        """A request a prefork worker has finished (and reported through its pipe)."""
+        self.requests += 1
+        self.handled(ok, duration)
 
 
 @dataclass

@@ -127,8 +127,10 @@ class Server:
         return fd, address
 
     def socket_for(self, fd: int) -> socket.socket:
-        listening = self.listener.socket
-        return socket.socket(listening.family, listening.type, listening.proto, fileno=fd)
+        """A socket object for a connection accepted with accept_fd (the family and type as
+        _attach stored them: the socket's own properties convert to enums on every read)."""
+        proto = self.listener.socket.proto
+        return socket.socket(self.address_family, self.socket_type, proto, fileno=fd)
 
     def handle(self, request: Request, client_address: Any) -> bool:
         """Run the handler on one request, then shut the request down; True if it succeeded."""
