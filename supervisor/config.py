@@ -7,12 +7,16 @@ Nothing here opens a socket or imports a handler: see `sockets.py` and `handlers
 
 import difflib
 import enum
+import grp
+import ipaddress
 import json
+import math
 import os
+import pwd
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from supervisor import addresses
@@ -37,6 +41,95 @@ class Mode(enum.StrEnum):
 
 
 PREFORK_KEYS = ("workers", "max_requests", "max_requests_jitter", "max_rss")
+# Guards and child limits: per server, with defaults in [supervisor] (see Limits).
+LIMIT_KEYS = (
+    "request_timeout",
+    "max_per_source",
+    "source_ipv4_prefix",
+    "source_ipv6_prefix",
+    "rate",
+    "rate_burst",
+    "source_rate",
+    "source_rate_burst",
+    "allow",
+    "deny",
+    "banner_fail",
+    "rlimit_as",
+    "rlimit_cpu",
+    "rlimit_nofile",
+    "nice",
+)
+SOCKET_FILE_KEYS = ("socket_mode", "socket_owner", "socket_group")
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class Peer:
+    """An allow/deny entry for a unix socket: the connecting process's uid or gid, as the
+    kernel reports it (SO_PEERCRED). `text` is the entry as written."""
+
+    kind: str  # "uid" or "gid"
+    id: int
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
+
+
+Rule = Network | Peer
+
+
+@dataclass(frozen=True)
+class Limits:
+    """A server's guards (checked in the supervisor before a request runs) and its children's
+    resource limits. 0 or None: no limit."""
+
+    request_timeout: float = 0.0  # seconds; fork: SIGTERM, then SIGKILL; else a socket timeout
+    max_per_source: int = 0  # concurrent requests per client address (or per uid, unix)
+    source_ipv4_prefix: int = 32  # clients in one such network count as one source
+    source_ipv6_prefix: int = 64
+    rate: float = 0.0  # connections per second, whole server (token bucket)
+    rate_burst: int = 0  # the bucket's size; 0 until resolved (then at least 1)
+    source_rate: float = 0.0  # the same, per source
+    source_rate_burst: int = 0
+    allow: tuple[Rule, ...] = ()  # empty: everyone (unless denied)
+    deny: tuple[Rule, ...] = ()  # wins over allow
+    banner_fail: str | None = None  # sent to a rejected stream client before it is closed
+    rlimit_as: int = 0  # MiB of address space
+    rlimit_cpu: int = 0  # seconds of CPU
+    rlimit_nofile: int = 0  # open files
+    nice: int | None = None
+
+    @property
+    def guarded(self) -> bool:
+        """Whether connections are checked before they are served."""
+        return bool(self.max_per_source or self.rate or self.source_rate or self.allow or self.deny)
+
+    @property
+    def child_limits(self) -> bool:
+        """Whether a child has resource limits to apply before its handler runs."""
+        return (
+            bool(self.rlimit_as or self.rlimit_cpu or self.rlimit_nofile) or self.nice is not None
+        )
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """A user to run as: the uid and gid, and the names as written (for messages)."""
+
+    uid: int
+    gid: int
+    user: str
+    group: str
+
+
+@dataclass(frozen=True)
+class SocketFile:
+    """The permissions a unix socket file is given right after bind() (before listen())."""
+
+    mode: int | None = None
+    uid: int = -1  # -1: unchanged (os.chown)
+    gid: int = -1
 
 
 @dataclass(frozen=True)
@@ -56,6 +149,11 @@ class ServerConfig:
     max_requests: int = 0
     max_requests_jitter: int = 0
     max_rss: int = 0
+    limits: Limits = field(default_factory=Limits)
+    # The children's user and group (the supervisor must keep root for this); None: the
+    # supervisor's own.
+    credentials: Credentials | None = None
+    socket_file: SocketFile = field(default_factory=SocketFile)
 
 
 @dataclass(frozen=True)
@@ -70,6 +168,10 @@ class SupervisorConfig:
     pidfile: str | None = None
     log_file: str | None = None
     fork_server: bool = True  # fork mode's stream servers fork from a small process (forking.py)
+    # Started as root: the user and group the supervisor drops to once everything is bound.
+    credentials: Credentials | None = None
+    allow_root: bool = False  # let handlers run as root (refused otherwise: see privileges.py)
+    limits: Limits = field(default_factory=Limits)  # the servers' defaults
 
     @property
     def control_socket(self) -> str | None:
@@ -131,7 +233,9 @@ def parse(data: Mapping[str, Any], source: str) -> Config:
     servers_table = top.table("servers")
     if not servers_table.data:
         raise ConfigError(source, "servers", "at least one server is required")
-    servers = {name: _server(name, servers_table.table(name)) for name in servers_table.data}
+    servers = {
+        name: _server(name, servers_table.table(name), supervisor) for name in servers_table.data
+    }
     _check_unique_addresses(source, servers)
     _check_metrics_address(source, metrics, servers)
     _check_global_cap(source, supervisor, servers)
@@ -202,6 +306,10 @@ def _supervisor(table: "_Table", source: str) -> SupervisorConfig:
         "pidfile",
         "log_file",
         "fork_server",
+        "user",
+        "group",
+        "allow_root",
+        *LIMIT_KEYS,
     )
     base = os.path.dirname(os.path.abspath(source))
     pidfile = table.optional_path("pidfile", base)
@@ -220,6 +328,9 @@ def _supervisor(table: "_Table", source: str) -> SupervisorConfig:
         log_level=table.choice("log_level", "info", LOG_LEVELS),
         path=tuple(os.path.join(base, entry) for entry in table.strings("path")),
         fork_server=table.boolean("fork_server", True),
+        credentials=table.credentials(),
+        allow_root=table.boolean("allow_root", False),
+        limits=_limits(table, Limits(), None),
     )
 
 
@@ -244,11 +355,21 @@ def _check_metrics_address(
             raise ConfigError(source, "metrics.address", what)
 
 
-def _server(name: str, table: "_Table") -> ServerConfig:
+def _server(name: str, table: "_Table", supervisor: SupervisorConfig) -> ServerConfig:
     if not _SERVER_NAME.match(name):
         raise table.error("", "a server name is 1-64 letters, digits, '_', '.' or '-'")
     table.only(
-        "address", "handler", "mode", "max_children", "backlog", "max_packet_size", *PREFORK_KEYS
+        "address",
+        "handler",
+        "mode",
+        "max_children",
+        "backlog",
+        "max_packet_size",
+        *PREFORK_KEYS,
+        *LIMIT_KEYS,
+        "user",
+        "group",
+        *SOCKET_FILE_KEYS,
     )
     address = table.address("address")
     if not address.is_stream and "backlog" in table.data:
@@ -265,7 +386,129 @@ def _server(name: str, table: "_Table") -> ServerConfig:
         max_children=max_children,
         backlog=table.integer("backlog", 1024, minimum=1, maximum=65535),
         max_packet_size=table.integer("max_packet_size", 8192, minimum=1, maximum=65535),
+        limits=_server_limits(table, supervisor, address, mode),
+        credentials=_server_credentials(table, supervisor),
+        socket_file=_socket_file(table, address),
         **_prefork(table, mode, address, max_children),
+    )
+
+
+def _limits(table: "_Table", inherited: Limits, address: Address | None) -> Limits:
+    """The LIMIT_KEYS of a table; those it does not set come from `inherited`. With an
+    `address` (a server's), what does not apply to it is an error if set here, and left out
+    if inherited (an [supervisor] default for IP servers means nothing to a unix one)."""
+    given = table.data
+    values: dict[str, Any] = {}
+    for key, most in (("request_timeout", MAX_SECONDS), ("rate", 1e6), ("source_rate", 1e6)):
+        values[key] = table.number(key, getattr(inherited, key), minimum=0, maximum=most)
+    integers: tuple[tuple[str, int, int | None], ...] = (
+        ("max_per_source", 0, None),
+        ("source_ipv4_prefix", 0, 32),
+        ("source_ipv6_prefix", 0, 128),
+        ("rate_burst", 1, None),
+        ("source_rate_burst", 1, None),
+        ("rlimit_as", 0, 2**44),
+        ("rlimit_cpu", 0, None),
+        ("rlimit_nofile", 0, 2**30),
+    )
+    for key, minimum, maximum in integers:
+        values[key] = table.integer(key, getattr(inherited, key), minimum, maximum)
+    nice = table.optional_integer("nice", minimum=-20, maximum=19)
+    values["nice"] = inherited.nice if nice is None else nice
+    for key in ("allow", "deny"):
+        values[key] = table.rules(key) if key in given else getattr(inherited, key)
+    banner = table.banner("banner_fail") if "banner_fail" in given else inherited.banner_fail
+    values["banner_fail"] = banner
+    for rate, burst in (("rate", "rate_burst"), ("source_rate", "source_rate_burst")):
+        if burst in given and not values[rate]:
+            raise table.error(burst, f"needs {rate} (connections per second)")
+    limits = Limits(**values)
+    return limits if address is None else _fit(table, limits, address)
+
+
+def _fit(table: "_Table", limits: Limits, address: Address) -> Limits:
+    """Check a server's limits against its address; drop inherited ones that do not apply;
+    give each rate its default burst (one second's worth)."""
+    given = table.data
+    fitted: dict[str, Any] = {}
+    for key in ("allow", "deny"):
+        rules: tuple[Rule, ...] = getattr(limits, key)
+        kept = tuple(rule for rule in rules if _applies(rule, address))
+        if key in given and len(kept) != len(rules):
+            wrong = next(rule for rule in rules if rule not in kept)
+            raise table.error(key, f"{str(wrong)!r} {_rule_scope(address)}")
+        fitted[key] = kept
+    per_source_unknown = address.is_unix and not address.is_stream  # no SO_PEERCRED here
+    for key in ("max_per_source", "source_rate"):
+        if per_source_unknown and getattr(limits, key):
+            if key in given:
+                raise table.error(key, "a unix datagram socket does not tell who sent a datagram")
+            fitted[key] = 0
+    if limits.banner_fail is not None and not address.is_stream:
+        if "banner_fail" in given:
+            raise table.error("banner_fail", "only applies to stream addresses (tcp://, unix://)")
+        fitted["banner_fail"] = None
+    for rate, burst in (("rate", "rate_burst"), ("source_rate", "source_rate_burst")):
+        value = fitted.get(rate, getattr(limits, rate))
+        if value and not getattr(limits, burst):
+            fitted[burst] = max(1, math.ceil(value))
+        elif not value:
+            fitted[burst] = 0
+    return replace(limits, **fitted)
+
+
+def _applies(rule: Rule, address: Address) -> bool:
+    if isinstance(rule, Peer):
+        return address.scheme == "unix"
+    return not address.is_unix
+
+
+def _rule_scope(address: Address) -> str:
+    if address.scheme == "unixgram":
+        return "cannot apply: a unix datagram socket does not tell who sent a datagram"
+    if address.is_unix:
+        return "is not a peer rule (uid:N, gid:N, user:NAME, group:NAME) for a unix socket"
+    return "is a peer rule: those apply to unix sockets only"
+
+
+def _server_limits(
+    table: "_Table", supervisor: SupervisorConfig, address: Address, mode: Mode
+) -> Limits:
+    limits = _limits(table, supervisor.limits, address)
+    if mode is Mode.PREFORK:  # its workers accept: the supervisor never sees the connections
+        for key in ("max_per_source", "rate", "source_rate"):
+            if getattr(limits, key):
+                inherited = "" if key in table.data else f" (from supervisor.{key}: set 0 here)"
+                raise table.error(
+                    key,
+                    f"not available in prefork mode, where workers accept on their own{inherited}",
+                )
+    return limits
+
+
+def _server_credentials(table: "_Table", supervisor: SupervisorConfig) -> Credentials | None:
+    credentials = table.credentials()
+    if credentials is not None and supervisor.credentials is not None:
+        raise table.error(
+            "user",
+            "a server's own user needs the supervisor to keep root: remove supervisor.user "
+            "(and supervisor.group), or this one",
+        )
+    return credentials
+
+
+def _socket_file(table: "_Table", address: Address) -> SocketFile:
+    present = [key for key in SOCKET_FILE_KEYS if key in table.data]
+    if not present:
+        return SocketFile()
+    if not address.is_unix:
+        raise table.error(present[0], "only applies to unix socket addresses")
+    owner = table.data.get("socket_owner")
+    group = table.data.get("socket_group")
+    return SocketFile(
+        mode=table.file_mode("socket_mode") if "socket_mode" in table.data else None,
+        uid=-1 if owner is None else table.user_id("socket_owner")[0],
+        gid=-1 if group is None else table.group_id("socket_group"),
     )
 
 
@@ -434,6 +677,88 @@ class _Table:
         if not value or value.endswith("/"):
             raise self.error(key, f"must name a file, got {value!r}")
         return os.path.normpath(os.path.join(base, value))
+
+    def rules(self, key: str) -> tuple[Rule, ...]:
+        """allow / deny: CIDR networks (an address alone is one host), or for unix sockets
+        uid:N, gid:N, user:NAME, group:NAME."""
+        rules: list[Rule] = []
+        for entry in self.strings(key):
+            kind, colon, rest = entry.partition(":")
+            if colon and kind in ("uid", "gid", "user", "group"):
+                rules.append(self._peer(key, entry, kind, rest))
+                continue
+            try:
+                rules.append(ipaddress.ip_network(entry))
+            except ValueError as exc:
+                raise self.error(
+                    key,
+                    f"{entry!r} is not a network (CIDR), an address, or uid:, gid:, user:, group: "
+                    f"({exc})",
+                ) from exc
+        return tuple(rules)
+
+    def _peer(self, key: str, entry: str, kind: str, rest: str) -> Peer:
+        if kind in ("uid", "gid"):
+            if not rest.isascii() or not rest.isdigit():
+                raise self.error(key, f"{entry!r}: {kind}: takes a number")
+            return Peer(kind, int(rest), entry)
+        try:
+            found = pwd.getpwnam(rest).pw_uid if kind == "user" else grp.getgrnam(rest).gr_gid
+        except KeyError as exc:
+            raise self.error(key, f"{entry!r}: no such {kind}") from exc
+        return Peer("uid" if kind == "user" else "gid", found, entry)
+
+    def banner(self, key: str) -> str:
+        """A line of text: no line breaks inside (one may end it), at most 1024 characters."""
+        text = self.string(key)
+        if "\n" in text.rstrip("\r\n") or "\r" in text.rstrip("\r\n") or len(text) > 1024:
+            raise self.error(key, "must be one line of at most 1024 characters")
+        return text
+
+    def user_id(self, key: str) -> tuple[int, int, str]:
+        """A user name or number: (uid, primary gid, name)."""
+        value = self.data[key]
+        try:
+            if isinstance(value, int) and not isinstance(value, bool):
+                entry = pwd.getpwuid(value)
+            else:
+                entry = pwd.getpwnam(self.string(key))
+        except (KeyError, OverflowError) as exc:
+            raise self.error(key, f"no such user {value!r}") from exc
+        return entry.pw_uid, entry.pw_gid, entry.pw_name
+
+    def group_id(self, key: str) -> int:
+        value = self.data[key]
+        try:
+            if isinstance(value, int) and not isinstance(value, bool):
+                return grp.getgrgid(value).gr_gid
+            return grp.getgrnam(self.string(key)).gr_gid
+        except (KeyError, OverflowError) as exc:
+            raise self.error(key, f"no such group {value!r}") from exc
+
+    def credentials(self) -> Credentials | None:
+        """`user` (a name or uid) and `group` (default: the user's primary group)."""
+        if "user" not in self.data:
+            if "group" in self.data:
+                raise self.error("group", "needs user too")
+            return None
+        uid, gid, name = self.user_id("user")
+        if "group" in self.data:
+            gid = self.group_id("group")
+        try:
+            group = grp.getgrgid(gid).gr_name
+        except KeyError:
+            group = str(gid)
+        return Credentials(uid, gid, name, group)
+
+    def file_mode(self, key: str) -> int:
+        """Permission bits: an integer (TOML 0o660) or a string of octal digits ("0660")."""
+        value = self.data[key]
+        if isinstance(value, str) and value and all(c in "01234567" for c in value):
+            value = int(value, 8)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0o7777:
+            raise self.error(key, f'must be permission bits such as 0o660 or "0660", got {value!r}')
+        return value
 
     def address(self, key: str) -> Address:
         text = self.string(key)
