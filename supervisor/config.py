@@ -757,7 +757,8 @@ class _Table:
         if isinstance(value, str) and value and all(c in "01234567" for c in value):
             value = int(value, 8)
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0o7777:
-            raise self.error(key, f'must be permission bits such as 0o660 or "0660", got {value!r}')
+            what = f'must be permission bits such as 0o660 or "0660", got {self.data[key]!r}'
+            raise self.error(key, what)
         return value
 
     def address(self, key: str) -> Address:
