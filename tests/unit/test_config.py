@@ -1,6 +1,9 @@
 """config.parse, config.load and addresses.parse: every mistake is one exact line."""
 
+import grp
+import ipaddress
 import os
+import pwd
 import re
 import textwrap
 import tomllib
@@ -10,7 +13,7 @@ import pytest
 
 from supervisor import addresses, config
 from supervisor.addresses import Address
-from supervisor.config import Mode
+from supervisor.config import Credentials, Limits, Mode, Peer, SocketFile
 from supervisor.errors import ConfigError
 
 SOURCE = "etc/supervisor.toml"
@@ -623,3 +626,572 @@ def test_prefork_workers_and_the_global_cap(toml: str, message: str) -> None:
     assert error_of(toml) == f"{SOURCE}: {message}"
     # Exactly the cap is fine when nothing else needs room.
     assert parse("[supervisor]\nmax_children = 3\n" + ECHO + 'mode = "prefork"\nworkers = 3\n')
+
+
+# --- guards, child limits and privileges ------------------------------------------------------
+
+TCP = "tcp://127.0.0.1:7007"
+UDP = "udp://127.0.0.1:7007"
+UNIX = "unix:///run/sv/echo.sock"
+UNIXGRAM = "unixgram:///run/sv/log.sock"
+NOBODY = pwd.getpwnam("nobody")
+NOGROUP = grp.getgrnam("nogroup")
+
+
+def limits_of(toml: str, name: str = "echo") -> Limits:
+    return parse(toml).servers[name].limits
+
+
+def test_no_limit_keys_means_no_limits_and_no_credentials() -> None:
+    loaded = parse(server(TCP) + server(UNIX, name="local"))
+    assert loaded.supervisor.limits == Limits()
+    assert (loaded.supervisor.credentials, loaded.supervisor.allow_root) == (None, False)
+    for each in loaded.servers.values():
+        assert each.limits == Limits()
+        assert each.credentials is None
+        assert each.socket_file == SocketFile(mode=None, uid=-1, gid=-1)
+        assert not each.limits.guarded
+        assert not each.limits.child_limits
+
+
+def test_every_limit_is_read_from_a_server_table() -> None:
+    limits = limits_of(
+        server(
+            TCP,
+            """
+            request_timeout = 30
+            max_per_source = 4
+            source_ipv4_prefix = 24
+            source_ipv6_prefix = 48
+            rate = 100.5
+            rate_burst = 200
+            source_rate = 2
+            source_rate_burst = 5
+            allow = ["10.0.0.0/8"]
+            deny = ["10.0.0.7"]
+            banner_fail = "busy\\r\\n"
+            rlimit_as = 512
+            rlimit_cpu = 60
+            rlimit_nofile = 1024
+            nice = 10
+            """,
+        )
+    )
+    assert limits == Limits(
+        request_timeout=30.0,
+        max_per_source=4,
+        source_ipv4_prefix=24,
+        source_ipv6_prefix=48,
+        rate=100.5,
+        rate_burst=200,
+        source_rate=2.0,
+        source_rate_burst=5,
+        allow=(ipaddress.IPv4Network("10.0.0.0/8"),),
+        deny=(ipaddress.IPv4Network("10.0.0.7/32"),),
+        banner_fail="busy\r\n",
+        rlimit_as=512,
+        rlimit_cpu=60,
+        rlimit_nofile=1024,
+        nice=10,
+    )
+    assert isinstance(limits.request_timeout, float)
+    assert (limits.guarded, limits.child_limits) == (True, True)
+
+
+SUPERVISOR_LIMITS = """
+[supervisor]
+request_timeout = 30
+max_per_source = 4
+rate = 10
+rate_burst = 20
+source_rate = 2
+allow = ["10.0.0.0/8"]
+banner_fail = "busy"
+rlimit_cpu = 60
+nice = 5
+"""
+
+
+def test_servers_inherit_the_supervisor_limits() -> None:
+    limits = limits_of(SUPERVISOR_LIMITS + server(TCP))
+    assert limits == Limits(
+        request_timeout=30.0,
+        max_per_source=4,
+        rate=10.0,
+        rate_burst=20,
+        source_rate=2.0,
+        source_rate_burst=2,  # a second's worth, resolved for the server
+        allow=(ipaddress.IPv4Network("10.0.0.0/8"),),
+        banner_fail="busy",
+        rlimit_cpu=60,
+        nice=5,
+    )
+
+
+def test_a_server_overrides_the_supervisor_limits_even_back_to_zero() -> None:
+    extra = """
+    request_timeout = 0
+    max_per_source = 0
+    rate = 0
+    source_rate = 7
+    allow = []
+    rlimit_cpu = 0
+    rlimit_nofile = 64
+    nice = 0
+    """
+    limits = limits_of(SUPERVISOR_LIMITS + server(TCP, extra))
+    assert limits == Limits(
+        source_rate=7.0,
+        source_rate_burst=7,
+        banner_fail="busy",  # the one key not overridden
+        rlimit_nofile=64,
+        nice=0,  # 0 is a niceness to set, unlike None
+    )
+    assert limits.rate_burst == 0  # no rate, no burst: the inherited 20 is dropped too
+
+
+def test_inherited_rules_are_kept_only_where_they_apply() -> None:
+    toml = (
+        """
+        [supervisor]
+        allow = ["10.0.0.0/8", "uid:0", "2001:db8::/32", "group:root"]
+        deny = ["10.0.0.7", "gid:65534"]
+        max_per_source = 3
+        source_rate = 1
+        banner_fail = "busy"
+        """
+        + server(TCP, name="tcp")
+        + server(UDP, name="udp")
+        + server(UNIX, name="unix")
+        + server(UNIXGRAM, name="unixgram")
+    )
+    servers = parse(toml).servers
+    ip_allow = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("2001:db8::/32"))
+    ip_deny = (ipaddress.ip_network("10.0.0.7/32"),)
+    for name in ("tcp", "udp"):
+        assert (servers[name].limits.allow, servers[name].limits.deny) == (ip_allow, ip_deny)
+    unix = servers["unix"].limits
+    assert unix.allow == (Peer("uid", 0, "uid:0"), Peer("gid", 0, "group:root"))
+    assert unix.deny == (Peer("gid", 65534, "gid:65534"),)
+    gram = servers["unixgram"].limits
+    assert (gram.allow, gram.deny) == ((), ())
+    # A unix datagram socket does not say who sent a datagram: no per-source limits either.
+    assert (gram.max_per_source, gram.source_rate, gram.source_rate_burst) == (0, 0, 0)
+    assert (servers["unix"].limits.max_per_source, servers["unix"].limits.source_rate) == (3, 1)
+    # banner_fail is for stream clients only.
+    assert [s.limits.banner_fail for s in servers.values()] == ["busy", None, "busy", None]
+
+
+@pytest.mark.parametrize(
+    ("address", "extra", "message"),
+    [
+        (
+            TCP,
+            'allow = ["10.0.0.0/8", "uid:0"]',
+            "allow: 'uid:0' is a peer rule: those apply to unix sockets only",
+        ),
+        (
+            UDP,
+            'deny = ["user:root"]',
+            "deny: 'user:root' is a peer rule: those apply to unix sockets only",
+        ),
+        (
+            UNIX,
+            'deny = ["gid:0", "10.0.0.0/8"]',
+            "deny: '10.0.0.0/8' is not a peer rule (uid:N, gid:N, user:NAME, group:NAME) "
+            "for a unix socket",
+        ),
+        (
+            UNIXGRAM,
+            'allow = ["uid:0"]',
+            "allow: 'uid:0' cannot apply: a unix datagram socket does not tell who sent a datagram",
+        ),
+        (
+            UNIXGRAM,
+            'deny = ["::1"]',  # shown as ipaddress writes it, not as written
+            "deny: '::1/128' cannot apply: a unix datagram socket does not tell who sent a "
+            "datagram",
+        ),
+        (
+            UNIXGRAM,
+            "max_per_source = 2",
+            "max_per_source: a unix datagram socket does not tell who sent a datagram",
+        ),
+        (
+            UNIXGRAM,
+            "source_rate = 1",
+            "source_rate: a unix datagram socket does not tell who sent a datagram",
+        ),
+        (
+            UDP,
+            'banner_fail = "busy"',
+            "banner_fail: only applies to stream addresses (tcp://, unix://)",
+        ),
+        (
+            UNIXGRAM,
+            'banner_fail = "busy"',
+            "banner_fail: only applies to stream addresses (tcp://, unix://)",
+        ),
+    ],
+)
+def test_limits_that_do_not_fit_the_address_are_errors_in_the_server_table(
+    address: str, extra: str, message: str
+) -> None:
+    assert error_of(server(address, extra)) == f"{SOURCE}: servers.echo.{message}"
+
+
+@pytest.mark.parametrize(
+    ("rate", "burst"),
+    [(0.25, 1), (1, 1), (2.5, 3), (10, 10), (1e6, 1_000_000)],
+)
+def test_a_rate_gets_a_burst_of_one_seconds_worth(rate: float, burst: int) -> None:
+    limits = limits_of(server(TCP, f"rate = {rate}\nsource_rate = {rate}"))
+    assert (limits.rate_burst, limits.source_rate_burst) == (burst, burst)
+
+
+def test_a_given_burst_is_kept() -> None:
+    limits = limits_of(
+        server(TCP, "rate = 10\nrate_burst = 3\nsource_rate = 1\nsource_rate_burst = 50")
+    )
+    assert (limits.rate_burst, limits.source_rate_burst) == (3, 50)
+
+
+def test_an_inherited_rate_gets_its_burst_in_each_server() -> None:
+    loaded = parse("[supervisor]\nrate = 2.5\n" + server(TCP) + server(UNIX, "rate = 7", "b"))
+    assert loaded.supervisor.limits.rate_burst == 0  # resolved per server, not here
+    assert loaded.servers["echo"].limits.rate_burst == 3
+    assert loaded.servers["b"].limits.rate_burst == 7
+    # A server may size the burst of a rate it inherits.
+    assert limits_of("[supervisor]\nrate = 2.5\n" + server(TCP, "rate_burst = 9")).rate_burst == 9
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        (
+            server(TCP, "rate_burst = 5"),
+            "servers.echo.rate_burst: needs rate (connections per second)",
+        ),
+        (
+            server(TCP, "rate = 0\nsource_rate_burst = 5"),
+            "servers.echo.source_rate_burst: needs source_rate (connections per second)",
+        ),
+        (
+            "[supervisor]\nrate = 3\n" + server(TCP, "rate = 0\nrate_burst = 5"),
+            "servers.echo.rate_burst: needs rate (connections per second)",
+        ),
+        (
+            "[supervisor]\nrate_burst = 5\n" + ECHO,
+            "supervisor.rate_burst: needs rate (connections per second)",
+        ),
+        (
+            server(TCP, "rate = 1\nrate_burst = 0"),
+            "servers.echo.rate_burst: must be an integer >= 1, got 0",
+        ),
+    ],
+)
+def test_burst_errors(toml: str, message: str) -> None:
+    assert error_of(toml) == f"{SOURCE}: {message}"
+
+
+@pytest.mark.parametrize(
+    ("entry", "network"),
+    [
+        ("10.0.0.0/8", ipaddress.IPv4Network("10.0.0.0/8")),
+        ("192.0.2.7", ipaddress.IPv4Network("192.0.2.7/32")),
+        ("0.0.0.0/0", ipaddress.IPv4Network("0.0.0.0/0")),
+        ("2001:db8::/32", ipaddress.IPv6Network("2001:db8::/32")),
+        ("2001:db8::1", ipaddress.IPv6Network("2001:db8::1/128")),
+        ("::1", ipaddress.IPv6Network("::1/128")),
+    ],
+)
+def test_network_rules(entry: str, network: config.Network) -> None:
+    assert limits_of(server(TCP, f'allow = ["{entry}"]')).allow == (network,)
+
+
+@pytest.mark.parametrize(
+    ("entry", "detail"),
+    [
+        ("10.0.0.1/8", "10.0.0.1/8 has host bits set"),
+        ("2001:db8::1/32", "2001:db8::1/32 has host bits set"),
+        ("10.0.0.0/33", "'10.0.0.0/33' does not appear to be an IPv4 or IPv6 network"),
+        ("localhost", "'localhost' does not appear to be an IPv4 or IPv6 network"),
+        ("UID:0", "'UID:0' does not appear to be an IPv4 or IPv6 network"),
+    ],
+)
+def test_malformed_network_rules(entry: str, detail: str) -> None:
+    assert error_of(server(TCP, f'deny = ["{entry}"]')) == (
+        f"{SOURCE}: servers.echo.deny: {entry!r} is not a network (CIDR), an address, "
+        f"or uid:, gid:, user:, group: ({detail})"
+    )
+
+
+def test_peer_rules_resolve_names() -> None:
+    limits = limits_of(
+        server(
+            UNIX,
+            'allow = ["uid:1000", "gid:50", "user:root", "user:nobody", "group:nogroup"]\n'
+            'deny = ["group:root"]',
+        )
+    )
+    assert limits.allow == (
+        Peer("uid", 1000, "uid:1000"),
+        Peer("gid", 50, "gid:50"),
+        Peer("uid", 0, "user:root"),
+        Peer("uid", NOBODY.pw_uid, "user:nobody"),
+        Peer("gid", NOGROUP.gr_gid, "group:nogroup"),
+    )
+    assert limits.deny == (Peer("gid", 0, "group:root"),)
+    assert str(limits.allow[2]) == "user:root"  # shown as written
+
+
+@pytest.mark.parametrize(
+    ("entry", "what"),
+    [
+        ("user:no-such-user-x", "no such user"),
+        ("user:", "no such user"),
+        ("group:no-such-group-x", "no such group"),
+        ("uid:root", "uid: takes a number"),
+        ("uid:-1", "uid: takes a number"),
+        ("gid:", "gid: takes a number"),
+    ],
+)
+def test_peer_rule_errors(entry: str, what: str) -> None:
+    assert error_of(server(UNIX, f'allow = ["{entry}"]')) == (
+        f"{SOURCE}: servers.echo.allow: {entry!r}: {what}"
+    )
+
+
+def test_peer_rule_errors_in_supervisor() -> None:
+    assert error_of('[supervisor]\ndeny = ["user:no-such-user-x"]\n' + ECHO) == (
+        f"{SOURCE}: supervisor.deny: 'user:no-such-user-x': no such user"
+    )
+
+
+def test_rules_must_be_an_array_of_strings() -> None:
+    assert error_of(server(TCP, 'allow = "10.0.0.0/8"')) == (
+        f"{SOURCE}: servers.echo.allow: must be an array of strings, got string '10.0.0.0/8'"
+    )
+
+
+@pytest.mark.parametrize(
+    ("address", "text"),
+    [
+        (TCP, "busy"),
+        (TCP, "421 busy\r\n"),
+        (UNIX, "busy\n"),
+        (TCP, "x" * 1024),
+    ],
+)
+def test_banner_fail(address: str, text: str) -> None:
+    toml = server(address, f"banner_fail = {text!r}".replace("'", '"'))
+    assert limits_of(toml).banner_fail == text
+
+
+@pytest.mark.parametrize("text", ["a\\nb", "a\\rb", "x" * 1025, "x" * 1024 + "\\n"])
+def test_banner_fail_is_one_short_line(text: str) -> None:
+    assert error_of(server(TCP, f'banner_fail = "{text}"')) == (
+        f"{SOURCE}: servers.echo.banner_fail: must be one line of at most 1024 characters"
+    )
+    assert error_of(f'[supervisor]\nbanner_fail = "{text}"\n' + ECHO) == (
+        f"{SOURCE}: supervisor.banner_fail: must be one line of at most 1024 characters"
+    )
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("request_timeout = -1", "request_timeout: must be a number from 0 to 86400, got -1"),
+        ("rate = 1e7", "rate: must be a number from 0 to 1e+06, got 1e+07"),
+        ("source_rate = '2'", "source_rate: must be a number from 0 to 1e+06, got string '2'"),
+        ("max_per_source = -1", "max_per_source: must be an integer >= 0, got -1"),
+        ("source_ipv4_prefix = 33", "source_ipv4_prefix: must be an integer from 0 to 32, got 33"),
+        (
+            "source_ipv6_prefix = 129",
+            "source_ipv6_prefix: must be an integer from 0 to 128, got 129",
+        ),
+        ("rate = 1\nrate_burst = 2.5", "rate_burst: must be an integer >= 1, got float 2.5"),
+        ("rlimit_nofile = -1", "rlimit_nofile: must be an integer from 0 to 1073741824, got -1"),
+        ("nice = 20", "nice: must be an integer from -20 to 19, got 20"),
+        ("nice = -21", "nice: must be an integer from -20 to 19, got -21"),
+        ("banner_fail = 1", "banner_fail: must be a string, got integer 1"),
+    ],
+)
+def test_out_of_range_limits(extra: str, message: str) -> None:
+    assert error_of(server(TCP, extra)) == f"{SOURCE}: servers.echo.{message}"
+    assert error_of(f"[supervisor]\n{extra}\n" + ECHO) == f"{SOURCE}: supervisor.{message}"
+
+
+# --- prefork and the guards -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("key", "value"), [("max_per_source", 2), ("rate", 5), ("source_rate", 1)])
+def test_prefork_refuses_guards_the_supervisor_would_check(key: str, value: int) -> None:
+    own = server(TCP, f'mode = "prefork"\n{key} = {value}')
+    assert error_of(own) == (
+        f"{SOURCE}: servers.echo.{key}: not available in prefork mode, "
+        "where workers accept on their own"
+    )
+    inherited = f"[supervisor]\n{key} = {value}\n" + server(TCP, 'mode = "prefork"')
+    assert error_of(inherited) == (
+        f"{SOURCE}: servers.echo.{key}: not available in prefork mode, "
+        f"where workers accept on their own (from supervisor.{key}: set 0 here)"
+    )
+    # The hint works: 0 in the server's table lets the prefork server be.
+    fixed = f"[supervisor]\n{key} = {value}\n" + server(TCP, f'mode = "prefork"\n{key} = 0')
+    assert not limits_of(fixed).guarded
+
+
+def test_prefork_keeps_the_limits_its_children_apply() -> None:
+    extra = 'mode = "prefork"\nrequest_timeout = 5\nrlimit_as = 256\nnice = 3'
+    limits = limits_of(server(TCP, extra))
+    assert (limits.request_timeout, limits.rlimit_as, limits.nice) == (5.0, 256, 3)
+
+
+# --- user, group, allow_root --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "credentials"),
+    [
+        ('user = "nobody"', Credentials(NOBODY.pw_uid, NOBODY.pw_gid, "nobody", "nogroup")),
+        ('user = "nobody"\ngroup = "root"', Credentials(NOBODY.pw_uid, 0, "nobody", "root")),
+        ("user = 0", Credentials(0, 0, "root", "root")),
+        (
+            f'user = "root"\ngroup = {NOGROUP.gr_gid}',
+            Credentials(0, NOGROUP.gr_gid, "root", "nogroup"),
+        ),
+    ],
+)
+def test_credentials(extra: str, credentials: Credentials) -> None:
+    assert parse(f"[supervisor]\n{extra}\n" + ECHO).supervisor.credentials == credentials
+    assert parse(server(TCP, extra)).servers["echo"].credentials == credentials
+
+
+def test_allow_root() -> None:
+    assert parse("[supervisor]\nallow_root = true\n" + ECHO).supervisor.allow_root is True
+    assert error_of("[supervisor]\nallow_root = 1\n" + ECHO) == (
+        f"{SOURCE}: supervisor.allow_root: must be true or false, got integer 1"
+    )
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ('user = "no-such-user-x"', "user: no such user 'no-such-user-x'"),
+        ("user = 2147483647", "user: no such user 2147483647"),
+        ('user = "root"\ngroup = "no-such-group-x"', "group: no such group 'no-such-group-x'"),
+        ('group = "root"', "group: needs user too"),
+        ("user = true", "user: must be a string, got boolean True"),
+    ],
+)
+def test_credential_errors(extra: str, message: str) -> None:
+    assert error_of(f"[supervisor]\n{extra}\n" + ECHO) == f"{SOURCE}: supervisor.{message}"
+    assert error_of(server(TCP, extra)) == f"{SOURCE}: servers.echo.{message}"
+
+
+def test_a_server_user_needs_the_supervisor_to_keep_root() -> None:
+    toml = '[supervisor]\nuser = "nobody"\n' + server(TCP, 'user = "root"')
+    assert error_of(toml) == (
+        f"{SOURCE}: servers.echo.user: a server's own user needs the supervisor to keep root: "
+        "remove supervisor.user (and supervisor.group), or this one"
+    )
+
+
+# --- unix socket files ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("address", "extra", "expected"),
+    [
+        (UNIX, "socket_mode = 0o660", SocketFile(mode=0o660)),
+        (UNIX, 'socket_mode = "0660"', SocketFile(mode=0o660)),
+        (UNIXGRAM, 'socket_mode = "600"', SocketFile(mode=0o600)),
+        (UNIX, "socket_mode = 0", SocketFile(mode=0)),
+        (UNIX, 'socket_owner = "nobody"', SocketFile(uid=NOBODY.pw_uid)),
+        (UNIX, "socket_owner = 0", SocketFile(uid=0)),
+        (UNIX, 'socket_group = "nogroup"', SocketFile(gid=NOGROUP.gr_gid)),
+        (
+            UNIX,
+            'socket_mode = 0o2770\nsocket_owner = "root"\nsocket_group = 0',
+            SocketFile(mode=0o2770, uid=0, gid=0),
+        ),
+    ],
+)
+def test_socket_file(address: str, extra: str, expected: SocketFile) -> None:
+    assert parse(server(address, extra)).servers["echo"].socket_file == expected
+
+
+@pytest.mark.parametrize(
+    ("address", "extra", "message"),
+    [
+        (TCP, "socket_mode = 0o660", "socket_mode: only applies to unix socket addresses"),
+        (UDP, 'socket_group = "root"', "socket_group: only applies to unix socket addresses"),
+        (
+            UNIX,
+            "socket_mode = 0o10000",
+            'socket_mode: must be permission bits such as 0o660 or "0660", got 4096',
+        ),
+        (
+            UNIX,
+            'socket_mode = "10000"',  # shown as written, not as the 4096 it converts to
+            "socket_mode: must be permission bits such as 0o660 or \"0660\", got '10000'",
+        ),
+        (
+            UNIX,
+            'socket_mode = "0o660"',
+            "socket_mode: must be permission bits such as 0o660 or \"0660\", got '0o660'",
+        ),
+        (
+            UNIX,
+            'socket_mode = "0668"',
+            "socket_mode: must be permission bits such as 0o660 or \"0660\", got '0668'",
+        ),
+        (
+            UNIX,
+            'socket_mode = ""',
+            "socket_mode: must be permission bits such as 0o660 or \"0660\", got ''",
+        ),
+        (
+            UNIX,
+            "socket_mode = -1",
+            'socket_mode: must be permission bits such as 0o660 or "0660", got -1',
+        ),
+        (
+            UNIX,
+            "socket_mode = true",
+            'socket_mode: must be permission bits such as 0o660 or "0660", got True',
+        ),
+        (
+            UNIX,
+            'socket_owner = "no-such-user-x"',
+            "socket_owner: no such user 'no-such-user-x'",
+        ),
+        (
+            UNIX,
+            'socket_group = "no-such-group-x"',
+            "socket_group: no such group 'no-such-group-x'",
+        ),
+    ],
+)
+def test_socket_file_errors(address: str, extra: str, message: str) -> None:
+    assert error_of(server(address, extra)) == f"{SOURCE}: servers.echo.{message}"
+
+
+# --- diff -------------------------------------------------------------------------------------
+
+
+def test_diff_sees_a_changed_limit() -> None:
+    old = parse(server(TCP) + server(UNIX, name="local"))
+    new = parse(server(TCP, "max_per_source = 3") + server(UNIX, name="local"))
+    assert config.diff(old, new) == config.Diff(added=(), removed=(), changed=("echo",))
+    assert str(config.diff(old, parse(server(TCP) + server(UNIX, name="local")))) == (
+        "no server changed"
+    )
+
+
+def test_diff_sees_a_changed_default_in_the_servers_that_inherit_it() -> None:
+    servers = server(TCP) + server(UNIX, "rlimit_cpu = 5", name="local")
+    old = parse("[supervisor]\nrlimit_cpu = 10\n" + servers)
+    new = parse("[supervisor]\nrlimit_cpu = 20\n" + servers)
+    assert config.diff(old, new).changed == ("echo",)
