@@ -422,6 +422,8 @@ def _limits(table: "_Table", inherited: Limits, address: Address | None) -> Limi
     for rate, burst in (("rate", "rate_burst"), ("source_rate", "source_rate_burst")):
         if burst in given and not values[rate]:
             raise table.error(burst, f"needs {rate} (connections per second)")
+        if rate in given and burst not in given:
+            values[burst] = 0  # a rate set here gets its own default burst, not an inherited one
     limits = Limits(**values)
     return limits if address is None else _fit(table, limits, address)
 
@@ -699,8 +701,8 @@ class _Table:
 
     def _peer(self, key: str, entry: str, kind: str, rest: str) -> Peer:
         if kind in ("uid", "gid"):
-            if not rest.isascii() or not rest.isdigit():
-                raise self.error(key, f"{entry!r}: {kind}: takes a number")
+            if not rest.isascii() or not rest.isdigit() or int(rest) >= 2**32 - 1:
+                raise self.error(key, f"{entry!r}: {kind}: takes a number below 4294967295")
             return Peer(kind, int(rest), entry)
         try:
             found = pwd.getpwnam(rest).pw_uid if kind == "user" else grp.getgrnam(rest).gr_gid
@@ -711,8 +713,9 @@ class _Table:
     def banner(self, key: str) -> str:
         """A line of text: no line breaks inside (one may end it), at most 1024 characters."""
         text = self.string(key)
-        if "\n" in text.rstrip("\r\n") or "\r" in text.rstrip("\r\n") or len(text) > 1024:
-            raise self.error(key, "must be one line of at most 1024 characters")
+        line = text.removesuffix("\n").removesuffix("\r")
+        if not line or not line.isprintable() or len(line) > 1024:
+            raise self.error(key, "must be one line of 1 to 1024 printable characters")
         return text
 
     def user_id(self, key: str) -> tuple[int, int, str]:
@@ -756,7 +759,9 @@ class _Table:
         value = self.data[key]
         if isinstance(value, str) and value and all(c in "01234567" for c in value):
             value = int(value, 8)
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0o7777:
+        # (no setuid, setgid or sticky bit: they mean nothing on a socket, and 660 written
+        # in decimal, not 0o660, would come out as 0o1224)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0o777:
             what = f'must be permission bits such as 0o660 or "0660", got {self.data[key]!r}'
             raise self.error(key, what)
         return value
