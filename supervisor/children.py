@@ -80,6 +80,9 @@ class Child(Generic[Owner]):
     started: float
     signalled: int | None = None  # the signal we sent it, if any
     adopted: bool = False  # forked by the fork server: signalled and reaped through it
+    source: Hashable = None  # the client's source, counted by the server's guard
+    deadline: float = 0.0  # request_timeout: when it is sent SIGTERM (then SIGKILL); 0: never
+    timed_out: bool = False  # it ran over its request_timeout and was sent SIGTERM
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,21 +114,28 @@ class ChildTable(Generic[Owner]):
     def count(self, owner: Owner) -> int:
         return self._counts[owner]
 
-    def spawn(self, owner: Owner, run_child: Callable[[], NoReturn]) -> int:
+    def spawn(
+        self, owner: Owner, run_child: Callable[[], NoReturn], source: Hashable = None
+    ) -> int:
         """Fork; the child runs `run_child` (which must end in os._exit); the parent records it."""
         pid = self.calls.fork()
         if pid == 0:
             run_child()
-        self._children[pid] = Child(pid, owner, self.calls.clock())
+        self._children[pid] = Child(pid, owner, self.calls.clock(), source=source)
         self._counts[owner] += 1
         return pid
 
-    def adopt(self, pid: int, owner: Owner, started: float) -> Child[Owner]:
+    def adopt(
+        self, pid: int, owner: Owner, started: float, source: Hashable = None
+    ) -> Child[Owner]:
         """Record a child forked by the fork server on our behalf (we cannot wait for it: its
         exit comes through `release`)."""
-        child = self._children[pid] = Child(pid, owner, started, adopted=True)
+        child = self._children[pid] = Child(pid, owner, started, adopted=True, source=source)
         self._counts[owner] += 1
         return child
+
+    def get(self, pid: int) -> Child[Owner] | None:
+        return self._children.get(pid)
 
     def release(self, pid: int, status: ExitStatus, rusage: object) -> Reaped[Owner]:
         """An adopted child has been reaped by the process that forked it."""

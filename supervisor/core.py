@@ -26,13 +26,14 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, NoReturn
 
-from supervisor import config, exposition, logs, metrics, systemd
+from supervisor import config, exposition, guards, logs, metrics, systemd
 from supervisor.children import Child, ChildTable, ExitStatus, Reaped, SystemCalls
 from supervisor.config import Mode
 from supervisor.control import ControlServer
 from supervisor.errors import SupervisorError
 from supervisor.exporter import HttpServer, Response
-from supervisor.forking import ForkServer, Usage, setup_for
+from supervisor.forking import ForkServer, Handover, Usage, setup_for
+from supervisor.guards import RejectionLog, Source
 from supervisor.loop import Loop, Timer
 from supervisor.metrics import ReloadStats
 from supervisor.prefork import Pool
@@ -167,6 +168,10 @@ class Supervisor:
         self._fork_server_delay = FORK_SERVER_RESTART[0]
         self._unsent_fds: set[int] = set()  # a batch the fork server did not get, being forked
         self._stop_signal: int | None = None  # the last signal sent to all children
+        self._rejections = RejectionLog()
+        # Children with a request_timeout (Child.deadline), and the timer for the earliest.
+        self._timed: dict[int, Child[Server]] = {}
+        self._deadline_timer: Timer | None = None
 
     # -- running ---------------------------------------------------------------------------
 
@@ -529,18 +534,21 @@ class Supervisor:
             if fork_server is not None:  # what _fork queued for it, in one message
                 self._fork_unsent(fork_server.send_queued())
 
-    def _fork_unsent(self, unsent: list[tuple[Server, int, Any]]) -> None:
+    def _fork_unsent(self, unsent: list[Handover]) -> None:
         """Fork here what the fork server could not be given; each child closes the other
         connections of the batch (_become_child), as it does what belongs to other servers."""
-        self._unsent_fds = {fd for _, fd, _ in unsent}
-        for server, fd, client_address in unsent:
-            self._unsent_fds.discard(fd)
-            self._fork_here(server, fd, client_address)
+        self._unsent_fds = {handover.fd for handover in unsent}
+        for handover in unsent:
+            self._unsent_fds.discard(handover.fd)
+            self._fork_here(handover.server, handover.fd, handover.client_address, handover.source)
 
     def _accept_batch(self, server: Server, fork_server: ForkServer | None) -> None:
+        """Take up to ACCEPT_BATCH requests, FORK_BATCH of them at most if each is a fork
+        here; rejected ones (guards.py) are closed at once and cost no fork."""
         forks_here = server.accepts_fd and fork_server is None
-        for _ in range(FORK_BATCH if forks_here else ACCEPT_BATCH):
-            if not server.listening:
+        admitted = 0
+        for _ in range(ACCEPT_BATCH):
+            if not server.listening or (forks_here and admitted >= FORK_BATCH):
                 return
             request: Request | int
             try:
@@ -555,7 +563,13 @@ class Supervisor:
                     continue
                 self._back_off(server, exc)
                 return
-            self._dispatch(server, request, client_address, fork_server)
+            source: Source = None
+            if server.guard is not None:
+                reason, source = server.admit(request, client_address, self._rejections)
+                if reason is not None:
+                    continue
+            admitted += 1
+            self._dispatch(server, request, client_address, fork_server, source)
 
     def _back_off(self, server: Server, exc: OSError) -> None:
         log.warning(
@@ -579,33 +593,40 @@ class Supervisor:
         request: Request | int,
         client_address: Any,
         fork_server: ForkServer | None = None,
+        source: Source = None,
     ) -> None:
         """Run one request as the server's mode says; `fork_server`: the one that takes this
-        server's connections, if any (found once per accept batch)."""
+        server's connections, if any (found once per accept batch); `source`: the client's,
+        counted by the server's guard until the request is done."""
         server.stats.requests += 1
         if isinstance(request, int) or server.mode is Mode.FORK:  # (an int: a bare descriptor)
             self._count(server, +1)
             if fork_server is not None and isinstance(request, int):
                 # Sent at the end of the accept batch (_on_readable), with the others.
-                fork_server.queue(server, request, client_address, time.monotonic())
+                handover = Handover(server, request, client_address, time.monotonic(), source)
+                fork_server.queue(handover)
             else:
-                self._fork_here(server, request, client_address)
+                self._fork_here(server, request, client_address, source)
         elif server.mode is Mode.THREAD:
             self._count(server, +1)
-            self._start_thread(server, request, client_address)
+            self._start_thread(server, request, client_address, source)
         else:
             started = time.monotonic()
             ok = server.handle(request, client_address)
             server.stats.handled(ok, time.monotonic() - started)
+            guards.release(server.sources, source)
 
-    def _start_thread(self, server: Server, request: Request, client_address: Any) -> None:
+    def _start_thread(
+        self, server: Server, request: Request, client_address: Any, source: Source
+    ) -> None:
         def run() -> None:
             ok, started = False, time.monotonic()
             try:
                 ok = server.handle(request, client_address)
             finally:
                 self._thread_requests.discard(request)
-                done = partial(self._thread_done, server, ok, time.monotonic() - started)
+                duration = time.monotonic() - started
+                done = partial(self._thread_done, server, ok, duration, source)
                 self.loop.call_soon_threadsafe(done)
 
         if isinstance(request, socket.socket):
@@ -624,10 +645,12 @@ class Supervisor:
             )
             server.close_request(request)
             server.stats.errors += 1
+            guards.release(server.sources, source)
             self._count(server, -1)
 
-    def _thread_done(self, server: Server, ok: bool, duration: float) -> None:
+    def _thread_done(self, server: Server, ok: bool, duration: float, source: Source) -> None:
         server.stats.handled(ok, duration)
+        guards.release(server.sources, source)
         server.threads -= 1
         if not server.threads:
             closing = server.retired or self.state is not State.RUNNING
@@ -638,20 +661,32 @@ class Supervisor:
                 server.close_handler_socket()
         self._count(server, -1)
 
-    def _fork_here(self, server: Server, request: Request | int, client_address: Any) -> None:
+    def _fork_here(
+        self, server: Server, request: Request | int, client_address: Any, source: Source = None
+    ) -> None:
         """Fork the request's child from the supervisor itself."""
 
         def run() -> int:
             handled = server.socket_for(request) if isinstance(request, int) else request
             return 0 if server.handle(handled, client_address) else 1
 
-        if self._spawn(server, run, f"client {client_address}", "connection closed") is None:
+        what = f"client {client_address}"
+        pid = self._spawn(server, run, what, "connection closed", source)
+        if pid is None:
             server.stats.errors += 1
+            guards.release(server.sources, source)
             self._count(server, -1)
+        else:
+            self._watch(self.children.get(pid))
         server.close_request(request)
 
     def _spawn(
-        self, server: Server, run: Callable[[], int], what: str, consequence: str
+        self,
+        server: Server,
+        run: Callable[[], int],
+        what: str,
+        consequence: str,
+        source: Source = None,
     ) -> int | None:
         """Fork a child of `server` that runs `run` and exits with its status; None if fork
         failed (logged, with the caller's `consequence`). The caller counts it."""
@@ -662,7 +697,7 @@ class Supervisor:
         flush_standard_streams()  # or each child would write the parent's buffered output again
         try:
             child = partial(self._child, server, run, mask, runs)
-            return self.children.spawn(server, child)
+            return self.children.spawn(server, child, source)
         except OSError as exc:
             log.error(
                 "%s: fork failed for %s (%s); %s",
@@ -794,6 +829,8 @@ class Supervisor:
         pool = self.pools.get(server)
         is_worker = pool is not None and reaped.pid in pool.workers
         self._log_exit(reaped.child, reaped)
+        self._timed.pop(reaped.pid, None)
+        guards.release(server.sources, reaped.child.source)
         outcome = exit_outcome(reaped)
         server.stats.child_exited(outcome, reaped.rusage, None if is_worker else reaped.duration)
         if outcome in ("error", "signal") and not is_worker:
@@ -844,19 +881,22 @@ class Supervisor:
 
         self.loop.call_later(delay, restart)
 
-    def forked(self, owner: Server, pid: int, started: float) -> None:
-        child = self.children.adopt(pid, owner, started)
+    def forked(self, handover: Handover, pid: int) -> None:
+        child = self.children.adopt(pid, handover.server, handover.started, handover.source)
         # Handed over before a stop signal went out through its fork server: it got one.
         child.signalled = self._stop_signal
+        self._watch(child)
 
-    def fork_failed(self, owner: Server, reason: str, client_address: Any) -> None:
+    def fork_failed(self, handover: Handover, reason: str) -> None:
+        owner = handover.server
         log.error(
             "%s: fork failed for client %s (%s); connection closed",
             owner.name,
-            client_address,
+            handover.client_address,
             reason,
         )
         owner.stats.errors += 1
+        guards.release(owner.sources, handover.source)
         self._count(owner, -1)
 
     def exited(self, pid: int, status: ExitStatus, usage: Usage) -> None:
@@ -864,11 +904,14 @@ class Supervisor:
 
     def lost(self, pid: int) -> None:
         reaped = self.children.release(pid, ExitStatus(), None)
+        self._timed.pop(pid, None)
         if reaped.child is not None:
+            guards.release(reaped.child.owner.sources, reaped.child.source)
             self._count(reaped.child.owner, -1)
 
-    def lost_request(self, owner: Server) -> None:
-        self._count(owner, -1)
+    def lost_request(self, handover: Handover) -> None:
+        guards.release(handover.server.sources, handover.source)
+        self._count(handover.server, -1)
 
     def fork_server_gone(self, fork_server: ForkServer) -> None:
         if fork_server is not self.fork_server:
@@ -890,13 +933,90 @@ class Supervisor:
             if not self._debug:  # the common case: no logging call at all
                 return
             level = logging.DEBUG
-        elif child.signalled is not None:
+        elif child.signalled is not None and not child.timed_out:
             level = logging.INFO  # we sent it at shutdown
         else:
             level = logging.WARNING
         log.log(
-            level, "%s: child %d %s after %.3fs", server.name, reaped.pid, status, reaped.duration
+            level,
+            "%s: child %d %s after %.3fs%s",
+            server.name,
+            reaped.pid,
+            status,
+            reaped.duration,
+            " (request_timeout)" if child.timed_out else "",
         )
+
+    # -- request_timeout -------------------------------------------------------------------
+
+    def _watch(self, child: Child[Server] | None) -> None:
+        """Give a fork-mode request's child its request_timeout deadline."""
+        if child is None:
+            return
+        timeout = child.owner.config.limits.request_timeout
+        if not timeout:
+            return
+        child.deadline = child.started + timeout
+        self._timed[child.pid] = child
+        self._deadline_at(child.deadline)
+
+    def _deadline_at(self, deadline: float) -> None:
+        """Make sure the deadline timer fires by `deadline` (deadlines mostly come in
+        increasing order: the timer is rarely moved)."""
+        timer = self._deadline_timer
+        if timer is not None and timer.deadline <= deadline:
+            return
+        if timer is not None:
+            timer.cancel()
+        delay = max(0.0, deadline - time.monotonic())
+        self._deadline_timer = self.loop.call_later(delay, self._deadlines_due)
+
+    def _deadlines_due(self) -> None:
+        """Act on every deadline passed: SIGTERM at request_timeout, SIGKILL kill_grace later;
+        then wait for the next one (a scan of the live watched children, once per expiry)."""
+        self._deadline_timer = None
+        now = time.monotonic()
+        for child in list(self._timed.values()):
+            if child.deadline <= now:
+                self._time_out(child, now)
+        if self._timed:
+            self._deadline_at(min(child.deadline for child in self._timed.values()))
+
+    def _time_out(self, child: Child[Server], now: float) -> None:
+        name, timeout = child.owner.name, child.owner.config.limits.request_timeout
+        if not child.timed_out:
+            child.timed_out = True
+            child.signalled = signal.SIGTERM
+            child.deadline = now + self.config.supervisor.kill_grace
+            log.warning(
+                "%s: child %d ran over request_timeout (%gs) after %.3fs; sent SIGTERM",
+                name,
+                child.pid,
+                timeout,
+                now - child.started,
+            )
+            self._signal_child(child, signal.SIGTERM)
+            return
+        del self._timed[child.pid]
+        child.signalled = signal.SIGKILL
+        log.warning(
+            "%s: child %d still running %.3fs after request_timeout; sent SIGKILL",
+            name,
+            child.pid,
+            now - child.started,
+        )
+        self._signal_child(child, signal.SIGKILL)
+
+    def _signal_child(self, child: Child[Server], signum: int) -> None:
+        """Signal one live child: through the fork server that forked it (which knows whether
+        the pid is still its child), else directly (not reaped yet: still ours)."""
+        if child.adopted:
+            for fork_server in self.fork_servers:
+                if child.pid in fork_server.pids:
+                    fork_server.signal_child(child.pid, signum)
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child.pid, signum)
 
     # -- stopping --------------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -47,14 +47,25 @@ class Usage:
     ru_stime: float
 
 
+@dataclass(slots=True)
+class Handover:
+    """An accepted connection for the fork server: `fd` is open until it is sent."""
+
+    server: Any
+    fd: int
+    client_address: Any
+    started: float  # monotonic, at accept
+    source: Hashable = None  # the client's source (guards.py), released when it is done
+
+
 class Events(Protocol):
     """What the supervisor does with the fork server's reports."""
 
-    def forked(self, owner: Any, pid: int, started: float) -> None: ...
-    def fork_failed(self, owner: Any, reason: str, client_address: Any) -> None: ...
+    def forked(self, handover: Handover, pid: int) -> None: ...
+    def fork_failed(self, handover: Handover, reason: str) -> None: ...
     def exited(self, pid: int, status: ExitStatus, usage: Usage) -> None: ...
     def lost(self, pid: int) -> None: ...
-    def lost_request(self, owner: Any) -> None: ...
+    def lost_request(self, handover: Handover) -> None: ...
     def fork_server_gone(self, fork_server: "ForkServer") -> None: ...
 
 
@@ -136,10 +147,10 @@ class ForkServer:
         self.closing = False
         self.gone = False
         self.reaped = False
-        self.pending: dict[int, tuple[Any, float, Any]] = {}  # seq -> server, start, client
+        self.pending: dict[int, Handover] = {}  # seq -> sent, its pid not reported yet
         self.pids: set[int] = set()  # forked by it, not yet reported as exited
         self._seq = 0
-        self._queued: list[tuple[Any, int, Any, float]] = []  # (server, fd, client, start)
+        self._queued: list[Handover] = []
         self._buffer = bytearray(forkserver.REPORT_SIZE)  # reports are read into this
         self._view = memoryview(self._buffer)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -188,38 +199,39 @@ class ForkServer:
     def serves(self, name: str) -> bool:
         return not self.closing and name in self.serving
 
-    def queue(self, server: Any, fd: int, client_address: Any, started: float) -> None:
+    def queue(self, handover: Handover) -> None:
         """Take an accepted connection; `send_queued` hands it over."""
-        self._queued.append((server, fd, client_address, started))
+        self._queued.append(handover)
 
-    def send_queued(self) -> list[tuple[Any, int, Any]]:
+    def send_queued(self) -> list[Handover]:
         """Hand the queued connections over in one message, and close them here; those that
-        cannot be sent now (server, fd, client_address) are returned for the supervisor to
-        fork itself."""
+        cannot be sent now are returned for the supervisor to fork itself."""
         queued, self._queued = self._queued, []
         if not queued:
             return []
         requests = []
-        for server, _, client_address, _ in queued:
+        for handover in queued:
             self._seq += 1
-            requests.append((server.name, self._seq, client_address))
-        fds = array.array("i", [fd for _, fd, _, _ in queued])
+            requests.append((handover.server.name, self._seq, handover.client_address))
+        fds = array.array("i", [handover.fd for handover in queued])
         try:
             self.channel.sendmsg(
                 [marshal.dumps(("R", requests))], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)]
             )
         except OSError:
-            return [(server, fd, client_address) for server, fd, client_address, _ in queued]
-        for (_, seq, _), (server, fd, client_address, started) in zip(
-            requests, queued, strict=True
-        ):
-            os.close(fd)
-            self.pending[seq] = (server, started, client_address)
+            return queued
+        for (_, seq, _), handover in zip(requests, queued, strict=True):
+            os.close(handover.fd)
+            self.pending[seq] = handover
         return []
 
     def signal_children(self, signum: int) -> None:
         """Signal all its children, those whose pids have not come yet too."""
         self._send(("K", int(signum)))  # (an int: marshal takes no enum)
+
+    def signal_child(self, pid: int, signum: int) -> None:
+        """Signal one of its children, if it has not reaped it (a reused pid is safe)."""
+        self._send(("T", pid, int(signum)))
 
     def reopen_log(self) -> None:
         """Give the process our stderr (a reopened log file) as its stdout and stderr."""
@@ -328,9 +340,9 @@ class ForkServer:
     def _report(self, record: tuple[Any, ...]) -> None:
         kind = record[0]
         if kind == "F":
-            server, started, _ = self.pending.pop(record[1])
+            handover = self.pending.pop(record[1])
             self.pids.add(record[2])
-            self.events.forked(server, record[2], started)
+            self.events.forked(handover, record[2])
         elif kind == "X":
             self.pids.discard(record[1])
             self.events.exited(record[1], ExitStatus.decode(record[2]), Usage(*record[3:5]))
@@ -338,8 +350,7 @@ class ForkServer:
             self.pids.discard(record[1])
             self.events.lost(record[1])
         elif kind == "E":
-            server, _, client_address = self.pending.pop(record[1])
-            self.events.fork_failed(server, record[2], client_address)
+            self.events.fork_failed(self.pending.pop(record[1]), record[2])
         elif kind == "serves":
             self.serving.add(record[1])
         elif kind == "ready":
@@ -367,7 +378,7 @@ class ForkServer:
         self.gone = True
         self.loop.remove_reader(self.channel)
         self.channel.close()
-        taken = [server for server, _, _ in self.pending.values()]
+        taken = list(self.pending.values())
         if not self.closing or taken or self.pids:
             log.error(
                 "fork server %d exited unexpectedly; %d requests it had taken are no longer "
@@ -376,8 +387,8 @@ class ForkServer:
                 len(taken) + len(self.pids),
             )
         self.pending.clear()
-        for server in taken:
-            self.events.lost_request(server)
+        for handover in taken:
+            self.events.lost_request(handover)
         for pid in self.pids:
             self.events.lost(pid)
         self.pids.clear()

@@ -24,8 +24,9 @@ socket pair (fd 3 here), each message a marshal'd tuple:
   (`module:Class`) and the attributes its handlers see as `self.server`.
 - supervisor -> here: ("R", [(name, seq, client_address), ...]) with the connections' fds in
   the same order (SCM_RIGHTS: one accept batch); ("K", signum) to signal every live child,
-  reported or not; ("L",) with a new stderr (log file reopened); ("C",): no more requests,
-  exit once the children are done. End of file: the supervisor is gone; the same.
+  reported or not; ("T", pid, signum) to signal one child if it is still ours (its request
+  ran over request_timeout); ("L",) with a new stderr (log file reopened); ("C",): no more
+  requests, exit once the children are done. End of file: the supervisor is gone; the same.
 - here -> supervisor, batched per turn as lists of at most 64 KiB: ("serves", name) for each
   server it can fork for, then ("ready", threads_ok); ("failed", name, reason) for a handler
   that cannot be imported here; ("F", seq, pid) forked; ("E", seq, reason) not forked (the
@@ -266,6 +267,8 @@ class ForkServer:
             self.accepting = False  # DRAINING
         elif command[0] == "K":
             self.signal_children(command[1])
+        elif command[0] == "T" and command[1] in self.children:  # (not reaped: still ours)
+            os.kill(command[1], command[2])
         elif command[0] == "L" and fds:
             os.dup2(fds[0], 1)
             os.dup2(fds[0], 2)

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _LE = (*(repr(bound) for bound in BUCKETS), "+Inf")  # the `le` labels of the buckets
 OUTCOMES = ("ok", "error", "signal", "killed")
+REJECT_REASONS = ("denied", "per_source", "source_rate", "rate")  # (guards.py)
 _TCP_INFO_SIZE = 104
 _TCPI_UNACKED = 24  # offset of tcpi_unacked: the accept queue's length on a listening socket
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
@@ -107,6 +108,7 @@ class ServerStats:
     durations: Histogram = field(default_factory=Histogram)
     saturated_since: float | None = None  # monotonic time it reached max_children
     saturated_seconds: float = 0.0  # closed periods at max_children
+    rejected: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REJECT_REASONS, 0))
 
     def set_saturated(self, saturated: bool) -> None:
         """Record a change of state (cheap: called on every count change)."""
@@ -187,7 +189,8 @@ class SupervisorCollector:
 
 # One sample per server: (key, counter?, name, help, unit). The values come from _per_server.
 _PER_SERVER = (
-    ("requests", True, "supervisor_requests", "Connections accepted or datagrams received.", ""),
+    ("requests", True, "supervisor_requests",
+     "Connections accepted or datagrams received (not those the guards rejected).", ""),
     ("children", False, "supervisor_children",
      "Live children (fork mode), workers (prefork) or busy threads (thread mode).", ""),
     ("max_children", False, "supervisor_max_children", "The configured max_children.", ""),
@@ -231,6 +234,11 @@ def _server_metrics(servers: list["Server"], supervisor: "Supervisor") -> Iterat
     queue = gauge(
         "supervisor_listen_queue", "Connections waiting in a TCP listener's accept queue."
     )
+    rejected = counter(
+        "supervisor_rejected",
+        "Clients turned away before being served, by reason: denied (allow/deny), per_source "
+        "(max_per_source), source_rate, rate.",
+    )
     for server in servers:
         name, stats, labels = server.name, server.stats, {"server": server.name}
         for key, value in _per_server(server, supervisor.running).items():
@@ -239,9 +247,11 @@ def _server_metrics(servers: list["Server"], supervisor: "Supervisor") -> Iterat
             _add(exits, {"server": name, "outcome": outcome}, stats.exits[outcome])
         _add(cpu, {"server": name, "mode": "user"}, stats.cpu_user)
         _add(cpu, {"server": name, "mode": "system"}, stats.cpu_system)
+        for reason, count in stats.rejected.items():
+            _add(rejected, {"server": name, "reason": reason}, count)
         if (queued := listen_queue(server.listener.socket)) is not None:
             _add(queue, labels, queued)
-    yield from (*families.values(), exits, cpu, queue)
+    yield from (*families.values(), exits, cpu, queue, rejected)
 
 
 def _add(family: Metric, labels: dict[str, str], value: float, suffix: str = "") -> None:

@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from supervisor.guards import RejectionLog
 from supervisor.loop import Loop, Timer
 from supervisor.server import Server
 from supervisor.sockets import TRANSIENT_ERRNOS
@@ -38,6 +39,8 @@ log = logging.getLogger("supervisor")
 
 REPORT = struct.Struct("=?d")  # succeeded, duration in seconds: written atomically (< PIPE_BUF)
 READY = REPORT.pack(True, -1.0)
+TURNED_AWAY = -2.0  # the duration of a report for a client the worker's guard rejected
+REJECTED = REPORT.pack(False, TURNED_AWAY)
 BATCH = 32  # reports a busy worker holds before it writes them
 BATCH_BYTES = BATCH * REPORT.size
 BACKOFF_FIRST = 0.1
@@ -63,6 +66,7 @@ def serve(server: Server, stop_fd: int, report_fd: int) -> int:
     family, kind, proto = listener.family, listener.type, listener.proto
     os.write(report_fd, READY)
     reports = bytearray()
+    rejections = RejectionLog()
     served = 0
     stop = select.poll()
     stop.register(stop_fd, select.POLLIN)
@@ -78,6 +82,10 @@ def serve(server: Server, stop_fd: int, report_fd: int) -> int:
             except OSError as exc:
                 if _accept_failed(server, exc, stop_fd):
                     return 0
+                continue
+            # (allow / deny only: config.py refuses the other guards in prefork mode)
+            if server.guard is not None and server.admit(fd, client_address, rejections)[0]:
+                reports += REJECTED
                 continue
             started = time.monotonic()
             ok = server.handle(socket.socket(family, kind, proto, fileno=fd), client_address)
@@ -268,6 +276,8 @@ class Pool:
         for ok, duration in REPORT.iter_unpack(data[:whole]):
             if duration >= 0:
                 stats.request_done(ok, duration)
+            elif duration == TURNED_AWAY:
+                stats.rejected["denied"] += 1
             elif not worker.ready:
                 worker.ready = True
                 self.failures = 0  # a worker got as far as its loop: the handler is fine

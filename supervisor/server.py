@@ -16,9 +16,11 @@ duplicate (`socket`, in `self.request` as in socketserver): whatever a handler d
 import logging
 import os
 import socket
+from collections import Counter
 from typing import Any
 
 from supervisor.config import Mode, ServerConfig
+from supervisor.guards import Guard, RejectionLog, Source, peer_credentials
 from supervisor.handlers import HandlerClass
 from supervisor.metrics import ServerStats
 from supervisor.sockets import Listener
@@ -33,6 +35,8 @@ class Server:
 
     def __init__(self, config: ServerConfig, handler: HandlerClass, listener: Listener) -> None:
         self.name = config.name
+        self.sources: Counter[Source] = Counter()  # requests running per source (guards.py)
+        self.guard: Guard | None = None
         self._use(config, handler)
         self.timeout: float | None = None
         self.active = 0  # live children (fork) or busy threads (thread)
@@ -53,6 +57,19 @@ class Server:
         self.max_packet_size = config.max_packet_size
         self.mode = config.mode
         self.accepts_fd = config.mode is Mode.FORK and config.address.is_stream
+        limits = config.limits
+        if not limits.guarded:
+            self.guard = None
+        elif self.guard is None or self.guard.limits != limits:  # (else its buckets stay)
+            self.guard = Guard(limits, config.address.is_unix, self.sources)
+        banner = limits.banner_fail
+        if banner is not None and not banner.endswith("\n"):
+            banner += "\r\n"
+        self.banner = None if banner is None else banner.encode()
+        # Without a child to kill (thread, inline, a prefork worker's many requests), the
+        # request_timeout is a timeout on the connection's socket operations.
+        timeout = limits.request_timeout
+        self.socket_timeout = timeout if timeout and config.mode is not Mode.FORK else None
 
     def _attach(self, listener: Listener) -> socket.socket:
         """Take `listener`; return the socket handlers see (a blocking dup for datagrams)."""
@@ -135,9 +152,19 @@ class Server:
     def handle(self, request: Request, client_address: Any) -> bool:
         """Run the handler on one request, then shut the request down; True if it succeeded."""
         try:
+            if self.socket_timeout is not None and isinstance(request, socket.socket):
+                request.settimeout(self.socket_timeout)
             # A duck-typed socketserver.BaseServer: the attributes handlers use, no serve loop.
             self.RequestHandlerClass(request, client_address, self)  # type: ignore[arg-type]
         except (ConnectionError, TimeoutError) as exc:
+            if isinstance(exc, TimeoutError) and self.socket_timeout is not None:
+                log.warning(
+                    "%s: client %s timed out (request_timeout %gs)",
+                    self.name,
+                    client_address,
+                    self.socket_timeout,
+                )
+                return False
             log.warning(
                 "%s: connection with client %s lost (%s)",
                 self.name,
@@ -165,6 +192,39 @@ class Server:
             except OSError:
                 pass
             request.close()
+
+    def admit(
+        self, request: Request | int, client_address: Any, rejections: RejectionLog
+    ) -> tuple[str | None, Source]:
+        """Ask the guard (there must be one) whether the request may run: (None, source), the
+        source counted until guards.release; or (reason, source), the client turned away
+        (counted, logged)."""
+        guard = self.guard
+        assert guard is not None  # noqa: S101 (the caller checked)
+        peer = None
+        if guard.needs_peer and not isinstance(request, tuple):
+            peer = peer_credentials(request)
+        reason, source = guard.admit(client_address, peer)
+        if reason is not None:
+            self.stats.rejected[reason] += 1
+            client = f"uid {peer[0]}" if peer is not None else str(client_address)
+            rejections.rejected(self.name, reason, client)
+            self.turn_away(request)
+        return reason, source
+
+    def turn_away(self, request: Request | int) -> None:
+        """Close a rejected connection, after the banner_fail line if there is one: sent only
+        if it fits in the socket's buffer now (a rejected client is never waited for)."""
+        if self.banner is None or isinstance(request, tuple):
+            self.close_request(request)
+            return
+        sock = self.socket_for(request) if isinstance(request, int) else request
+        try:
+            sock.send(self.banner, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+            sock.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            log.debug("%s: banner_fail not sent (%s)", self.name, exc)
+        sock.close()
 
     def close_request(self, request: Request | int) -> None:
         if isinstance(request, int):
