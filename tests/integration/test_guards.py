@@ -17,6 +17,7 @@ import pytest
 from supervisor.metrics import OUTCOMES
 from tests.conftest import StartSupervisor, Supervisor, connect, exchange, readline
 from tests.integration.test_metrics import Scrape, scrape, scrape_until
+from tests.integration.test_reload import reload
 
 BANNER = b"421 go away\r\n"
 
@@ -380,3 +381,66 @@ def test_a_flood_of_rejected_clients_does_not_hold_up_another_server(
     assert rejected(current, "closed", "denied") == sum(flooded)
     assert forks(current, "closed") == 0
     assert supervisor.process.poll() is None
+
+
+def test_guards_follow_a_reload_and_keep_counting_running_requests(
+    start_supervisor: StartSupervisor,
+) -> None:
+    base = """
+        [servers.pids]
+        address = "tcp://127.0.0.1:0"
+        handler = "tests.handlers:PidHandler"
+        """
+    supervisor = start_supervisor(base)
+    address = supervisor.inet("pids")
+    guarded = base.replace(":0", f":{address[1]}") + 'max_per_source = 1\ndeny = ["127.0.0.3"]\n'
+    before = connect_from("127.0.0.1", address)  # admitted before any guard: never counted
+    held = None
+    try:
+        assert int(readline(before)) > 0
+        reload(supervisor, guarded)
+        assert turned_away(connect_from("127.0.0.3", address)) == b""
+        held = connect_from("127.0.0.1", address)
+        assert int(readline(held)) > 0
+        assert turned_away(connect_from("127.0.0.1", address)) == b""  # `held` counts
+        # New limits (a new guard): the request still running keeps counting.
+        reload(supervisor, guarded.replace("max_per_source = 1", "max_per_source = 1\nrate = 50"))
+        assert turned_away(connect_from("127.0.0.1", address)) == b""
+        reload(supervisor, base.replace(":0", f":{address[1]}"))  # no guard at all
+        with connect_from("127.0.0.3", address) as now_allowed:
+            assert int(readline(now_allowed)) > 0
+    finally:
+        before.close()
+        if held is not None:
+            held.close()
+    current = settled(supervisor, "pids")
+    assert rejected(current, "pids", "denied") == 1
+    assert rejected(current, "pids", "per_source") == 2
+
+
+def test_prefork_workers_check_allow_and_deny_themselves(
+    start_supervisor: StartSupervisor,
+) -> None:
+    supervisor = start_supervisor(
+        """
+        [servers.pool]
+        address = "tcp://127.0.0.1:0"
+        handler = "tests.handlers:LineEchoHandler"
+        mode = "prefork"
+        workers = 1
+        deny = ["127.0.0.2"]
+        banner_fail = "421 go away"
+        """
+    )
+    address = supervisor.inet("pool")
+    for _ in range(3):
+        assert turned_away(connect_from("127.0.0.2", address)) == BANNER
+    with connect_from("127.0.0.1", address) as sock:
+        sock.sendall(b"ping\n")
+        assert readline(sock).endswith(b" ping\n")  # (and the worker reports what it did)
+    current = scrape_until(
+        supervisor,
+        lambda current: current.value("supervisor_requests_total", server="pool") == 1,
+    )
+    assert rejected(current, "pool", "denied") == 3
+    supervisor.wait_for_log(r"pool: rejected client \('127.0.0.2', \d+\) \(not allowed")
