@@ -127,7 +127,7 @@ def render(state: dict[str, Any]) -> str:
         f"last reload: {_last_reload(state.get('last_reload'))}",
         "",
     ]
-    rows = [("SERVER", "ADDRESS", "MODE", "CHILDREN", "REQUESTS", "ERRORS")]
+    rows = [("SERVER", "ADDRESS", "MODE", "CHILDREN", "REQUESTS", "ERRORS", "REJECTED")]
     for server in state["servers"]:
         name = server["name"] + (" (removed)" if server["removed"] else "")
         children = f"{server['active']}/{server['max_children']}"
@@ -141,6 +141,7 @@ def render(state: dict[str, Any]) -> str:
                 children,
                 str(server["requests"]),
                 str(server["errors"]),
+                str(server.get("rejected", 0)),  # (a supervisor from before the guards)
             )
         )
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]

@@ -468,6 +468,7 @@ class Supervisor:
                     "max_children": server.config.max_children,
                     "requests": server.stats.requests,
                     "errors": server.stats.errors,
+                    "rejected": sum(server.stats.rejected.values()),
                     "removed": server.retired,
                 }
                 for server in [*self.servers.values(), *self.draining]

@@ -154,11 +154,11 @@ def test_status_shows_servers_traffic_and_children(
     assert lines[1:3] == ["last reload: none", ""]
     table = lines[3:8]
     assert [line.split() for line in table] == [
-        ["SERVER", "ADDRESS", "MODE", "CHILDREN", "REQUESTS", "ERRORS"],
-        ["echo", supervisor.addresses["echo"], "fork", "0/40", "3", "0"],
-        ["failing", supervisor.addresses["failing"], "fork", "0/40", "1", "1"],
-        ["held", supervisor.addresses["held"], "fork", "1/5", "1", "0"],
-        ["local", local, "inline", "-", "1", "0"],
+        ["SERVER", "ADDRESS", "MODE", "CHILDREN", "REQUESTS", "ERRORS", "REJECTED"],
+        ["echo", supervisor.addresses["echo"], "fork", "0/40", "3", "0", "0"],
+        ["failing", supervisor.addresses["failing"], "fork", "0/40", "1", "1", "0"],
+        ["held", supervisor.addresses["held"], "fork", "1/5", "1", "0", "0"],
+        ["local", local, "inline", "-", "1", "0", "0"],
     ]
     columns = [match.start() for match in re.finditer(r"\S+", table[0])]
     for line in table:  # aligned under the header
@@ -273,7 +273,7 @@ def test_reload_onto_an_address_in_use_is_rejected_and_changes_nothing(
             status.stdout.splitlines()[1],
         ), status.stdout
         assert server_rows(status.stdout) == [
-            ["echo", supervisor.addresses["echo"], "fork", "0/40", "1", "0"]
+            ["echo", supervisor.addresses["echo"], "fork", "0/40", "1", "0", "0"]
         ]
 
     # The address is free again: the same file now goes through.
