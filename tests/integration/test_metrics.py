@@ -348,6 +348,16 @@ def test_gauges_at_rest_and_build_and_process_metrics(
     assert current.servers("supervisor_children_memory_bytes") == dict.fromkeys(names, 0)
     # An accept queue exists only for TCP listeners.
     assert current.servers("supervisor_listen_queue") == {"forked": 0, "threaded": 0, "inline": 0}
+    # Every reason of every server, before anything is rejected (test_guards.py counts them).
+    reasons = ("denied", "per_source", "source_rate", "rate")
+    rejected = current.families["supervisor_rejected"]
+    assert rejected.type == "counter"
+    assert rejected.documentation.startswith("Clients turned away before being served, by reason")
+    assert {
+        (sample.name, sample.labels["server"], sample.labels["reason"]): sample.value
+        for sample in rejected.samples
+    } == {("supervisor_rejected_total", name, reason): 0 for name in names for reason in reasons}
+    assert len(rejected.samples) == len(names) * len(reasons)
     (info,) = current.families["supervisor_build_info"].samples
     assert (info.labels, info.value) == ({"version": __version__}, 1)
     rss = psutil.Process(supervisor.pid).memory_info().rss

@@ -52,6 +52,7 @@ EXPORTED = frozenset(
         "supervisor_config_last_reload_successful",
         "supervisor_config_last_reload_success_timestamp_seconds",
         "supervisor_build_info",
+        "supervisor_rejected_total",
     }
 )
 PROCESS_METRIC = re.compile(r"process_\w+")
@@ -63,6 +64,7 @@ ALERT_NAMES = frozenset(
         "SupervisorHighErrorRatio",
         "SupervisorChildrenKilled",
         "SupervisorReloadFailed",
+        "SupervisorHighRejectionRatio",
     }
 )
 
@@ -306,6 +308,12 @@ def test_alert_unit_tests_pass_on_the_copies(promtool: str, alerts_copy: Path) -
         ("SupervisorChildrenKilled", "> 0", "> 1"),
         ("SupervisorChildrenKilled", 'outcome="killed"', 'outcome=~"killed|error"'),
         ("SupervisorReloadFailed", "for: 1m", "for: 15s"),
+        ("SupervisorHighRejectionRatio", "> 0.25", "> 0.3"),
+        ("SupervisorHighRejectionRatio", "> 0.25", "> 0.2"),
+        ("SupervisorHighRejectionRatio", "for: 10m", "for: 5m"),
+        # Rejected clients left out of the denominator (supervisor_requests_total does not
+        # count them).
+        ("SupervisorHighRejectionRatio", "+", "* 0 +"),
     ],
 )
 def test_alert_unit_tests_fail_for_a_changed_alert(
@@ -411,6 +419,7 @@ def test_dashboard_panels_have_ids_a_place_and_targets(dashboard: dict[str, Any]
         ("supervisor_children_memory_bytes", {"server"}),
         ("supervisor_handler_errors_total", {"server"}),
         ("supervisor_reloads_total", {"result"}),
+        ("supervisor_rejected_total", {"server", "reason"}),
     ],
 )
 def test_dashboard_shows_the_metric_per_label(

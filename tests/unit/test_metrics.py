@@ -8,11 +8,24 @@ from types import SimpleNamespace
 from typing import cast
 
 import pytest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as parse_openmetrics,
+)
+from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from supervisor import metrics
+from supervisor import exposition, metrics
 from supervisor.children import Child, ExitStatus, Reaped
-from supervisor.core import exit_outcome
-from supervisor.metrics import BUCKETS, OUTCOMES, Histogram, ServerStats, listen_queue
+from supervisor.core import Supervisor, exit_outcome
+from supervisor.metrics import (
+    BUCKETS,
+    OUTCOMES,
+    Histogram,
+    ReloadStats,
+    ServerStats,
+    SupervisorCollector,
+    listen_queue,
+)
 from supervisor.server import Server
 
 LABELS = [
@@ -308,3 +321,91 @@ def test_process_metrics_agree_with_prometheus_clients_collector() -> None:
             assert value == theirs[name][1]
         else:  # memory, CPU time and open files move a little between the two readings
             assert value == pytest.approx(theirs[name][1], rel=0.2, abs=4), name
+
+
+# -- supervisor_rejected_total -------------------------------------------------------------
+
+REASONS = ("denied", "per_source", "source_rate", "rate")  # the guards' (guards.py)
+REJECTED_HELP = (
+    "Clients turned away before being served, by reason: denied (allow/deny), per_source "
+    "(max_per_source), source_rate, rate."
+)
+
+
+def fake_server(name: str) -> Server:
+    """What the collector reads of a server; a unix listener has no accept queue to read."""
+    listener = SimpleNamespace(
+        socket=SimpleNamespace(family=socket.AF_UNIX, type=socket.SOCK_STREAM)
+    )
+    server = SimpleNamespace(
+        name=name,
+        stats=ServerStats(),
+        active=0,
+        up=True,
+        mode=SimpleNamespace(value="fork"),
+        config=SimpleNamespace(max_children=4),
+        listener=listener,
+    )
+    return cast(Server, server)
+
+
+def collect(servers: list[Server], openmetrics: bool) -> dict[str, Metric]:
+    """A scrape of SupervisorCollector, rendered and read back with prometheus-client's
+    parser for that format."""
+    supervisor = SimpleNamespace(
+        servers={server.name: server for server in servers},
+        running=True,
+        children=[],
+        reload_stats=ReloadStats(),
+    )
+    collector = SupervisorCollector(cast(Supervisor, supervisor))
+    text = exposition.render([collector], openmetrics=openmetrics).decode()
+    parse = parse_openmetrics if openmetrics else parse_text
+    return {family.name: family for family in parse(text)}
+
+
+def rejected(families: dict[str, Metric]) -> dict[tuple[str, str], float]:
+    """{(server, reason): value} of supervisor_rejected_total, each sample named so."""
+    family = families["supervisor_rejected"]
+    assert {sample.name for sample in family.samples} == {"supervisor_rejected_total"}
+    values = {
+        (sample.labels["server"], sample.labels["reason"]): sample.value
+        for sample in family.samples
+    }
+    assert len(values) == len(family.samples), family.samples  # no label set twice
+    assert {tuple(sorted(sample.labels)) for sample in family.samples} == {("reason", "server")}
+    return values
+
+
+@pytest.mark.parametrize("openmetrics", [False, True])
+def test_rejected_is_a_counter_with_every_reason_at_zero_for_every_server(
+    openmetrics: bool,
+) -> None:
+    """Exported before anything is rejected, so rate() and the alert have a series to read."""
+    assert metrics.REJECT_REASONS == REASONS
+    assert dict(ServerStats().rejected) == dict.fromkeys(REASONS, 0)
+    families = collect([fake_server("echo"), fake_server("web")], openmetrics)
+    family = families["supervisor_rejected"]
+    assert (family.type, family.documentation, family.unit) == ("counter", REJECTED_HELP, "")
+    assert rejected(families) == {
+        (server, reason): 0 for server in ("echo", "web") for reason in REASONS
+    }
+
+
+@pytest.mark.parametrize("openmetrics", [False, True])
+def test_rejected_clients_counted_in_the_stats_are_exported(openmetrics: bool) -> None:
+    echo, web = fake_server("echo"), fake_server("web")
+    echo.stats.rejected["denied"] += 5
+    echo.stats.rejected["rate"] += 2
+    web.stats.rejected["per_source"] += 1
+    web.stats.rejected["source_rate"] += 40
+    assert rejected(collect([echo, web], openmetrics)) == {
+        ("echo", "denied"): 5,
+        ("echo", "per_source"): 0,
+        ("echo", "source_rate"): 0,
+        ("echo", "rate"): 2,
+        ("web", "denied"): 0,
+        ("web", "per_source"): 1,
+        ("web", "source_rate"): 40,
+        ("web", "rate"): 0,
+    }
