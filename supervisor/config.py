@@ -477,6 +477,15 @@ def _server_limits(
     table: "_Table", supervisor: SupervisorConfig, address: Address, mode: Mode
 ) -> Limits:
     limits = _limits(table, supervisor.limits, address)
+    if limits.request_timeout and not address.is_stream and mode in (Mode.THREAD, Mode.INLINE):
+        # (a datagram is answered on the server's own socket: no connection to time out)
+        if "request_timeout" in table.data:
+            raise table.error(
+                "request_timeout",
+                "a datagram server in thread or inline mode has no connection to time out "
+                "(fork mode has a child to stop)",
+            )
+        limits = replace(limits, request_timeout=0.0)
     if mode is Mode.PREFORK:  # its workers accept: the supervisor never sees the connections
         for key in ("max_per_source", "rate", "source_rate"):
             if getattr(limits, key):

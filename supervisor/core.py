@@ -51,7 +51,10 @@ FORK_SERVER_RESTART = (1.0, 60.0)  # seconds before replacing a fork server that
 
 
 def exit_outcome(reaped: Reaped[Server]) -> str:
-    """ok, error (non-zero exit), signal, or killed (by the supervisor)."""
+    """ok, error (non-zero exit), signal, or killed (by the supervisor; also a child that ran
+    over its request_timeout, however it then ended)."""
+    if reaped.child is not None and reaped.child.timed_out:
+        return "killed"
     if reaped.status.ok:
         return "ok"
     if reaped.child is not None and reaped.child.signalled is not None:
@@ -930,7 +933,7 @@ class Supervisor:
 
     def _log_exit(self, child: Child[Server], reaped: Reaped[Server]) -> None:
         server, status = child.owner, reaped.status
-        if status.ok:
+        if status.ok and not child.timed_out:
             if not self._debug:  # the common case: no logging call at all
                 return
             level = logging.DEBUG
@@ -985,6 +988,9 @@ class Supervisor:
 
     def _time_out(self, child: Child[Server], now: float) -> None:
         name, timeout = child.owner.name, child.owner.config.limits.request_timeout
+        if child.signalled is not None and not child.timed_out:
+            del self._timed[child.pid]  # a stop signalled it first: the stop sees it through
+            return
         if not child.timed_out:
             child.timed_out = True
             child.signalled = signal.SIGTERM

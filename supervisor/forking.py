@@ -230,7 +230,8 @@ class ForkServer:
         self._send(("K", int(signum)))  # (an int: marshal takes no enum)
 
     def signal_child(self, pid: int, signum: int) -> None:
-        """Signal one of its children, if it has not reaped it (a reused pid is safe)."""
+        """Signal one of its children, if it has not reaped it yet (a pid reused after that
+        is safe, unless the fork server itself reuses it before its exit report arrives)."""
         self._send(("T", pid, int(signum)))
 
     def reopen_log(self) -> None:

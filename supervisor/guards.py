@@ -15,7 +15,8 @@ A source is the client's network under `source_ipv4_prefix` / `source_ipv6_prefi
 /64 by default: one IPv6 host usually has a whole /64), an IPv4-mapped IPv6 client counting as
 its IPv4 address; on a unix socket, the peer's uid. Buckets refill continuously and never shut
 the server for a fixed time (unlike xinetd's `cps`, or a systemd trigger limit that fails the
-socket for good). Per-source state is bounded: idle sources are forgotten.
+socket for good). Per-source state is bounded: idle sources are forgotten, and at most
+MAX_SOURCES are tracked.
 
 The concurrency counts live in a `Counter` the server owns, so that a reload that replaces the
 guard (new limits) keeps counting the requests still running.
@@ -28,6 +29,7 @@ import struct
 import time
 from collections import Counter
 from collections.abc import Callable, Hashable
+from dataclasses import replace
 from typing import Any
 
 from supervisor.config import Limits, Peer, Rule
@@ -36,6 +38,7 @@ log = logging.getLogger("supervisor")
 
 LOG_EVERY = 10.0  # seconds: at most one log line per server and reason, with a count since
 PRUNE_AT = 1024  # per-source buckets kept before idle ones are dropped
+MAX_SOURCES = 65536  # buckets kept at most: beyond, the oldest go (their sources start afresh)
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 Source = Hashable
@@ -108,6 +111,11 @@ class Guard:
         self._buckets: dict[Source, Bucket] = {}
         self._prune_at = PRUNE_AT
 
+    def same(self, limits: Limits, unix: bool) -> bool:
+        """Whether this guard enforces exactly these limits on this kind of address (its
+        buckets can then stay across a reload)."""
+        return unix == self.unix and _guarding(limits) == _guarding(self.limits)
+
     def admit(self, client_address: Any, peer: tuple[int, int] | None) -> tuple[str | None, Source]:
         """(None, source) if the request may run, counted as running until `release(source)`;
         (reason, source) if not."""
@@ -152,9 +160,25 @@ class Guard:
         return bucket
 
     def _prune(self, now: float) -> None:
-        """Forget the sources whose bucket has refilled: a new one would be the same."""
-        self._buckets = {key: b for key, b in self._buckets.items() if not b.full(now)}
-        self._prune_at = max(PRUNE_AT, 2 * len(self._buckets))
+        """Forget the sources whose bucket has refilled (a new one would be the same); if
+        that is not enough to stay under MAX_SOURCES, the oldest buckets too (a flood from
+        more sources than that gets some fresh bursts, but cannot exhaust memory)."""
+        kept = [(key, b) for key, b in self._buckets.items() if not b.full(now)]
+        self._buckets = dict(kept[-(MAX_SOURCES // 2) :] if len(kept) >= MAX_SOURCES else kept)
+        self._prune_at = min(max(PRUNE_AT, 2 * len(self._buckets)), MAX_SOURCES)
+
+
+def _guarding(limits: Limits) -> Limits:
+    """The part of `limits` a Guard enforces."""
+    return replace(
+        limits,
+        request_timeout=0.0,
+        banner_fail=None,
+        rlimit_as=0,
+        rlimit_cpu=0,
+        rlimit_nofile=0,
+        nice=None,
+    )
 
 
 def release(running: Counter[Source], source: Source) -> None:

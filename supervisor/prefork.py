@@ -86,11 +86,11 @@ def serve(server: Server, stop_fd: int, report_fd: int) -> int:
             # (allow / deny only: config.py refuses the other guards in prefork mode)
             if server.guard is not None and server.admit(fd, client_address, rejections)[0]:
                 reports += REJECTED
-                continue
-            started = time.monotonic()
-            ok = server.handle(socket.socket(family, kind, proto, fileno=fd), client_address)
-            reports += REPORT.pack(ok, time.monotonic() - started)
-            served += 1
+            else:
+                started = time.monotonic()
+                ok = server.handle(socket.socket(family, kind, proto, fileno=fd), client_address)
+                reports += REPORT.pack(ok, time.monotonic() - started)
+                served += 1
             if len(reports) >= BATCH_BYTES:
                 _flush(report_fd, reports)
             if _stop_requested(stop) or _recycled(server, served, limit):

@@ -60,7 +60,9 @@ class Server:
         limits = config.limits
         if not limits.guarded:
             self.guard = None
-        elif self.guard is None or self.guard.limits != limits:  # (else its buckets stay)
+        elif self.guard is None or not self.guard.same(limits, config.address.is_unix):
+            # (else the buckets stay: a reload that changes, say, banner_fail must not hand
+            # every client a fresh burst)
             self.guard = Guard(limits, config.address.is_unix, self.sources)
         banner = limits.banner_fail
         if banner is not None and not banner.endswith("\n"):
@@ -157,7 +159,12 @@ class Server:
             # A duck-typed socketserver.BaseServer: the attributes handlers use, no serve loop.
             self.RequestHandlerClass(request, client_address, self)  # type: ignore[arg-type]
         except (ConnectionError, TimeoutError) as exc:
-            if isinstance(exc, TimeoutError) and self.socket_timeout is not None:
+            if (
+                isinstance(exc, TimeoutError)
+                and self.socket_timeout is not None
+                and isinstance(request, socket.socket)
+                and request.gettimeout() == self.socket_timeout  # (not the handler's own)
+            ):
                 log.warning(
                     "%s: client %s timed out (request_timeout %gs)",
                     self.name,

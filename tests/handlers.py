@@ -259,3 +259,14 @@ class InheritableHandler(socketserver.BaseRequestHandler):
 
     def handle(self) -> None:
         self.request.sendall(b"%d\n" % os.get_inheritable(self.request.fileno()))
+
+
+class GracefulHandler(socketserver.StreamRequestHandler):
+    """Send our pid, wait for a line; on SIGTERM, leave at once with status 0 (a handler that
+    shuts down cleanly when told to)."""
+
+    def handle(self) -> None:
+        signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(0))
+        self.wfile.write(b"%d\n" % os.getpid())
+        self.wfile.flush()
+        self.rfile.readline()

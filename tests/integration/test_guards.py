@@ -305,6 +305,7 @@ def test_request_timeout_is_a_socket_timeout_without_a_child_per_request(
         handler = "tests.handlers:PidHandler"
         mode = "{mode}"
         request_timeout = 0.3
+        {"workers = 1" if mode == "prefork" else ""}
         """
     )
     with connect(supervisor.inet("pids")) as sock:
@@ -444,3 +445,63 @@ def test_prefork_workers_check_allow_and_deny_themselves(
     )
     assert rejected(current, "pool", "denied") == 3
     supervisor.wait_for_log(r"pool: rejected client \('127.0.0.2', \d+\) \(not allowed")
+
+
+def test_a_timed_out_child_counts_as_killed_even_if_it_exits_cleanly(
+    start_supervisor: StartSupervisor,
+) -> None:
+    supervisor = start_supervisor(
+        """
+        [servers.graceful]
+        address = "tcp://127.0.0.1:0"
+        handler = "tests.handlers:GracefulHandler"
+        request_timeout = 0.2
+        """
+    )
+    with connect(supervisor.inet("graceful")) as sock:
+        pid = int(readline(sock))
+        assert sock.recv(1) == b""
+    supervisor.wait_for_log(
+        rf"graceful: child {pid} exited with status 0 after .* \(request_timeout\)"
+    )
+    current = settled(supervisor, "graceful")
+    assert current.value("supervisor_child_exits_total", server="graceful", outcome="killed") == 1
+    assert current.value("supervisor_child_exits_total", server="graceful", outcome="ok") == 0
+
+
+@needs_ipv6
+def test_max_per_source_with_ipv6_clients(start_supervisor: StartSupervisor) -> None:
+    supervisor = start_supervisor(
+        """
+        [servers.pids]
+        address = "tcp://[::1]:0"
+        handler = "tests.handlers:PidHandler"
+        max_per_source = 1
+        """
+    )
+    address = supervisor.inet("pids")
+    with connect(address) as held:
+        assert int(readline(held)) > 0
+        assert turned_away(connect(address)) == b""
+        held.sendall(b"done\n")
+        assert readline(held) == b"bye\n"
+    supervisor.wait_for_log(r"pids: rejected client \('::1', \d+, 0, 0\) \(max_per_source")
+    assert rejected(settled(supervisor, "pids"), "pids", "per_source") == 1
+
+
+def test_a_reload_onto_a_unix_socket_gives_the_server_a_unix_guard(
+    start_supervisor: StartSupervisor, sockdir: object
+) -> None:
+    tcp = """
+        [servers.pids]
+        address = "tcp://127.0.0.1:0"
+        handler = "tests.handlers:PidHandler"
+        max_per_source = 1
+        """
+    supervisor = start_supervisor(tcp)
+    reload(supervisor, tcp.replace("tcp://127.0.0.1:0", f"unix://{sockdir}/pids.sock"))
+    path = f"{sockdir}/pids.sock"
+    with connect(path) as held:  # the source is now the peer's uid
+        assert int(readline(held)) > 0
+        assert turned_away(connect(path)) == b""
+    supervisor.wait_for_log(rf"pids: rejected client uid {os.getuid()} \(max_per_source")

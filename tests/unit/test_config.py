@@ -1195,3 +1195,16 @@ def test_diff_sees_a_changed_default_in_the_servers_that_inherit_it() -> None:
     old = parse("[supervisor]\nrlimit_cpu = 10\n" + servers)
     new = parse("[supervisor]\nrlimit_cpu = 20\n" + servers)
     assert config.diff(old, new).changed == ("echo",)
+
+
+def test_request_timeout_needs_a_connection_or_a_child() -> None:
+    toml = server("udp://127.0.0.1:7007", 'mode = "thread"\nrequest_timeout = 5')
+    assert error_of(toml) == (
+        f"{SOURCE}: servers.echo.request_timeout: a datagram server in thread or inline mode "
+        "has no connection to time out (fork mode has a child to stop)"
+    )
+    inherited = "[supervisor]\nrequest_timeout = 5\n" + server(
+        "udp://127.0.0.1:7007", 'mode = "inline"'
+    )
+    assert limits_of(inherited).request_timeout == 0
+    assert limits_of(server("udp://127.0.0.1:7007", "request_timeout = 5")).request_timeout == 5

@@ -168,3 +168,23 @@ def test_rejections_are_logged_once_per_server_and_reason_per_period(
 def test_sources_are_hashable_keys() -> None:
     source: Source = guard(max_per_source=1).admit(("2001:db8::1", 1, 0, 0), None)[1]
     assert source == (6, 0x20010DB8 << 96)
+
+
+def test_at_most_max_sources_buckets_are_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(guards, "PRUNE_AT", 16)
+    monkeypatch.setattr(guards, "MAX_SOURCES", 64)
+    clock = Clock()
+    per_source = guard(clock, source_rate=0.001, source_rate_burst=1)  # nothing refills
+    for host in range(1000):
+        assert per_source.admit((str(ipaddress.IPv4Address(0x0A000000 + host)), 1), None)[0] is None
+        assert len(per_source._buckets) <= 64
+    # The newest sources are still remembered (and still empty).
+    assert per_source.admit(("10.0.3.231", 1), None)[0] == "source_rate"
+
+
+def test_a_guard_is_kept_only_for_the_same_guarded_limits_and_address_kind() -> None:
+    limits = replace(Limits(), max_per_source=1)
+    kept = Guard(limits, False, Counter())
+    assert kept.same(replace(limits, banner_fail="busy", request_timeout=5.0, nice=5), False)
+    assert not kept.same(limits, True)  # tcp -> unix: sources are uids now
+    assert not kept.same(replace(limits, max_per_source=2), False)
