@@ -1000,7 +1000,8 @@ def idle_wakeups(pool: Pool, config: Settings) -> tuple[list[str], list[Target]]
 
 
 def isolation_spec() -> SupervisorSpec:
-    """`bench` (inline) and `fastfork` (fork) measured; `slow` flooded at its max_children."""
+    """`bench` (inline) and `fastfork` (fork) measured; `slow` flooded at its max_children,
+    or `denied` flooded with clients its guard turns away."""
     return SupervisorSpec(
         "inline",
         servers="\n".join(
@@ -1016,9 +1017,68 @@ def isolation_spec() -> SupervisorSpec:
                 'mode = "fork"',
                 f"max_children = {SLOW_MAX_CHILDREN}",
                 "",
+                "[servers.denied]",
+                f'address = "tcp://{LOOPBACK}:0"',
+                'handler = "bench.handler:Handler"',
+                'mode = "fork"',
+                'deny = ["0.0.0.0/0", "::/0"]',
+                "",
             ]
         ),
     )
+
+
+# flood kind -> the server flooded; "" is a port nobody listens on (the kernel refuses each
+# connection: what such a flood costs this machine without any server's work in it)
+ISOLATION_FLOODS = {
+    "slow server flooded": "slow",
+    "rejected clients flood": "denied",
+    "refused by the kernel": "",
+}
+
+
+def isolation_results(
+    modes: list[str],
+    calm: dict[str, list[Sample]],
+    flooded: dict[str, dict[str, list[Sample]]],
+) -> tuple[list[list[str]], list[Target]]:
+    """Scenario 5's table rows and targets."""
+    rows = []
+    targets = []
+    for mode in modes:
+        for name, got in (
+            ("without flood", calm[mode]),
+            *((kind, flooded[kind][mode]) for kind in ISOLATION_FLOODS),
+        ):
+            rows.append(
+                [
+                    f"{mode}: {name}",
+                    fmt(median([s.rps for s in got]), ",.0f"),
+                    fmt(median([s.p50 for s in got]), ".3f", 1e3),
+                    fmt(median([s.p99 for s in got]), ".3f", 1e3),
+                    str(sum(s.errors for s in got)),
+                ]
+            )
+        for kind, target in ISOLATION_FLOODS.items():
+            rises = [
+                b.p99 - a.p99
+                for a, b in zip(calm[mode], flooded[kind][mode], strict=True)
+                if a.p99 is not None and b.p99 is not None
+            ]
+            rise = statistics.median(rises) if rises else None
+            if not target:  # the reference, not a target
+                continue
+            what = "flooded" if target == "slow" else "during a flood of rejected clients"
+            targets.append(
+                Target(
+                    f"{mode} server: p99 {what} - p99 calm (median of pairs)",
+                    rise,
+                    "< 1 ms",
+                    None if rise is None else rise < 1e-3,
+                    "-" if rise is None else f"{rise * 1e3:+.3f} ms",
+                )
+            )
+    return rows, targets
 
 
 def scenario_5(ctx: "Context") -> tuple[list[str], list[Target]]:
@@ -1029,7 +1089,7 @@ def scenario_5(ctx: "Context") -> tuple[list[str], list[Target]]:
         return [f"unavailable: {exc}"], []
     probed = {"inline": contender.port, "fork": contender.ports["fastfork"]}
     calm: dict[str, list[Sample]] = {mode: [] for mode in probed}
-    flooded: dict[str, list[Sample]] = {mode: [] for mode in probed}
+    flooded = {kind: {mode: list[Sample]() for mode in probed} for kind in ISOLATION_FLOODS}
     flood_rps: list[float] = []
     try:
         for port in probed.values():
@@ -1039,50 +1099,25 @@ def scenario_5(ctx: "Context") -> tuple[list[str], list[Target]]:
                 calm[mode].append(
                     load(procs, contender.pid, port, ISOLATION_CLIENTS, config.seconds)
                 )
-            flood_seconds = len(probed) * (config.seconds + 0.5) + 1
-            flood = procs.start(
-                "flood",
-                wrk_argv(contender.ports["slow"], FLOOD_CLIENTS, flood_seconds, timeout=30),
-            )
-            time.sleep(0.5)  # the slow server at max_children, its queue filling
-            for mode, port in probed.items():
-                flooded[mode].append(
-                    load(procs, contender.pid, port, ISOLATION_CLIENTS, config.seconds)
+            for kind, target in ISOLATION_FLOODS.items():
+                flood_seconds = len(probed) * (config.seconds + 0.5) + 1
+                flooded_port = contender.ports[target] if target else free_port()
+                flood = procs.start(
+                    "flood", wrk_argv(flooded_port, FLOOD_CLIENTS, flood_seconds, timeout=30)
                 )
-            wait_quietly(flood, flood_seconds + 30)
-            procs.stop(flood)
-            flood_rps.append(parse_wrk("\n".join(flood.out))[1])
+                time.sleep(0.5)  # the slow server at max_children, its queue filling
+                for mode, port in probed.items():
+                    flooded[kind][mode].append(
+                        load(procs, contender.pid, port, ISOLATION_CLIENTS, config.seconds)
+                    )
+                wait_quietly(flood, flood_seconds + 30)
+                procs.stop(flood)
+                if target == "slow":
+                    flood_rps.append(parse_wrk("\n".join(flood.out))[1])
     finally:
         if contender.proc is not None:
             procs.stop(contender.proc)
-    rows = []
-    targets = []
-    for mode in probed:
-        for name, got in (("without flood", calm[mode]), ("slow server flooded", flooded[mode])):
-            rows.append(
-                [
-                    f"{mode}: {name}",
-                    fmt(median([s.rps for s in got]), ",.0f"),
-                    fmt(median([s.p50 for s in got]), ".3f", 1e3),
-                    fmt(median([s.p99 for s in got]), ".3f", 1e3),
-                    str(sum(s.errors for s in got)),
-                ]
-            )
-        rises = [
-            b.p99 - a.p99
-            for a, b in zip(calm[mode], flooded[mode], strict=True)
-            if a.p99 is not None and b.p99 is not None
-        ]
-        rise = statistics.median(rises) if rises else None
-        targets.append(
-            Target(
-                f"{mode} server: p99 flooded - p99 calm (median of pairs)",
-                rise,
-                "< 1 ms",
-                None if rise is None else rise < 1e-3,
-                "-" if rise is None else f"{rise * 1e3:+.3f} ms",
-            )
-        )
+    rows, targets = isolation_results(list(probed), calm, flooded)
     lines = [
         *wrapped(
             f"Two servers measured with wrk -c{ISOLATION_CLIENTS} (one client: latency without "
@@ -1090,7 +1125,11 @@ def scenario_5(ctx: "Context") -> tuple[list[str], list[Target]]:
             "without and with a flood on a third server of the same supervisor, `slow` (fork, "
             f"SlowHandler: 50 ms per request, max_children = {SLOW_MAX_CHILDREN}; "
             f"wrk -c{FLOOD_CLIENTS} on it keeps it at max_children with a queue). The slow "
-            f"server served {fmt(median(flood_rps), '.0f')} req/s during the floods."
+            f"server served {fmt(median(flood_rps), '.0f')} req/s during the floods. Then the "
+            f"same with wrk -c{FLOOD_CLIENTS} on a fourth server, `denied` (deny = everyone: each "
+            "connection accepted, turned away and closed, never forked), and on a port nobody "
+            "listens on (refused by the kernel: the cost of such a flood to this machine, with "
+            "no server's work in it)."
         ),
         "",
         *render(["measured server", "req/s", "p50 ms", "p99 ms", "errors"], rows),
@@ -1421,7 +1460,8 @@ TITLES = {
     2: "Scenario 2: prefork, against the C inline server and tcpserver",
     3: "Scenario 3: thread and inline modes, against ThreadingTCPServer and TCPServer",
     4: "Scenario 4: many servers configured, load on one; idle wake-ups",
-    5: "Scenario 5: isolation: one server flooded at max_children, another's latency",
+    5: "Scenario 5: isolation: one server flooded (at max_children, or with rejected "
+    "clients), another's latency",
     6: "Scenario 6: reload",
     7: "Scenario 7: memory",
     8: "Scenario 8: a metrics scrape",

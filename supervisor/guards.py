@@ -244,13 +244,16 @@ class RejectionLog:
         self._next: dict[tuple[str, str], float] = {}
         self._quiet: Counter[tuple[str, str]] = Counter()
 
-    def rejected(self, server: str, reason: str, client: str) -> None:
+    def rejected(
+        self, server: str, reason: str, client_address: Any, peer: tuple[int, int] | None = None
+    ) -> None:
         key, now = (server, reason), self.clock()
         if now < self._next.get(key, 0.0):
             self._quiet[key] += 1
             return
         quiet = self._quiet.pop(key, 0)
         more = f"; {quiet} more since the last such line" if quiet else ""
+        client = f"uid {peer[0]}" if peer is not None else client_address
         log.warning("%s: rejected client %s (%s)%s", server, client, _TEXT[reason], more)
         self._next[key] = now + LOG_EVERY
 

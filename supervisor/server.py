@@ -214,8 +214,7 @@ class Server:
         reason, source = guard.admit(client_address, peer)
         if reason is not None:
             self.stats.rejected[reason] += 1
-            client = f"uid {peer[0]}" if peer is not None else str(client_address)
-            rejections.rejected(self.name, reason, client)
+            rejections.rejected(self.name, reason, client_address, peer)
             self.turn_away(request)
         return reason, source
 

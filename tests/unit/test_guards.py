@@ -153,7 +153,7 @@ def test_rejections_are_logged_once_per_server_and_reason_per_period(
         for _ in range(5):
             rejections.rejected("echo", "denied", "('192.0.2.1', 1)")
         rejections.rejected("echo", "rate", "('192.0.2.1', 2)")
-        rejections.rejected("other", "denied", "uid 1000")
+        rejections.rejected("other", "denied", "", (1000, 1000))
         clock.now += guards.LOG_EVERY
         rejections.rejected("echo", "denied", "('192.0.2.1', 3)")
     assert caplog.messages == [
