@@ -3,18 +3,21 @@
 `prepare()` loads and validates the file, imports the handlers (afresh on a reload) and finds a
 listening socket for every server: the very socket it already has when its address did not
 change, an inherited one (systemd socket activation) whose name or address matches, or one bound
-now. If any step fails, the sockets bound here are closed again and the error is raised, so the
-running configuration is untouched. Start-up is the same with nothing to reuse.
+now. A unix socket file that a server keeps gets its new permissions last (those already
+changed are put back if one fails). If any step fails, the sockets bound here are closed again
+and the error is raised, so the running configuration is untouched. Start-up is the same with
+nothing to reuse.
 """
 
+import contextlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from supervisor import addresses, config, handlers
-from supervisor.config import Config, ServerConfig
+from supervisor.config import Config, ServerConfig, SocketFile
 from supervisor.errors import BindError
 from supervisor.handlers import HandlerClass
-from supervisor.sockets import Listener, bind
+from supervisor.sockets import Listener, SocketFileError, apply_socket_file, bind
 
 
 @dataclass(frozen=True)
@@ -35,11 +38,44 @@ def prepare(
     """Everything a (re)start needs; raises ConfigError or BindError and then changes nothing.
 
     `source` is the configuration file (or one already loaded); `current` maps the running
-    servers' names to their listeners; `spare` are inherited sockets no server uses now."""
+    servers' names to their listeners; `spare` are inherited sockets no server uses now;
+    `fresh`: import the handlers afresh."""
     loaded = config.load(source) if isinstance(source, str) else source
     with handlers.rollback_on_error():
         classes = handlers.import_all(loaded, fresh=fresh)
-        return Prepared(loaded, classes, _listeners(loaded, current or {}, list(spare)))
+        spare = list(spare)
+        listeners = _listeners(loaded, current or {}, spare)
+        try:
+            _apply_socket_files(loaded, listeners)
+        except BindError:
+            kept = [*(current or {}).values(), *spare]
+            for listener in listeners.values():
+                if not _among(listener, kept):
+                    listener.close()  # bound for this configuration: not to be kept
+            raise
+        return Prepared(loaded, classes, listeners)
+
+
+def _apply_socket_files(loaded: Config, listeners: Mapping[str, Listener]) -> None:
+    """Give the unix socket files that a server keeps (or takes over) their new permissions;
+    if one fails, put back those already changed and raise BindError."""
+    done: list[tuple[Listener, SocketFile]] = []
+    for name, listener in listeners.items():
+        wanted = loaded.servers[name].socket_file
+        if not listener.address.is_unix or listener.socket_file == wanted:
+            continue
+        previous = listener.socket_file
+        try:
+            apply_socket_file(listener, wanted)
+        except SocketFileError as exc:
+            for changed, before in reversed(done):
+                with contextlib.suppress(SocketFileError):
+                    apply_socket_file(changed, before)
+            raise BindError(
+                f"{loaded.source}: servers.{name}: cannot set the permissions of "
+                f"{listener.address.path} ({exc.strerror or exc})"
+            ) from exc
+        done.append((listener, previous))
 
 
 def _listeners(
@@ -59,14 +95,17 @@ def _listeners(
         listener = _reusable(name, server, current, spare, [*found.values()])
         if listener is None:
             try:
-                listener = bind(server.address, server.backlog)
+                listener = bind(server.address, server.backlog, server.socket_file)
             except OSError as exc:
                 for new in bound:
                     new.close()
                 reason = exc.strerror or str(exc)
-                raise BindError(
-                    f"{loaded.source}: servers.{name}: cannot bind {server.address} ({reason})"
-                ) from exc
+                what = (
+                    f"cannot set the permissions of {server.address.path}"
+                    if isinstance(exc, SocketFileError)
+                    else f"cannot bind {server.address}"
+                )
+                raise BindError(f"{loaded.source}: servers.{name}: {what} ({reason})") from exc
             bound.append(listener)
         found[name] = listener
     return found

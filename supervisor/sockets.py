@@ -3,7 +3,8 @@
 Invariants: every socket returned is close-on-exec; a listening stream socket is non-blocking,
 a datagram socket stays blocking for its handlers and is read with MSG_DONTWAIT (see server.py);
 a unix socket file is only ever removed by us if it is a socket nobody is listening on (stale)
-or the very file we created.
+or the very file we created; its permissions (`SocketFile`: mode, owner, group) are set
+between bind() and listen(), so no client can connect before they are right.
 """
 
 import contextlib
@@ -11,9 +12,10 @@ import errno
 import os
 import socket
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from supervisor.addresses import Address
+from supervisor.config import SocketFile
 
 # accept() reports these for the connection at hand, not the listener: drop it and go on.
 TRANSIENT_ERRNOS = frozenset(
@@ -43,6 +45,10 @@ class Listener:
     created_file: tuple[int, int] | None = None  # (st_dev, st_ino) of the unix socket file
     inherited: bool = False  # passed in by systemd: kept open for the whole life of the process
     fd_name: str = ""  # systemd's FileDescriptorName= for an inherited socket
+    # A unix socket file's permissions as configured now, and as they were made by bind()
+    # (mode, uid, gid), which is what a setting removed by a reload goes back to.
+    socket_file: SocketFile = field(default_factory=SocketFile)
+    file_default: tuple[int, int, int] | None = None
 
     def close(self) -> None:
         """Close the socket and remove the unix socket file if it is still ours."""
@@ -52,10 +58,15 @@ class Listener:
             self.created_file = None
 
 
-def bind(address: Address, backlog: int) -> Listener:
-    """Create, bind and (for stream sockets) listen; raise OSError with errno and reason."""
+class SocketFileError(OSError):
+    """The permissions of a unix socket file cannot be set (chmod or chown failed)."""
+
+
+def bind(address: Address, backlog: int, socket_file: SocketFile | None = None) -> Listener:
+    """Create, bind and (for stream sockets) listen; raise OSError with errno and reason
+    (SocketFileError if a unix socket file's `socket_file` permissions cannot be set)."""
     if address.is_unix:
-        return _bind_unix(address, backlog)
+        return _bind_unix(address, backlog, socket_file or SocketFile())
     return _bind_inet(address, backlog)
 
 
@@ -81,21 +92,78 @@ def _bind_inet(address: Address, backlog: int) -> Listener:
     return Listener(address, sock, Address(address.scheme, host=host, port=port))
 
 
-def _bind_unix(address: Address, backlog: int) -> Listener:
+def _bind_unix(address: Address, backlog: int, socket_file: SocketFile) -> Listener:
     path = address.path
     os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
     remove_if_stale(address)
     sock = socket.socket(socket.AF_UNIX, address.socket_type)
+    listener = Listener(address, sock, address)
     try:
-        sock.bind(path)
+        guarded = socket_file != SocketFile() and not address.is_stream
+        mode = _bind_file(sock, path, guarded)
+        info = os.lstat(path)
+        listener.created_file = (info.st_dev, info.st_ino)
+        if mode is None:
+            mode = stat.S_IMODE(info.st_mode)
+        listener.file_default = (mode, info.st_uid, info.st_gid)
+        # Before listen(): until then a connect() is refused, whatever the file allows.
+        apply_socket_file(listener, socket_file)
         if address.is_stream:
             sock.listen(backlog)
             sock.setblocking(False)
-        info = os.stat(path)
     except OSError:
-        sock.close()
+        listener.close()
         raise
-    return Listener(address, sock, address, created_file=(info.st_dev, info.st_ino))
+    return listener
+
+
+def _bind_file(sock: socket.socket, path: str, guarded: bool) -> int | None:
+    """bind(). `guarded`: a datagram socket, which takes datagrams from bind() on, that gets
+    permissions of its own: it is made with mode 0 until those are set, and the mode it
+    would have had is returned."""
+    if not guarded:
+        sock.bind(path)
+        return None
+    umask = os.umask(0o777)
+    try:
+        sock.bind(path)
+    finally:
+        os.umask(umask)
+    return 0o777 & ~umask
+
+
+def apply_socket_file(listener: Listener, wanted: SocketFile) -> None:
+    """Give a unix socket file the configured mode, owner and group; a setting left out gets
+    back what bind() made (a reload may remove one). Only what differs is changed: a
+    supervisor that dropped its privileges may still keep a file as it is. Raise
+    SocketFileError."""
+    path = listener.address.path
+    try:
+        info = os.lstat(path)
+    except OSError as exc:
+        raise SocketFileError(exc.errno, exc.strerror or str(exc)) from exc
+    if not stat.S_ISSOCK(info.st_mode):
+        raise SocketFileError(errno.EEXIST, f"{path} is not a socket any more")
+    try:
+        current = (stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid)
+        if listener.file_default is None:  # an inherited socket's file, as it was found
+            listener.file_default = current
+        mode, uid, gid = listener.file_default
+        uid = uid if wanted.uid == -1 else wanted.uid
+        gid = gid if wanted.gid == -1 else wanted.gid
+        mode = mode if wanted.mode is None else wanted.mode
+        if (uid, gid) != current[1:]:
+            os.chown(
+                path,
+                -1 if uid == info.st_uid else uid,
+                -1 if gid == info.st_gid else gid,
+                follow_symlinks=False,
+            )
+        if mode != current[0]:
+            os.chmod(path, mode)
+    except OSError as exc:
+        raise SocketFileError(exc.errno, exc.strerror or str(exc)) from exc
+    listener.socket_file = wanted
 
 
 def remove_if_stale(address: Address) -> None:
@@ -122,7 +190,9 @@ def remove_if_stale(address: Address) -> None:
 
 def remove_socket_file(path: str, identity: tuple[int, int]) -> None:
     """Unlink `path` only if it is still the file (device, inode) we created."""
-    with contextlib.suppress(FileNotFoundError):
+    # Any error: a supervisor that dropped its privileges may not write the directory any
+    # more; the file is left behind, and the next start replaces it (stale).
+    with contextlib.suppress(OSError):
         info = os.lstat(path)
         if (info.st_dev, info.st_ino) == identity:
             os.unlink(path)
