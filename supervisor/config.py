@@ -60,6 +60,9 @@ LIMIT_KEYS = (
     "nice",
 )
 SOCKET_FILE_KEYS = ("socket_mode", "socket_owner", "socket_group")
+CHILD_LIMIT_KEYS = ("rlimit_as", "rlimit_cpu", "rlimit_nofile", "nice")
+# Modes whose handlers run inside the supervisor process: no child to limit or switch user in.
+IN_PROCESS_MODES = frozenset({Mode.THREAD, Mode.INLINE})
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -377,6 +380,7 @@ def _server(name: str, table: "_Table", supervisor: SupervisorConfig) -> ServerC
     if address.is_stream and "max_packet_size" in table.data:
         raise table.error("max_packet_size", "only applies to datagram addresses")
     mode = Mode(table.choice("mode", Mode.FORK.value, tuple(Mode)))
+    _check_in_process(table, mode)
     max_children = table.integer("max_children", 40, minimum=1)
     return ServerConfig(
         name=name,
@@ -486,6 +490,9 @@ def _server_limits(
                 "(fork mode has a child to stop)",
             )
         limits = replace(limits, request_timeout=0.0)
+    if mode in IN_PROCESS_MODES:
+        # [supervisor] defaults for children mean nothing here; set in this table, an error.
+        return replace(limits, rlimit_as=0, rlimit_cpu=0, rlimit_nofile=0, nice=None)
     if mode is Mode.PREFORK:  # its workers accept: the supervisor never sees the connections
         for key in ("max_per_source", "rate", "source_rate"):
             if getattr(limits, key):
@@ -495,6 +502,28 @@ def _server_limits(
                     f"not available in prefork mode, where workers accept on their own{inherited}",
                 )
     return limits
+
+
+def _check_in_process(table: "_Table", mode: Mode) -> None:
+    """Thread and inline handlers run inside the supervisor: no child of their own to give a
+    user or resource limits to."""
+    if mode not in IN_PROCESS_MODES:
+        return
+    for key in ("user", "group"):
+        if key in table.data:
+            raise table.error(
+                key,
+                f"not available in {mode} mode: its handlers run inside the supervisor process, "
+                "as [supervisor] user",
+            )
+    for key in CHILD_LIMIT_KEYS:
+        if key in table.data:
+            raise table.error(
+                key,
+                f"not available in {mode} mode: its handlers run inside the supervisor process "
+                "(use fork or prefork mode, or limit the supervisor itself; it runs as "
+                "[supervisor] user)",
+            )
 
 
 def _server_credentials(table: "_Table", supervisor: SupervisorConfig) -> Credentials | None:

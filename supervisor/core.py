@@ -33,6 +33,7 @@ from supervisor.control import ControlServer
 from supervisor.errors import SupervisorError
 from supervisor.exporter import HttpServer, Response
 from supervisor.forking import ForkServer, Handover, Usage, setup_for
+from supervisor.forkserver import set_up_child
 from supervisor.guards import RejectionLog, Source
 from supervisor.loop import Loop, Timer
 from supervisor.metrics import ReloadStats
@@ -298,7 +299,7 @@ class Supervisor:
         log.info("reloading %s", self.config_path)
         current = {name: server.listener for name, server in self.servers.items()}
         try:
-            prepared = prepare(self.config_path, current, self.spare, fresh=True)
+            prepared = prepare(self.config_path, current, self.spare, fresh=True, reloading=True)
         except SupervisorError as exc:
             log.error("reload failed, still running the previous configuration: %s", exc)
             self.last_reload = ReloadResult(False, str(exc), time.time(), exc.exit_status)
@@ -308,6 +309,8 @@ class Supervisor:
             changes = config.diff(self.config, prepared.config)
             old_log = self.config.supervisor.log_file
             metrics_changed = prepared.config.metrics != self.config.metrics
+            old_user = self.config.supervisor.credentials
+            user_changed = prepared.config.supervisor.credentials != old_user
             self._switch(prepared)
             log.info("reloaded: %s", changes)
             if prepared.config.supervisor.log_file not in (old_log, None):
@@ -318,6 +321,11 @@ class Supervisor:
             self.reload_stats.last_success = self.last_reload.at
             if metrics_changed:
                 log.warning("metrics: changes to [metrics] apply at the next start")
+            if user_changed:  # a process that dropped root cannot get it back
+                log.warning(
+                    "supervisor.user: changes to [supervisor] user and group apply at the "
+                    "next start"
+                )
         systemd.notify(f"READY=1\nSTATUS={self._summary()}")
         return self.last_reload
 
@@ -731,7 +739,10 @@ class Supervisor:
         try:
             self._become_child(server, runs)
             set_signal_mask(mask)
-            status = run()
+            if server.child_setup is None or set_up_child(
+                server.name, server.child_setup, lambda: log
+            ):
+                status = run()
         except BaseException:
             log.exception("%s: child %d failed outside its handler", server.name, os.getpid())
         finally:
@@ -872,8 +883,9 @@ class Supervisor:
             self.fork_server = ForkServer(self.loop, self, setup)
         except OSError as exc:
             log.warning(
-                "cannot start the fork server (%s); the supervisor forks requests itself",
+                "cannot start the fork server (%s: %s); the supervisor forks requests itself",
                 exc.strerror or exc,
+                sys.executable,  # (after a drop of privileges: one its user may not run)
             )
             self._restart_fork_server_later()
             return

@@ -15,7 +15,7 @@ import socket
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING
 
-from supervisor import config, control, logs, systemd
+from supervisor import config, control, logs, privileges, systemd
 from supervisor.core import Supervisor
 from supervisor.errors import BindError, ConfigError, LogFileError
 from supervisor.pidfile import AlreadyRunning, PidFile, running_pid
@@ -44,7 +44,7 @@ def run(path: str, detach: bool = False) -> int:
     spare = [listener for listener in inherited if id(listener) not in used]
     log_fd = _open_log(path, settings.log_file)
     metrics_listener = _bind_metrics(path, loaded.metrics)
-    control_socket = _bind_control(path, settings.control_socket)
+    control_socket = _bind_control(path, settings.control_socket, settings.credentials)
     context: AbstractContextManager[object]
     if detach and settings.pidfile is not None:
         extra = [listener for listener in (control_socket, metrics_listener) if listener]
@@ -58,6 +58,15 @@ def run(path: str, detach: bool = False) -> int:
         with context:
             if log_fd is not None:
                 logs.redirect(log_fd)
+            # Everything is bound and open (the pidfile too, after --daemon's fork): for good,
+            # before the fork server starts or any child is forked.
+            privileges.drop(loaded)
+            if settings.credentials is not None:
+                log.info(
+                    "running as %s:%s",
+                    settings.credentials.user,
+                    settings.credentials.group,
+                )
             supervisor = Supervisor(
                 prepared,
                 config_path=config_path,
@@ -95,16 +104,30 @@ def _bind_metrics(source: str, settings: config.MetricsConfig) -> Listener | Non
         ) from exc
 
 
-def _bind_control(source: str, path: str | None) -> Listener | None:
+def _bind_control(
+    source: str, path: str | None, owner: config.Credentials | None
+) -> Listener | None:
+    """The control socket; owned by `owner` when the supervisor drops to that user, which may
+    then use `supervisor status|reload` too (the socket answers root and its own user)."""
     if path is None:
         return None
     try:
-        return control.bind(path)
+        listener = control.bind(path)
     except OSError as exc:
         raise BindError(
             f"{source}: supervisor.pidfile: cannot create the control socket {path} "
             f"({exc.strerror or exc})"
         ) from exc
+    if owner is not None and os.geteuid() == 0:
+        try:
+            os.chown(path, owner.uid, owner.gid, follow_symlinks=False)
+        except OSError as exc:
+            listener.close()
+            raise BindError(
+                f"{source}: supervisor.user: cannot give the control socket {path} to "
+                f"{owner.user} ({exc.strerror or exc})"
+            ) from exc
+    return listener
 
 
 def inherited_listeners() -> list[Listener]:

@@ -83,6 +83,8 @@ def setup_for(servers: Iterable[Any], log_format: str, log_level: str) -> bytes:
             "proto": listening.proto,
             "max_packet_size": server.max_packet_size,
         }
+        if server.child_setup is not None:  # (absent otherwise: the fork server stays small)
+            spec["child_setup"] = server.child_setup
         if hasattr(server, "server_name"):
             spec["server_name"], spec["server_port"] = server.server_name, server.server_port
         specs.append(spec)

@@ -90,6 +90,8 @@ class ServerView:
         self.socket_type = socket.SocketKind(spec["type"])
         self.proto: int = spec["proto"]
         self.max_packet_size: int = spec["max_packet_size"]
+        # Limits and user for each child (privileges.child_setup); None: none, the common case.
+        self.child_setup: Any = spec.get("child_setup")
         self.timeout: float | None = None
         if "server_name" in spec:
             self.server_name: str = spec["server_name"]
@@ -150,6 +152,41 @@ def _flush_output() -> None:
             stream.flush()
         except (OSError, ValueError):
             pass
+
+
+def apply_child_setup(setup: Any) -> None:
+    """In a new child, before its handler: resource limits (soft and hard), niceness, then its
+    server's user with no supplementary groups (last: the others may need root). `setup` is
+    privileges.child_setup's; the supervisor's own children use this function too. Raises
+    OSError or ValueError."""
+    rlimits, nice, ids = setup
+    if rlimits:
+        import resource  # noqa: PLC0415 (imported by load() already when any server needs it)
+
+        for which, soft, hard in rlimits:
+            resource.setrlimit(which, (soft, hard))
+    if nice is not None:
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
+    if ids is not None:
+        os.setgroups([])
+        os.setgid(ids[1])
+        os.setuid(ids[0])
+
+
+def set_up_child(name: str, setup: Any, log: Any) -> bool:
+    """apply_child_setup, or one line through `log` (a logger, got only then) and False: the
+    handler must not run."""
+    try:
+        apply_child_setup(setup)
+    except (OSError, ValueError) as exc:
+        log().error(
+            "%s: child %d cannot apply its limits or user (%s); not running the handler",
+            name,
+            os.getpid(),
+            getattr(exc, "strerror", None) or exc,
+        )
+        return False
+    return True
 
 
 def _handle(server: ServerView, fd: int, client_address: Any) -> int:
@@ -317,7 +354,10 @@ class ForkServer:
             for other in others:  # the rest of this batch's connections
                 os.close(other)
             _signal.pthread_sigmask(_signal.SIG_UNBLOCK, HELD)  # (what was sent to it arrives)
-            status = _handle(server, fd, client_address)
+            if server.child_setup is None or set_up_child(
+                server.name, server.child_setup, lambda: _logger(self.log_setup)
+            ):
+                status = _handle(server, fd, client_address)
         except BaseException:
             _logger(self.log_setup).exception(
                 "%s: child %d failed outside its handler", server.name, os.getpid()
@@ -424,6 +464,8 @@ def load(setup: dict[str, Any]) -> tuple[dict[str, ServerView], dict[str, str]]:
     sys.argv[:] = setup["argv"]  # (what handlers see: the supervisor's command line)
     servers: dict[str, ServerView] = {}
     failed: dict[str, str] = {}
+    if any(spec.get("child_setup") for spec in setup["servers"]):
+        import resource  # noqa: F401, PLC0415 (here, once: not in every child; only if needed)
     for spec in setup["servers"]:
         module_name, _, attribute = spec["handler"].partition(":")
         try:

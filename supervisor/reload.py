@@ -3,17 +3,18 @@
 `prepare()` loads and validates the file, imports the handlers (afresh on a reload) and finds a
 listening socket for every server: the very socket it already has when its address did not
 change, an inherited one (systemd socket activation) whose name or address matches, or one bound
-now. A unix socket file that a server keeps gets its new permissions last (those already
-changed are put back if one fails). If any step fails, the sockets bound here are closed again
-and the error is raised, so the running configuration is untouched. Start-up is the same with
-nothing to reuse.
+now. The privilege checks (privileges.py) come first: their answers depend on the user the
+process runs as, so every start and every reload makes them. A unix socket file that a server
+keeps gets its new permissions last (those already changed are put back if one fails). If any
+step fails, the sockets bound here are closed again and the error is raised, so the running
+configuration is untouched. Start-up is the same with nothing to reuse.
 """
 
 import contextlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from supervisor import addresses, config, handlers
+from supervisor import addresses, config, handlers, privileges
 from supervisor.config import Config, ServerConfig, SocketFile
 from supervisor.errors import BindError
 from supervisor.handlers import HandlerClass
@@ -34,13 +35,16 @@ def prepare(
     current: Mapping[str, Listener] | None = None,
     spare: Iterable[Listener] = (),
     fresh: bool = False,
+    reloading: bool = False,
 ) -> Prepared:
     """Everything a (re)start needs; raises ConfigError or BindError and then changes nothing.
 
     `source` is the configuration file (or one already loaded); `current` maps the running
     servers' names to their listeners; `spare` are inherited sockets no server uses now;
-    `fresh`: import the handlers afresh."""
+    `fresh`: import the handlers afresh; `reloading`: the process already runs as the user
+    it will keep (a changed [supervisor] user applies at the next start)."""
     loaded = config.load(source) if isinstance(source, str) else source
+    privileges.check(loaded, starting=not reloading)
     with handlers.rollback_on_error():
         classes = handlers.import_all(loaded, fresh=fresh)
         spare = list(spare)

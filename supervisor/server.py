@@ -19,6 +19,7 @@ import socket
 from collections import Counter
 from typing import Any
 
+from supervisor import privileges
 from supervisor.config import Mode, ServerConfig
 from supervisor.guards import Guard, RejectionLog, Source, peer_credentials
 from supervisor.handlers import HandlerClass
@@ -72,6 +73,8 @@ class Server:
         # request_timeout is a timeout on the connection's socket operations.
         timeout = limits.request_timeout
         self.socket_timeout = timeout if timeout and config.mode is not Mode.FORK else None
+        # What each child applies before its handler (limits, user); None, usually: nothing.
+        self.child_setup = privileges.child_setup(config)
 
     def _attach(self, listener: Listener) -> socket.socket:
         """Take `listener`; return the socket handlers see (a blocking dup for datagrams)."""
