@@ -1,0 +1,343 @@
+"""Privileges, child limits and unix socket files, on real processes (root only).
+
+A live child is held open by tests.handlers:PidHandler (it waits for a line) while psutil and
+/proc say what it runs as: real, effective and saved ids, supplementary groups, rlimits, nice.
+"""
+
+import os
+import resource
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.conftest import (
+    ALLOW_ROOT,
+    FORK_SERVER_READY,
+    METRICS_ANY_PORT,
+    StartSupervisor,
+    Supervisor,
+    connect,
+    one_line_error,
+    readline,
+    run_cli,
+)
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (to switch users)")
+
+NOBODY = 65534
+LIMITS = "rlimit_as = 2048\nrlimit_cpu = 30\nrlimit_nofile = 100\nnice = 7\n"
+EXPECTED_LIMITS = {
+    resource.RLIMIT_AS: (2048 * 2**20, 2048 * 2**20),
+    resource.RLIMIT_CPU: (30, 30),
+    resource.RLIMIT_NOFILE: (100, 100),
+}
+PROC_LIMITS = {  # /proc/PID/limits row names
+    resource.RLIMIT_AS: "Max address space",
+    resource.RLIMIT_CPU: "Max cpu time",
+    resource.RLIMIT_NOFILE: "Max open files",
+}
+
+
+def pid_server(extra: str = "", name: str = "held", address: str = "tcp://127.0.0.1:0") -> str:
+    return f"""
+[servers.{name}]
+address = "{address}"
+handler = "tests.handlers:PidHandler"
+{extra}
+"""
+
+
+class Identity:
+    """What a live process runs as and with."""
+
+    def __init__(self, pid: int) -> None:
+        process = psutil.Process(pid)
+        self.uids = tuple(process.uids())
+        self.gids = tuple(process.gids())
+        self.nice = process.nice()
+        status = Path(f"/proc/{pid}/status").read_text()
+        groups = next(line for line in status.splitlines() if line.startswith("Groups:"))
+        self.groups = [int(group) for group in groups.split()[1:]]
+        self.rlimits = {which: rlimit(process, which) for which in EXPECTED_LIMITS}
+
+
+def rlimit(process: psutil.Process, which: int) -> tuple[int, int]:
+    """psutil's rlimit (prlimit); /proc/PID/limits where prlimit is not allowed: on another
+    user's process, it needs CAP_SYS_RESOURCE, which root lacks in some containers."""
+    try:
+        return tuple(process.rlimit(which))  # type: ignore[return-value]
+    except psutil.AccessDenied:
+        pass
+    for line in Path(f"/proc/{process.pid}/limits").read_text().splitlines():
+        if line.startswith(PROC_LIMITS[which]):
+            soft, hard = line[len(PROC_LIMITS[which]) :].split()[:2]
+            return tuple(  # type: ignore[return-value]
+                resource.RLIM_INFINITY if value == "unlimited" else int(value)
+                for value in (soft, hard)
+            )
+    raise AssertionError(f"no {PROC_LIMITS[which]} in /proc/{process.pid}/limits")
+
+
+def held_child(supervisor: Supervisor, name: str = "held") -> tuple[socket.socket, int]:
+    """A connection to PidHandler and the pid of the child serving it (alive until a line)."""
+    sock = connect(supervisor.inet(name))
+    return sock, int(readline(sock))
+
+
+def release(sock: socket.socket) -> None:
+    with sock:
+        sock.sendall(b"done\n")
+        assert readline(sock) == b"bye\n"
+
+
+def assert_nobody(identity: Identity) -> None:
+    assert identity.uids == (NOBODY, NOBODY, NOBODY)
+    assert identity.gids == (NOBODY, NOBODY, NOBODY)
+    assert identity.groups == []
+
+
+# -- a server's own user and its children's limits -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mode", "fork_server"),
+    [("fork", True), ("fork", False), ("prefork", True)],
+    ids=["fork-server", "supervisor-fork", "prefork-worker"],
+)
+def test_children_run_as_their_servers_user_with_its_limits(
+    start_supervisor: StartSupervisor, mode: str, fork_server: bool
+) -> None:
+    extra = f'mode = "{mode}"\nuser = "nobody"\n{LIMITS}'
+    if mode == "prefork":
+        extra += "workers = 1\n"
+    supervisor = start_supervisor(
+        f"[supervisor]\nfork_server = {str(fork_server).lower()}\n" + pid_server(extra)
+    )
+    sock, pid = held_child(supervisor)
+    try:
+        child = Identity(pid)
+        assert_nobody(child)
+        assert child.rlimits == EXPECTED_LIMITS
+        assert child.nice == 7
+        parent = psutil.Process(pid).ppid()
+        forked_by_fork_server = [process.pid for process in supervisor.fork_servers()]
+        if mode == "fork" and fork_server:
+            assert parent in forked_by_fork_server
+        else:
+            assert parent == supervisor.pid
+        # The supervisor (and its fork server) keep root for the next child's switch.
+        for keeper in [supervisor.pid, *forked_by_fork_server]:
+            assert tuple(psutil.Process(keeper).uids()) == (0, 0, 0)
+            assert psutil.Process(keeper).nice() == os.getpriority(os.PRIO_PROCESS, 0)
+    finally:
+        release(sock)
+
+
+def test_limits_apply_without_a_user_switch(start_supervisor: StartSupervisor) -> None:
+    """The child stays root (allowed for the suite), with its limits."""
+    supervisor = start_supervisor(pid_server(LIMITS))
+    sock, pid = held_child(supervisor)
+    try:
+        child = Identity(pid)
+        assert child.uids == (0, 0, 0)
+        assert child.rlimits == EXPECTED_LIMITS
+        assert child.nice == 7
+    finally:
+        release(sock)
+
+
+# -- the supervisor drops to [supervisor] user -----------------------------------------------------
+
+
+@pytest.fixture
+def world_readable_dir(sockdir: Path) -> Path:
+    """A directory the dropped supervisor can still read (its configuration, at a reload)."""
+    sockdir.chmod(0o755)
+    return sockdir
+
+
+@pytest.fixture
+def nobody_wrapper(tmp_path: Path) -> list[str]:
+    """A command prefix under which user nobody can run this interpreter (the fork server is
+    started as `sys.executable` after the drop). Where a directory on the way to it is closed
+    to others (a pyenv under /root, mode 0700), it is shown as mode 0755 in a private mount
+    namespace: a tmpfs over it, with the one entry on the way bound back in."""
+    try:
+        subprocess.run(
+            [sys.executable, "-S", "-c", ""], user=NOBODY, group=NOBODY, extra_groups=[], check=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    else:
+        return []
+    interpreter = Path(os.path.realpath(sys.executable))
+    closed = [parent for parent in interpreter.parents if not parent.stat().st_mode & 0o001]
+    if len(closed) != 1 or shutil.which("unshare") is None:
+        pytest.skip(f"user nobody cannot run {interpreter}")
+    entry = interpreter.relative_to(closed[0]).parts[0]
+    hidden = tmp_path / "hidden"
+    hidden.mkdir()
+    script = (
+        'set -e; mount --bind "$1" "$2"; mount -t tmpfs -o mode=0755 tmpfs "$1"; '
+        'mkdir "$1/$3"; mount --bind "$2/$3" "$1/$3"; shift 3; exec "$@"'
+    )
+    return [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        script,
+        "sh",
+        str(closed[0]),
+        str(hidden),
+        entry,
+    ]
+
+
+@pytest.fixture
+def dropped(world_readable_dir: Path, nobody_wrapper: list[str]) -> Iterator[Supervisor]:
+    """A supervisor started as root with [supervisor] user = "nobody", serving."""
+    config = world_readable_dir / "supervisor.toml"
+    config.write_text(
+        '[supervisor]\nuser = "nobody"\n'
+        f'pidfile = "{world_readable_dir}/run/supervisor.pid"\n' + pid_server() + METRICS_ANY_PORT
+    )
+    supervisor = Supervisor(config, {ALLOW_ROOT: None}, wrapper=nobody_wrapper)
+    try:
+        yield supervisor.wait_ready()
+    finally:
+        supervisor.stop()
+
+
+def test_the_supervisor_drops_to_its_user_and_still_serves_reloads_and_stops(
+    dropped: Supervisor,
+) -> None:
+    dropped.wait_for_log("running as nobody:nogroup")
+    assert_nobody(Identity(dropped.pid))
+    [fork_server] = dropped.fork_servers()
+    assert_nobody(Identity(fork_server.pid))
+    sock, pid = held_child(dropped)
+    try:
+        assert_nobody(Identity(pid))
+        assert psutil.Process(pid).ppid() == fork_server.pid
+    finally:
+        release(sock)
+    # The control socket is the dropped user's: it may use status and reload too.
+    control = Path(dropped.config.parent / "run" / "supervisor.sock").stat()
+    assert (control.st_uid, stat.S_IMODE(control.st_mode)) == (NOBODY, 0o600)
+
+    start = len(dropped.lines)
+    dropped.config.write_text(
+        dropped.config.read_text().replace('user = "nobody"', 'user = "daemon"')
+        + pid_server(name="added")
+    )
+    dropped.signal(signal.SIGHUP)
+    dropped.wait_for_log(r"reloaded: added added", start=start)
+    dropped.wait_for_log(
+        r"supervisor.user: changes to \[supervisor\] user and group apply at the next start",
+        start=start,
+    )
+    dropped.wait_for_log(FORK_SERVER_READY, start=start)
+    dropped.wait_ready()
+    sock, pid = held_child(dropped, "added")
+    try:
+        assert_nobody(Identity(pid))
+    finally:
+        release(sock)
+    assert_nobody(Identity(dropped.pid))
+
+    dropped.signal(signal.SIGTERM)
+    assert dropped.wait() == 0
+    dropped.wait_for_log(r"INFO supervisor\[\d+\]: stopped$", start=start)
+
+
+# -- handlers as root ------------------------------------------------------------------------------
+
+
+def test_running_handlers_as_root_is_refused(tmp_path: Path) -> None:
+    config = tmp_path / "supervisor.toml"
+    config.write_text(pid_server() + METRICS_ANY_PORT)
+    line = one_line_error(run_cli("run", "-c", str(config), env={ALLOW_ROOT: None}), 78)
+    assert line.startswith(f"{config}: supervisor.user: the handlers of servers.held would run")
+    assert "allow_root = true" in line
+
+
+def test_allow_root_lets_them_and_a_reload_cannot_take_it_away_quietly(
+    start_supervisor: StartSupervisor,
+) -> None:
+    supervisor = start_supervisor(
+        "[supervisor]\nallow_root = true\n" + pid_server(), env={ALLOW_ROOT: None}
+    )
+    start = len(supervisor.lines)
+    supervisor.config.write_text(pid_server() + METRICS_ANY_PORT)
+    supervisor.signal(signal.SIGHUP)
+    supervisor.wait_for_log(
+        r"reload failed, still running the previous configuration: .*: supervisor.user: the "
+        r"handlers of servers.held would run as root",
+        start=start,
+    )
+    sock, _ = held_child(supervisor)
+    release(sock)
+
+
+# -- unix socket files -----------------------------------------------------------------------------
+
+
+def umask() -> int:
+    """This process's umask, which the supervisor inherits."""
+    current = os.umask(0o022)
+    os.umask(current)
+    return current
+
+
+def permissions(path: Path) -> tuple[int, int, int]:
+    info = os.lstat(path)
+    return stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid
+
+
+def test_unix_socket_files_get_their_mode_owner_and_group_also_at_reload(
+    start_supervisor: StartSupervisor, sockdir: Path
+) -> None:
+    stream, datagram = sockdir / "held.sock", sockdir / "dgram.sock"
+    files = (
+        'socket_mode = 0o660\nsocket_owner = "nobody"\nsocket_group = "nogroup"\n',
+        'socket_mode = "0600"\n',
+    )
+    datagram_server = (
+        f'\n[servers.dgram]\naddress = "unixgram://{datagram}"\n'
+        'handler = "tests.handlers:DatagramEchoHandler"\nsocket_mode = 0o620\n'
+    )
+
+    def config(extra: str) -> str:
+        return pid_server(extra, address=f"unix://{stream}") + datagram_server
+
+    supervisor = start_supervisor(config(files[0]))
+    assert permissions(stream) == (0o660, NOBODY, NOBODY)
+    assert permissions(datagram) == (0o620, 0, 0)
+    inode = os.lstat(stream).st_ino
+
+    for extra, expected in (
+        (files[1], (0o600, 0, 0)),
+        ("", (0o777 & ~umask(), 0, 0)),  # as bound, with the supervisor's umask
+        (files[0], (0o660, NOBODY, NOBODY)),
+    ):
+        start = len(supervisor.lines)
+        supervisor.config.write_text(config(extra) + METRICS_ANY_PORT)
+        supervisor.signal(signal.SIGHUP)
+        supervisor.wait_for_log(r"reloaded: changed held", start=start)
+        assert permissions(stream) == expected
+        assert os.lstat(stream).st_ino == inode  # the very socket, kept
+        with connect(str(stream)) as sock:
+            assert int(readline(sock)) > 0
+            sock.sendall(b"done\n")
+            assert readline(sock) == b"bye\n"
