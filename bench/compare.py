@@ -466,7 +466,10 @@ def start_supervisor(
 
 
 def start_supervisor_file(procs: Processes, key: str, path: Path) -> Proc:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONDONTWRITEBYTECODE="1")
+    # Run as root (it installs its tools), like the peers it is compared with: let it.
+    env = dict(
+        os.environ, PYTHONPATH=str(ROOT), PYTHONDONTWRITEBYTECODE="1", SUPERVISOR_ALLOW_ROOT="1"
+    )
     return procs.start(key, [SUPERVISOR, "run", "-c", str(path)], env)
 
 
