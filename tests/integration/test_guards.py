@@ -17,21 +17,13 @@ import pytest
 from supervisor.metrics import OUTCOMES
 from tests.conftest import StartSupervisor, Supervisor, connect, exchange, readline
 from tests.integration.test_metrics import Scrape, scrape, scrape_until
+from tests.integration.test_modes import has_ipv6_loopback
 from tests.integration.test_reload import reload
 
 BANNER = b"421 go away\r\n"
 
 
-def ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
-            probe.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
-needs_ipv6 = pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback here")
+needs_ipv6 = pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback here")
 
 
 def connect_from(source: str, address: tuple[str, int]) -> socket.socket:
