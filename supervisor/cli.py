@@ -95,6 +95,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SupervisorError as exc:
         print(exc, file=sys.stderr)
         return exc.exit_status
+    except BrokenPipeError:
+        # `supervisor status | head -3`: whoever reads stopped; no traceback. stdout goes to
+        # /dev/null, or Python's own flush at exit would fail the same way.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 def _dispatch(args: argparse.Namespace) -> int:

@@ -260,7 +260,16 @@ class ForkServer:
                 finally:
                     self.channel.setblocking(False)
         except OSError as exc:
-            log.error("fork server %d: cannot send %s (%s)", self.pid, command[0], exc)
+            # Broken pipe: it has exited (at a stop, once its children were done; otherwise
+            # its end of file tells the loop, which replaces it). Anything else is an error.
+            gone = exc.errno in forkserver.GONE_ERRNOS
+            log.log(
+                logging.DEBUG if gone else logging.ERROR,
+                "fork server %d: cannot send %s (%s)",
+                self.pid,
+                command[0],
+                exc,
+            )
             return False
         return True
 

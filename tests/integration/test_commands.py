@@ -170,6 +170,26 @@ def test_status_shows_servers_traffic_and_children(
     assert re.fullmatch(rf"  {child}  held  up \d+\.\ds", tree[1]), tree[1]
 
 
+def test_status_into_a_closed_pipe_ends_quietly(
+    start_supervisor: StartSupervisor, sockdir: Path
+) -> None:
+    supervisor = start_supervisor(config_text(sockdir))
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # `supervisor status | head -0`: nobody reads
+    try:
+        result = subprocess.run(
+            cli_command("status", "-c", str(supervisor.config)),
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert (result.returncode, result.stderr) == (1, "")
+
+
 # --- reload -------------------------------------------------------------------------------
 
 

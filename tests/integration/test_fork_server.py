@@ -426,3 +426,27 @@ def test_a_stuck_fork_server_leaves_requests_to_the_supervisor(
             assert readline(client) == expected
     current = scrape_until(supervisor, idle("echo", "hold"))
     assert current.exits("echo")["ok"] == CHANNEL_FILL
+
+
+def test_a_clean_stop_logs_no_error_about_the_fork_server(
+    start_supervisor: StartSupervisor,
+) -> None:
+    supervisor = start_supervisor(
+        """
+        [servers.echo]
+        address = "tcp://127.0.0.1:0"
+        handler = "tests.handlers:LineEchoHandler"
+
+        [servers.pool]
+        address = "tcp://127.0.0.1:0"
+        handler = "tests.handlers:LineEchoHandler"
+        mode = "prefork"
+        workers = 2
+        """
+    )
+    assert exchange(supervisor.inet("echo"), b"ping\n").endswith(b" ping\n")
+    supervisor.signal(signal.SIGTERM)  # (the workers' exits keep the loop a moment longer)
+    assert supervisor.wait() == 0
+    # It exits once told no more requests come; the final kill then finds it gone: that is
+    # not worth an error line.
+    assert " ERROR " not in supervisor.log, supervisor.log
