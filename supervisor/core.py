@@ -133,6 +133,7 @@ class Supervisor:
         calls: SystemCalls | None = None,
         control_socket: Listener | None = None,
         metrics_listener: Listener | None = None,
+        parent_only_fds: Iterable[int] = (),
     ) -> None:
         self.config = prepared.config
         self.config_path = config_path or prepared.config.source  # re-read on every reload
@@ -173,6 +174,7 @@ class Supervisor:
         self._fork_server_delay = FORK_SERVER_RESTART[0]
         self._unsent_fds: set[int] = set()  # a batch the fork server did not get, being forked
         self._stop_signal: int | None = None  # the last signal sent to all children
+        self._parent_only_fds = tuple(parent_only_fds)  # closed in every child (the pidfile)
         self._rejections = RejectionLog()
         # Children with a request_timeout (Child.deadline), and the timer for the earliest.
         self._timed: dict[int, Child[Server]] = {}
@@ -821,7 +823,7 @@ class Supervisor:
             pool.close_in_child()
         for fork_server in self.fork_servers:
             fork_server.close_in_child()
-        for fd in self._unsent_fds:
+        for fd in (*self._unsent_fds, *self._parent_only_fds):
             os.close(fd)
         for request in list(self._thread_requests):
             if isinstance(request, socket.socket):

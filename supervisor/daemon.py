@@ -46,14 +46,13 @@ def run(path: str, detach: bool = False) -> int:
     metrics_listener = _bind_metrics(path, loaded.metrics)
     control_socket = _bind_control(path, settings.control_socket, settings.credentials)
     context: AbstractContextManager[object]
-    if detach and settings.pidfile is not None:
+    pidfile = None if settings.pidfile is None else PidFile(settings.pidfile)
+    if detach and pidfile is not None:
         extra = [listener for listener in (control_socket, metrics_listener) if listener]
         keep = [*prepared.listeners.values(), *spare, *extra]
-        context = _daemon_context([listener.socket for listener in keep], log_fd, settings.pidfile)
+        context = _daemon_context([listener.socket for listener in keep], log_fd, pidfile)
     else:
-        context = (
-            contextlib.nullcontext() if settings.pidfile is None else PidFile(settings.pidfile)
-        )
+        context = contextlib.nullcontext() if pidfile is None else pidfile
     try:
         with context:
             if log_fd is not None:
@@ -73,6 +72,9 @@ def run(path: str, detach: bool = False) -> int:
                 spare=spare,
                 control_socket=control_socket,
                 metrics_listener=metrics_listener,
+                # A child must not keep the pidfile open read-write: one switched to another
+                # user could write a pid there that `supervisor stop` would then signal.
+                parent_only_fds=() if pidfile is None else (pidfile.fileno(),),
             )
             return supervisor.run()
     finally:  # after a failed start-up; after a run they are closed already
@@ -151,14 +153,14 @@ def inherited_listeners() -> list[Listener]:
 
 
 def _daemon_context(
-    sockets: list[socket.socket], log_fd: int | None, pidfile: str
+    sockets: list[socket.socket], log_fd: int | None, pidfile: PidFile
 ) -> "daemon.DaemonContext":
     import daemon  # noqa: PLC0415 (python-daemon: only --daemon needs it, and it stays resident)
 
     return daemon.DaemonContext(
         working_directory="/",
         umask=0o022,
-        pidfile=PidFile(pidfile),
+        pidfile=pidfile,
         detach_process=True,
         files_preserve=[*sockets, *([] if log_fd is None else [log_fd])],
         # The supervisor handles its signals itself, from its loop: no 'terminate' handler.

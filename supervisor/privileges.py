@@ -55,7 +55,12 @@ def child_setup(server: ServerConfig) -> ChildSetup | None:
     if not limits.child_limits and credentials is None:
         return None
     rlimits = tuple((which, value, value) for _, which, value in _rlimits(limits))
-    ids = None if credentials is None else (credentials.uid, credentials.gid)
+    # Already that user (check() allows it: no switch): nothing to switch, and setgroups()
+    # would fail without root.
+    ids = None if credentials is None or _is_current(credentials) else (
+        credentials.uid, credentials.gid)  # fmt: skip
+    if not rlimits and limits.nice is None and ids is None:
+        return None
     return rlimits, limits.nice, ids
 
 

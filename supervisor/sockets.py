@@ -138,12 +138,27 @@ def apply_socket_file(listener: Listener, wanted: SocketFile) -> None:
     supervisor that dropped its privileges may still keep a file as it is. Raise
     SocketFileError."""
     path = listener.address.path
-    try:
-        info = os.lstat(path)
+    # The file is opened (O_PATH, not following a symlink) and changed through that
+    # descriptor, never by path again: whoever can write the directory could otherwise swap a
+    # symlink in between, and a root supervisor would chmod or chown the link's target.
+    try:  # (a symlink opens as itself: _apply_to then finds it is not our socket)
+        fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
         raise SocketFileError(exc.errno, exc.strerror or str(exc)) from exc
-    if not stat.S_ISSOCK(info.st_mode):
-        raise SocketFileError(errno.EEXIST, f"{path} is not a socket any more")
+    try:
+        _apply_to(listener, wanted, fd)
+    finally:
+        os.close(fd)
+    listener.socket_file = wanted
+
+
+def _apply_to(listener: Listener, wanted: SocketFile, fd: int) -> None:
+    path = listener.address.path
+    info = os.fstat(fd)
+    ours = listener.created_file
+    if not stat.S_ISSOCK(info.st_mode) or (ours is not None and (info.st_dev, info.st_ino) != ours):
+        raise SocketFileError(errno.EEXIST, f"{path} is not our socket any more")
+    by_fd = f"/proc/self/fd/{fd}"  # (an O_PATH descriptor: the file itself, no path lookup)
     try:
         current = (stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid)
         if listener.file_default is None:  # an inherited socket's file, as it was found
@@ -153,17 +168,11 @@ def apply_socket_file(listener: Listener, wanted: SocketFile) -> None:
         gid = gid if wanted.gid == -1 else wanted.gid
         mode = mode if wanted.mode is None else wanted.mode
         if (uid, gid) != current[1:]:
-            os.chown(
-                path,
-                -1 if uid == info.st_uid else uid,
-                -1 if gid == info.st_gid else gid,
-                follow_symlinks=False,
-            )
+            os.chown(by_fd, -1 if uid == info.st_uid else uid, -1 if gid == info.st_gid else gid)
         if mode != current[0]:
-            os.chmod(path, mode)
+            os.chmod(by_fd, mode)
     except OSError as exc:
         raise SocketFileError(exc.errno, exc.strerror or str(exc)) from exc
-    listener.socket_file = wanted
 
 
 def remove_if_stale(address: Address) -> None:

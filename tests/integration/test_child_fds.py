@@ -75,3 +75,30 @@ def test_after_reloads_a_child_keeps_only_its_request(
         supervisor.signal(signal.SIGHUP)
         supervisor.wait_for_log("reloaded: ", start=seen)
         check_a_child(supervisor)
+
+
+def test_a_child_does_not_keep_the_pidfile_open(
+    start_supervisor: StartSupervisor, sockdir: Path
+) -> None:
+    """Open read-write, it would let a child (one switched to another user, say) write a pid
+    that `supervisor stop` then signals."""
+    pidfile = sockdir / "sv.pid"
+    supervisor = start_supervisor(
+        f"""
+        [supervisor]
+        pidfile = "{pidfile}"
+        fork_server = false
+
+        [servers.hold]
+        address = "tcp://127.0.0.1:0"
+        handler = "tests.handlers:PidHandler"
+        """
+    )
+    with connect(supervisor.inet("hold")) as client:
+        child = int(readline(client))
+        files = [opened.path for opened in psutil.Process(child).open_files()]
+        parent = [opened.path for opened in psutil.Process(supervisor.pid).open_files()]
+        client.sendall(b"done\n")
+        assert readline(client) == b"bye\n"
+    assert str(pidfile) in parent  # (the check below could not fail otherwise)
+    assert str(pidfile) not in files

@@ -279,7 +279,7 @@ def test_a_socket_file_replaced_by_something_else_is_not_touched(socket_path: st
     try:
         os.unlink(socket_path)
         Path(socket_path).write_text("not a socket")
-        with pytest.raises(SocketFileError, match="is not a socket any more"):
+        with pytest.raises(SocketFileError, match="is not our socket any more"):
             apply_socket_file(listener, SocketFile(mode=0o600))
         assert permissions(socket_path)[0] == 0o777 & ~current_umask() & 0o666
     finally:
@@ -290,3 +290,44 @@ def current_umask() -> int:
     umask = os.umask(0o022)
     os.umask(umask)
     return umask
+
+
+def test_a_symlink_swapped_in_for_the_socket_file_is_not_followed(socket_path: str) -> None:
+    """Whoever may write the directory must not get a root supervisor to chmod another file."""
+    target = Path(socket_path).with_name("target")
+    target.write_text("root's")
+    target.chmod(0o600)
+    listener = bind(Address("unix", path=socket_path), 8)
+    try:
+        os.unlink(socket_path)
+        os.symlink(target, socket_path)
+        with pytest.raises(SocketFileError, match="is not our socket any more"):
+            apply_socket_file(listener, SocketFile(mode=0o666))
+        assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    finally:
+        listener.socket.close()
+
+
+def test_another_socket_in_place_of_ours_is_not_touched(socket_path: str) -> None:
+    listener = bind(Address("unix", path=socket_path), 8)
+    try:
+        os.unlink(socket_path)
+        other = bind(Address("unix", path=socket_path), 8)
+        before = permissions(socket_path)
+        with pytest.raises(SocketFileError, match="is not our socket any more"):
+            apply_socket_file(listener, SocketFile(mode=0o600))
+        assert permissions(socket_path) == before
+        other.close()
+    finally:
+        listener.socket.close()
+
+
+def test_a_server_user_the_process_already_is_needs_no_switch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(os, "getresuid", lambda: (NOBODY,) * 3)
+    monkeypatch.setattr(os, "getresgid", lambda: (NOBODY,) * 3)
+    loaded = parse(FORK + 'user = "nobody"\n')
+    assert privileges.child_setup(loaded.servers["echo"]) is None  # (setgroups would fail)
+    with_limits = parse(FORK + 'user = "nobody"\nnice = 3\n')
+    assert privileges.child_setup(with_limits.servers["echo"]) == ((), 3, None)
