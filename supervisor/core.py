@@ -301,7 +301,7 @@ class Supervisor:
         log.info("reloading %s", self.config_path)
         current = {name: server.listener for name, server in self.servers.items()}
         try:
-            prepared = prepare(self.config_path, current, self.spare, fresh=True, reloading=True)
+            prepared = prepare(self.config_path, current, self.spare, reloading=True)
         except SupervisorError as exc:
             log.error("reload failed, still running the previous configuration: %s", exc)
             self.last_reload = ReloadResult(False, str(exc), time.time(), exc.exit_status)
@@ -518,8 +518,11 @@ class Supervisor:
             "%s: %s (%d active)", server.name, "accepting" if wanted else "paused", server.active
         )
 
-    def _count(self, server: Server, delta: int) -> None:
-        """Change the server's and the global active count, and re-apply admission."""
+    def _count(self, server: Server, delta: int, source: Source = None) -> None:
+        """Change the server's and the global active count, and re-apply admission; a request
+        that ends (-1) no longer counts for its `source` either (guards.py)."""
+        if source is not None:
+            guards.release(server.sources, source)
         was_full = self._global_full()
         server.active += delta
         self.active += delta
@@ -663,12 +666,10 @@ class Supervisor:
             )
             server.close_request(request)
             server.stats.errors += 1
-            guards.release(server.sources, source)
-            self._count(server, -1)
+            self._count(server, -1, source)
 
     def _thread_done(self, server: Server, ok: bool, duration: float, source: Source) -> None:
         server.stats.handled(ok, duration)
-        guards.release(server.sources, source)
         server.threads -= 1
         if not server.threads:
             closing = server.retired or self.state is not State.RUNNING
@@ -677,7 +678,7 @@ class Supervisor:
             server.close_old_sockets()
             if closing:
                 server.close_handler_socket()
-        self._count(server, -1)
+        self._count(server, -1, source)
 
     def _fork_here(
         self, server: Server, request: Request | int, client_address: Any, source: Source = None
@@ -692,8 +693,7 @@ class Supervisor:
         pid = self._spawn(server, run, what, "connection closed", source)
         if pid is None:
             server.stats.errors += 1
-            guards.release(server.sources, source)
-            self._count(server, -1)
+            self._count(server, -1, source)
         else:
             self._watch(self.children.get(pid))
         server.close_request(request)
@@ -851,12 +851,11 @@ class Supervisor:
         is_worker = pool is not None and reaped.pid in pool.workers
         self._log_exit(reaped.child, reaped)
         self._timed.pop(reaped.pid, None)
-        guards.release(server.sources, reaped.child.source)
         outcome = exit_outcome(reaped)
         server.stats.child_exited(outcome, reaped.rusage, None if is_worker else reaped.duration)
         if outcome in ("error", "signal") and not is_worker:
             server.stats.errors += 1  # (a worker's death is in the exits metric only)
-        self._count(server, -1)
+        self._count(server, -1, reaped.child.source)
         if is_worker:
             assert pool is not None  # noqa: S101 (for mypy: is_worker says so)
             pool.exited(reaped.pid, reaped.status.ok)
@@ -918,8 +917,7 @@ class Supervisor:
             reason,
         )
         owner.stats.errors += 1
-        guards.release(owner.sources, handover.source)
-        self._count(owner, -1)
+        self._count(owner, -1, handover.source)
 
     def exited(self, pid: int, status: ExitStatus, usage: Usage) -> None:
         self._reaped(self.children.release(pid, status, usage))
@@ -928,12 +926,10 @@ class Supervisor:
         reaped = self.children.release(pid, ExitStatus(), None)
         self._timed.pop(pid, None)
         if reaped.child is not None:
-            guards.release(reaped.child.owner.sources, reaped.child.source)
-            self._count(reaped.child.owner, -1)
+            self._count(reaped.child.owner, -1, reaped.child.source)
 
     def lost_request(self, handover: Handover) -> None:
-        guards.release(handover.server.sources, handover.source)
-        self._count(handover.server, -1)
+        self._count(handover.server, -1, handover.source)
 
     def fork_server_gone(self, fork_server: ForkServer) -> None:
         if fork_server is not self.fork_server:

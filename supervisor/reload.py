@@ -34,19 +34,18 @@ def prepare(
     source: str | Config,
     current: Mapping[str, Listener] | None = None,
     spare: Iterable[Listener] = (),
-    fresh: bool = False,
     reloading: bool = False,
 ) -> Prepared:
     """Everything a (re)start needs; raises ConfigError or BindError and then changes nothing.
 
     `source` is the configuration file (or one already loaded); `current` maps the running
     servers' names to their listeners; `spare` are inherited sockets no server uses now;
-    `fresh`: import the handlers afresh; `reloading`: the process already runs as the user
+    `reloading`: the handlers are imported afresh, and the process already runs as the user
     it will keep (a changed [supervisor] user applies at the next start)."""
     loaded = config.load(source) if isinstance(source, str) else source
     privileges.check(loaded, starting=not reloading)
     with handlers.rollback_on_error():
-        classes = handlers.import_all(loaded, fresh=fresh)
+        classes = handlers.import_all(loaded, fresh=reloading)
         spare = list(spare)
         listeners = _listeners(loaded, current or {}, spare)
         try:

@@ -299,6 +299,13 @@ def readline(sock: socket.socket) -> bytes:
     return bytes(line)
 
 
+def finish(sock: socket.socket) -> None:
+    """End a PidHandler request (tests.handlers): send its line, read its `bye`, close."""
+    with sock:
+        sock.sendall(b"done\n")
+        assert readline(sock) == b"bye\n"
+
+
 # -- the command line ----------------------------------------------------------------------
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import psutil
 
 from supervisor import control
-from tests.conftest import StartSupervisor, Supervisor, connect, exchange, readline
+from tests.conftest import StartSupervisor, Supervisor, connect, exchange, finish, readline
 from tests.integration.test_daemon import LogFile, wait_ready
 from tests.integration.test_metrics import idle, scrape, scrape_until
 
@@ -78,12 +78,6 @@ def held_child(supervisor: Supervisor) -> tuple[socket.socket, psutil.Process]:
     """A connection to `hold` whose child is running, and that child."""
     client = connect(supervisor.inet("hold"))
     return client, psutil.Process(int(readline(client)))
-
-
-def finish(client: socket.socket) -> None:
-    with client:
-        client.sendall(b"done\n")
-        assert readline(client) == b"bye\n"
 
 
 def status(sockdir: Path) -> dict[str, Any]:

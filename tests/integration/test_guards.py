@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from supervisor.metrics import OUTCOMES
-from tests.conftest import StartSupervisor, Supervisor, connect, exchange, readline
+from tests.conftest import StartSupervisor, Supervisor, connect, exchange, finish, readline
 from tests.integration.test_metrics import Scrape, scrape, scrape_until
 from tests.integration.test_modes import has_ipv6_loopback
 from tests.integration.test_reload import reload
@@ -180,17 +180,14 @@ def test_max_per_source_counts_running_requests_per_client_address(
         assert turned_away(connect_from("127.0.0.1", address)) == b""  # closed at once
         with connect_from("127.0.0.5", address) as other:  # another source: its own count
             assert int(readline(other)) > 0
-            other.sendall(b"done\n")
-            assert readline(other) == b"bye\n"
-        held[0].sendall(b"done\n")
-        assert readline(held[0]) == b"bye\n"
+            finish(other)
+        finish(held[0])
         # The finished request no longer counts: the source may run one more.
         scrape_until(supervisor, lambda current: current.value(
             "supervisor_children", server="pids") == 1)  # fmt: skip
         with connect_from("127.0.0.1", address) as again:
             assert int(readline(again)) > 0
-            again.sendall(b"done\n")
-            assert readline(again) == b"bye\n"
+            finish(again)
     finally:
         for sock in held:
             sock.close()
@@ -282,8 +279,7 @@ def test_request_timeout_terminates_then_kills_a_child(
     # A quick request on the same server is not touched.
     with connect(supervisor.inet("slow")) as quick:
         assert int(readline(quick)) > 0
-        quick.sendall(b"done\n")
-        assert readline(quick) == b"bye\n"
+        finish(quick)
 
 
 @pytest.mark.parametrize("mode", ["thread", "inline", "prefork"])
@@ -307,8 +303,7 @@ def test_request_timeout_is_a_socket_timeout_without_a_child_per_request(
     # The process that served it (the supervisor, or the prefork worker) serves on.
     with connect(supervisor.inet("pids")) as again:
         assert int(readline(again)) == pid
-        again.sendall(b"done\n")
-        assert readline(again) == b"bye\n"
+        finish(again)
 
 
 @pytest.fixture
@@ -475,8 +470,7 @@ def test_max_per_source_with_ipv6_clients(start_supervisor: StartSupervisor) -> 
     with connect(address) as held:
         assert int(readline(held)) > 0
         assert turned_away(connect(address)) == b""
-        held.sendall(b"done\n")
-        assert readline(held) == b"bye\n"
+        finish(held)
     supervisor.wait_for_log(r"pids: rejected client \('::1', \d+, 0, 0\) \(max_per_source")
     assert rejected(settled(supervisor, "pids"), "pids", "per_source") == 1
 

@@ -25,6 +25,7 @@ from tests.conftest import (
     StartSupervisor,
     Supervisor,
     connect,
+    finish,
     one_line_error,
     readline,
     run_cli,
@@ -92,12 +93,6 @@ def held_child(supervisor: Supervisor, name: str = "held") -> tuple[socket.socke
     return sock, int(readline(sock))
 
 
-def release(sock: socket.socket) -> None:
-    with sock:
-        sock.sendall(b"done\n")
-        assert readline(sock) == b"bye\n"
-
-
 def assert_nobody(identity: Identity) -> None:
     assert identity.uids == (NOBODY, NOBODY, NOBODY)
     assert identity.gids == (NOBODY, NOBODY, NOBODY)
@@ -138,7 +133,7 @@ def test_children_run_as_their_servers_user_with_its_limits(
             assert tuple(psutil.Process(keeper).uids()) == (0, 0, 0)
             assert psutil.Process(keeper).nice() == os.getpriority(os.PRIO_PROCESS, 0)
     finally:
-        release(sock)
+        finish(sock)
 
 
 def test_limits_apply_without_a_user_switch(start_supervisor: StartSupervisor) -> None:
@@ -151,7 +146,7 @@ def test_limits_apply_without_a_user_switch(start_supervisor: StartSupervisor) -
         assert child.rlimits == EXPECTED_LIMITS
         assert child.nice == 7
     finally:
-        release(sock)
+        finish(sock)
 
 
 # -- the supervisor drops to [supervisor] user -----------------------------------------------------
@@ -231,7 +226,7 @@ def test_the_supervisor_drops_to_its_user_and_still_serves_reloads_and_stops(
         assert_nobody(Identity(pid))
         assert psutil.Process(pid).ppid() == fork_server.pid
     finally:
-        release(sock)
+        finish(sock)
     # The control socket is the dropped user's: it may use status and reload too.
     control = Path(dropped.config.parent / "run" / "supervisor.sock").stat()
     assert (control.st_uid, stat.S_IMODE(control.st_mode)) == (NOBODY, 0o600)
@@ -253,7 +248,7 @@ def test_the_supervisor_drops_to_its_user_and_still_serves_reloads_and_stops(
     try:
         assert_nobody(Identity(pid))
     finally:
-        release(sock)
+        finish(sock)
     assert_nobody(Identity(dropped.pid))
 
     dropped.signal(signal.SIGTERM)
@@ -287,7 +282,7 @@ def test_allow_root_lets_them_and_a_reload_cannot_take_it_away_quietly(
         start=start,
     )
     sock, _ = held_child(supervisor)
-    release(sock)
+    finish(sock)
 
 
 # -- unix socket files -----------------------------------------------------------------------------

@@ -447,7 +447,7 @@ def test_a_rejected_reload_leaves_the_imported_modules_as_they_were(
         (handlers_dir / "rb_first.py").write_text(source.format(22))  # changed: re-imported
         (handlers_dir / "rb_second.py").write_text("syntax error (")
         with pytest.raises(ConfigError, match=r"servers\.b\.handler: cannot import 'rb_second'"):
-            prepare(str(config), running.listeners, fresh=True)
+            prepare(str(config), running.listeners, reloading=True)
         assert sys.modules["rb_first"] is original
     finally:
         for listener in running.listeners.values():
