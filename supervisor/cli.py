@@ -151,10 +151,13 @@ def _stop_timeout(path: str | None) -> float:
 
 
 def check(path: str) -> int:
-    from supervisor import config, handlers  # noqa: PLC0415
+    """What `run` checks before it binds anything, as this user: the file, the privileges it
+    asks for (see privileges.check), the handlers."""
+    from supervisor import config, handlers, privileges  # noqa: PLC0415
     from supervisor.config import Mode  # noqa: PLC0415
 
     loaded = config.load(path)
+    privileges.check(loaded, starting=True)
     handlers.import_all(loaded)
     for server in loaded.servers.values():
         limits = [] if server.mode is Mode.INLINE else [f"max_children={server.max_children}"]

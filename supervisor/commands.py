@@ -10,7 +10,6 @@ import os
 import signal
 import sys
 import time
-import tomllib
 from typing import Any
 
 import psutil
@@ -56,15 +55,17 @@ def find_pidfile(config_path: str, given: str | None) -> str:
 
 
 def _pidfile_of_broken(config_path: str, error: ConfigError) -> str | None:
-    """`supervisor reload` must still find the instance when the new file is rejected."""
+    """`supervisor reload` must still find the instance when the new file is rejected: the
+    pidfile as written, if the file is TOML at all and the value a usable path."""
     try:
-        with open(config_path, "rb") as file:
-            value = tomllib.load(file).get("supervisor", {}).get("pidfile")
-    except (OSError, ValueError, AttributeError):
+        document = config.read_document(config_path)
+    except ConfigError:
         raise error from None
-    if not isinstance(value, str) or not value:
+    table = document.get("supervisor")
+    value = table.get("pidfile") if isinstance(table, dict) else None
+    if not isinstance(value, str) or not value or "\0" in value:
         raise error
-    return os.path.join(os.path.dirname(os.path.abspath(config_path)), value)
+    return os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(config_path)), value))
 
 
 def running(pid_path: str) -> int:

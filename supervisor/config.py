@@ -14,6 +14,7 @@ import math
 import os
 import pwd
 import re
+import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -21,14 +22,22 @@ from typing import Any
 
 from supervisor import addresses
 from supervisor.addresses import Address
-from supervisor.errors import ConfigError
+from supervisor.errors import ConfigError, describe, message, shown
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DEFAULT_METRICS_ADDRESS = "tcp://127.0.0.1:9464"
 MAX_SECONDS = 86400.0  # a day: the longest wait a setting may ask for
-_SERVER_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
-_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
-_HANDLER_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+# Every integer has a largest value, so that nothing downstream (JSON, float metrics, a token
+# bucket, setrlimit) meets a number it cannot take: a count of processes or requests at once
+# is at most Linux's largest pid_max; other counts fit a C int; sizes fit a 64-bit rlimit.
+MAX_CHILDREN = 2**22
+MAX_COUNT = 2**31 - 1
+MAX_MIB = 2**40  # an exbibyte
+MAX_CPU_SECONDS = 2**32
+MAX_FILE_SIZE = 4 * 2**20  # bytes of a configuration file (1,000 servers take about 150 kB)
+_SERVER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")  # (each used with fullmatch)
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_HANDLER_SPEC = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 
 
 class Mode(enum.StrEnum):
@@ -206,25 +215,83 @@ class Config:
 
 def load(path: str) -> Config:
     """Read and validate the file at `path`; raise ConfigError naming the first problem."""
-    return parse(_read(path), path)
+    return parse(read_document(path), path)
 
 
 def load_metrics(path: str) -> MetricsConfig:
     """Only the `[metrics]` table of the file at `path`: `supervisor health` must still find the
     endpoint while the rest of the file holds an edit that a reload would reject."""
-    return _metrics(_Table(path, "", _read(path)).table("metrics"))
+    return _metrics(_Table(path, "", read_document(path)).table("metrics"), _base(path))
 
 
-def _read(path: str) -> dict[str, Any]:
+def _base(source: str) -> str:
+    """The directory relative paths in the file at `source` are relative to."""
+    return os.path.dirname(os.path.abspath(source))
+
+
+def read_document(path: str) -> dict[str, Any]:
+    """The TOML document in the regular file at `path`, of at most MAX_FILE_SIZE bytes. Opened
+    without blocking (a FIFO would wait for a writer) and checked before it is read (a device
+    such as /dev/zero never ends)."""
     try:
-        with open(path, "rb") as file:
-            return tomllib.load(file)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(path, "", f"TOML syntax error: {exc}") from exc
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except (OSError, ValueError) as exc:  # (ValueError: a NUL byte in the path)
+        raise ConfigError(path, "", f"cannot read the file ({_reason(exc)})") from exc
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(path, "", f"not a regular file ({_file_kind(info.st_mode)})")
+        if info.st_size > MAX_FILE_SIZE:
+            raise ConfigError(path, "", f"larger than {MAX_FILE_SIZE // 2**20} MiB")
+        data = _read_at_most(fd, MAX_FILE_SIZE + 1)
+    except OSError as exc:
+        raise ConfigError(path, "", f"cannot read the file ({_reason(exc)})") from exc
+    finally:
+        os.close(fd)
+    if len(data) > MAX_FILE_SIZE:  # (it grew while being read)
+        raise ConfigError(path, "", f"larger than {MAX_FILE_SIZE // 2**20} MiB")
+    return _decode(path, data)
+
+
+def _file_kind(mode: int) -> str:
+    kinds = (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    )
+    return next((name for test, name in kinds if test(mode)), "not a file")
+
+
+def _read_at_most(fd: int, size: int) -> bytes:
+    chunks: list[bytes] = []
+    left = size
+    while left > 0 and (chunk := os.read(fd, min(left, 1 << 20))):
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def _decode(path: str, data: bytes) -> dict[str, Any]:
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(path, "", f"not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
-    except OSError as exc:
-        raise ConfigError(path, "", f"cannot read the file ({exc.strerror})") from exc
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, "", f"TOML syntax error: {exc}") from exc
+    except RecursionError as exc:
+        raise ConfigError(path, "", "TOML: arrays or tables nested too deeply") from exc
+    except ValueError as exc:  # an integer of more digits than Python converts (4,300)
+        raise ConfigError(path, "", f"TOML: a value cannot be read ({describe(exc)})") from exc
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return describe(exc)
 
 
 def parse(data: Mapping[str, Any], source: str) -> Config:
@@ -232,7 +299,7 @@ def parse(data: Mapping[str, Any], source: str) -> Config:
     top = _Table(source, "", data)
     top.only("supervisor", "servers", "metrics")
     supervisor = _supervisor(top.table("supervisor"), source)
-    metrics = _metrics(top.table("metrics"))
+    metrics = _metrics(top.table("metrics"), _base(source))
     servers_table = top.table("servers")
     if not servers_table.data:
         raise ConfigError(source, "servers", "at least one server is required")
@@ -241,6 +308,7 @@ def parse(data: Mapping[str, Any], source: str) -> Config:
     }
     _check_unique_addresses(source, servers)
     _check_metrics_address(source, metrics, servers)
+    _check_distinct_files(source, supervisor, metrics, servers)
     _check_global_cap(source, supervisor, servers)
     return Config(source, supervisor, servers, metrics)
 
@@ -314,7 +382,7 @@ def _supervisor(table: "_Table", source: str) -> SupervisorConfig:
         "allow_root",
         *LIMIT_KEYS,
     )
-    base = os.path.dirname(os.path.abspath(source))
+    base = _base(source)
     pidfile = table.optional_path("pidfile", base)
     if pidfile is not None and len(control_socket_for(pidfile).encode()) > addresses.UNIX_PATH_MAX:
         raise table.error(
@@ -327,7 +395,7 @@ def _supervisor(table: "_Table", source: str) -> SupervisorConfig:
         log_file=table.optional_path("log_file", base),
         shutdown_timeout=table.number("shutdown_timeout", 10.0, minimum=0, maximum=MAX_SECONDS),
         kill_grace=table.number("kill_grace", 2.0, minimum=0, maximum=MAX_SECONDS),
-        max_children=table.optional_integer("max_children", minimum=1),
+        max_children=table.optional_integer("max_children", minimum=1, maximum=MAX_CHILDREN),
         log_level=table.choice("log_level", "info", LOG_LEVELS),
         path=tuple(os.path.join(base, entry) for entry in table.strings("path")),
         fork_server=table.boolean("fork_server", True),
@@ -337,9 +405,9 @@ def _supervisor(table: "_Table", source: str) -> SupervisorConfig:
     )
 
 
-def _metrics(table: "_Table") -> MetricsConfig:
+def _metrics(table: "_Table", base: str) -> MetricsConfig:
     table.only("enabled", "address")
-    address = table.address("address") if "address" in table.data else MetricsConfig().address
+    address = table.address("address", base) if "address" in table.data else MetricsConfig().address
     if not address.is_stream:
         raise table.error(
             "address", "the metrics endpoint needs a stream address (tcp://, unix://)"
@@ -359,7 +427,7 @@ def _check_metrics_address(
 
 
 def _server(name: str, table: "_Table", supervisor: SupervisorConfig) -> ServerConfig:
-    if not _SERVER_NAME.match(name):
+    if not _SERVER_NAME.fullmatch(name):
         raise table.error("", "a server name is 1-64 letters, digits, '_', '.' or '-'")
     table.only(
         "address",
@@ -374,14 +442,14 @@ def _server(name: str, table: "_Table", supervisor: SupervisorConfig) -> ServerC
         "group",
         *SOCKET_FILE_KEYS,
     )
-    address = table.address("address")
+    address = table.address("address", _base(table.source))
     if not address.is_stream and "backlog" in table.data:
         raise table.error("backlog", "only applies to stream addresses (tcp://, unix://)")
     if address.is_stream and "max_packet_size" in table.data:
         raise table.error("max_packet_size", "only applies to datagram addresses")
     mode = Mode(table.choice("mode", Mode.FORK.value, tuple(Mode)))
     _check_in_process(table, mode)
-    max_children = table.integer("max_children", 40, minimum=1)
+    max_children = table.integer("max_children", 40, minimum=1, maximum=MAX_CHILDREN)
     return ServerConfig(
         name=name,
         address=address,
@@ -405,14 +473,14 @@ def _limits(table: "_Table", inherited: Limits, address: Address | None) -> Limi
     values: dict[str, Any] = {}
     for key, most in (("request_timeout", MAX_SECONDS), ("rate", 1e6), ("source_rate", 1e6)):
         values[key] = table.number(key, getattr(inherited, key), minimum=0, maximum=most)
-    integers: tuple[tuple[str, int, int | None], ...] = (
-        ("max_per_source", 0, None),
+    integers: tuple[tuple[str, int, int], ...] = (
+        ("max_per_source", 0, MAX_CHILDREN),
         ("source_ipv4_prefix", 0, 32),
         ("source_ipv6_prefix", 0, 128),
-        ("rate_burst", 1, None),
-        ("source_rate_burst", 1, None),
-        ("rlimit_as", 0, 2**44),
-        ("rlimit_cpu", 0, None),
+        ("rate_burst", 1, MAX_COUNT),
+        ("source_rate_burst", 1, MAX_COUNT),
+        ("rlimit_as", 0, MAX_MIB),
+        ("rlimit_cpu", 0, MAX_CPU_SECONDS),
         ("rlimit_nofile", 0, 2**30),
     )
     for key, minimum, maximum in integers:
@@ -442,7 +510,7 @@ def _fit(table: "_Table", limits: Limits, address: Address) -> Limits:
         kept = tuple(rule for rule in rules if _applies(rule, address))
         if key in given and len(kept) != len(rules):
             wrong = next(rule for rule in rules if rule not in kept)
-            raise table.error(key, f"{str(wrong)!r} {_rule_scope(address)}")
+            raise table.error(key, f"{shown(str(wrong))} {_rule_scope(address)}")
         fitted[key] = kept
     per_source_unknown = address.is_unix and not address.is_stream  # no SO_PEERCRED here
     for key in ("max_per_source", "source_rate"):
@@ -568,13 +636,14 @@ def _prefork(table: "_Table", mode: Mode, address: Address, max_children: int) -
         raise table.error(
             "workers", f"must be at most max_children ({max_children}), got {workers}"
         )
-    max_requests = table.integer("max_requests", 0, minimum=0)
+    max_requests = table.integer("max_requests", 0, minimum=0, maximum=MAX_COUNT)
     default_jitter = max_requests // 10  # recycled workers should not all restart together
+    jitter = table.integer("max_requests_jitter", default_jitter, minimum=0, maximum=MAX_COUNT)
     return {
         "workers": workers,
         "max_requests": max_requests,
-        "max_requests_jitter": table.integer("max_requests_jitter", default_jitter, minimum=0),
-        "max_rss": table.integer("max_rss", 0, minimum=0),
+        "max_requests_jitter": jitter,
+        "max_rss": table.integer("max_rss", 0, minimum=0, maximum=MAX_MIB),
     }
 
 
@@ -592,6 +661,37 @@ def _check_unique_addresses(source: str, servers: Mapping[str, ServerConfig]) ->
                 what = f"{address} is already used by servers.{earlier.name} ({earlier.address})"
                 raise ConfigError(source, where, what)
         bucket.append(server)
+
+
+def _check_distinct_files(
+    source: str,
+    supervisor: SupervisorConfig,
+    metrics: MetricsConfig,
+    servers: Mapping[str, ServerConfig],
+) -> None:
+    """The files the supervisor writes or binds are all different, and none is this file: a
+    log file that is also the pidfile would make the instance impossible to control."""
+    files: list[tuple[str, str | None]] = [
+        ("supervisor.pidfile", supervisor.pidfile),
+        ("supervisor.log_file", supervisor.log_file),
+    ]
+    if supervisor.pidfile is not None:
+        files.append(("the control socket next to supervisor.pidfile", supervisor.control_socket))
+    if metrics.enabled and metrics.address.is_unix:
+        files.append(("metrics.address", metrics.address.path))
+    files += [
+        (f"servers.{server.name}.address", server.address.path)
+        for server in servers.values()
+        if server.address.is_unix
+    ]
+    seen: dict[str, str] = {os.path.normpath(os.path.abspath(source)): "this configuration file"}
+    for where, path in files:
+        if path is None:
+            continue
+        key = os.path.normpath(path)
+        if key in seen:
+            raise ConfigError(source, where, f"{path} is also {seen[key]}")
+        seen[key] = where
 
 
 _TOML_TYPES: tuple[tuple[type, str], ...] = (
@@ -614,7 +714,7 @@ def _type_name(value: object) -> str:
 def _quote_key(key: str) -> str:
     """A key as TOML would write it: bare when it can be, else quoted with escapes, so that an
     error naming it stays on one line."""
-    if not key or _BARE_KEY.match(key):
+    if not key or _BARE_KEY.fullmatch(key):
         return key
     return json.dumps(key)
 
@@ -649,24 +749,28 @@ class _Table:
     def _get(self, key: str, kind: type | tuple[type, ...], expected: str) -> Any:
         value = self.data[key]
         if isinstance(value, bool) or not isinstance(value, kind):
-            raise self.error(key, f"must be {expected}, got {_type_name(value)} {value!r}")
+            raise self.error(key, f"must be {expected}, got {_type_name(value)} {shown(value)}")
+        if isinstance(value, str):
+            self._check_text(key, value)
         return value
 
-    def integer(self, key: str, default: int, minimum: int, maximum: int | None = None) -> int:
+    def _check_text(self, key: str, value: str) -> None:
+        """No NUL byte: no path, user name or address can hold one (the system calls would
+        refuse it only later, as `run` starts or a reload switches)."""
+        if "\0" in value:
+            raise self.error(key, f"must not contain a NUL byte, got {shown(value)}")
+
+    def integer(self, key: str, default: int, minimum: int, maximum: int) -> int:
         value = self.optional_integer(key, minimum, maximum)
         return default if value is None else value
 
-    def optional_integer(self, key: str, minimum: int, maximum: int | None = None) -> int | None:
+    def optional_integer(self, key: str, minimum: int, maximum: int) -> int | None:
         if key not in self.data:
             return None
-        expected = (
-            f"an integer >= {minimum}"
-            if maximum is None
-            else (f"an integer from {minimum} to {maximum}")
-        )
+        expected = f"an integer from {minimum} to {maximum}"
         value: int = self._get(key, int, expected)
-        if value < minimum or (maximum is not None and value > maximum):
-            raise self.error(key, f"must be {expected}, got {value}")
+        if not minimum <= value <= maximum:
+            raise self.error(key, f"must be {expected}, got {shown(value)}")
         return value
 
     def number(self, key: str, default: float, minimum: float, maximum: float) -> float:
@@ -675,8 +779,8 @@ class _Table:
         expected = f"a number from {minimum:g} to {maximum:g}"
         value: int | float = self._get(key, (int, float), expected)
         if not minimum <= value <= maximum:  # exact for huge integers; false for NaN
-            shown = f"{value:g}" if isinstance(value, float) else str(value)
-            raise self.error(key, f"must be {expected}, got {shown[:40]}")
+            text = f"{value:g}" if isinstance(value, float) else shown(value)
+            raise self.error(key, f"must be {expected}, got {text}")
         return float(value)
 
     def boolean(self, key: str, default: bool) -> bool:
@@ -684,7 +788,7 @@ class _Table:
             return default
         value = self.data[key]
         if not isinstance(value, bool):
-            raise self.error(key, f"must be true or false, got {_type_name(value)} {value!r}")
+            raise self.error(key, f"must be true or false, got {_type_name(value)} {shown(value)}")
         return value
 
     def string(self, key: str) -> str:
@@ -698,7 +802,7 @@ class _Table:
             return default
         value = self.string(key)
         if value not in choices:
-            raise self.error(key, f"must be one of {', '.join(choices)}, got {value!r}")
+            raise self.error(key, f"must be one of {', '.join(choices)}, got {shown(value)}")
         return value
 
     def strings(self, key: str) -> tuple[str, ...]:
@@ -707,6 +811,8 @@ class _Table:
         values: list[Any] = self._get(key, list, "an array of strings")
         if not all(isinstance(value, str) for value in values):
             raise self.error(key, "must be an array of strings")
+        for value in values:
+            self._check_text(key, value)
         return tuple(values)
 
     def optional_path(self, key: str, base: str) -> str | None:
@@ -715,7 +821,7 @@ class _Table:
             return None
         value = self.string(key)
         if not value or value.endswith("/"):
-            raise self.error(key, f"must name a file, got {value!r}")
+            raise self.error(key, f"must name a file, got {shown(value)}")
         return os.path.normpath(os.path.join(base, value))
 
     def rules(self, key: str) -> tuple[Rule, ...]:
@@ -732,20 +838,21 @@ class _Table:
             except ValueError as exc:
                 raise self.error(
                     key,
-                    f"{entry!r} is not a network (CIDR), an address, or uid:, gid:, user:, group: "
-                    f"({exc})",
+                    f"{shown(entry)} is not a network (CIDR), an address, or uid:, gid:, user:, "
+                    f"group: ({message(exc)})",
                 ) from exc
         return tuple(rules)
 
     def _peer(self, key: str, entry: str, kind: str, rest: str) -> Peer:
         if kind in ("uid", "gid"):
-            if not rest.isascii() or not rest.isdigit() or int(rest) >= 2**32 - 1:
-                raise self.error(key, f"{entry!r}: {kind}: takes a number below 4294967295")
+            digits = rest.isascii() and rest.isdigit() and len(rest) <= 10
+            if not digits or int(rest) >= 2**32 - 1:
+                raise self.error(key, f"{shown(entry)}: {kind}: takes a number below 4294967295")
             return Peer(kind, int(rest), entry)
         try:
             found = pwd.getpwnam(rest).pw_uid if kind == "user" else grp.getgrnam(rest).gr_gid
         except KeyError as exc:
-            raise self.error(key, f"{entry!r}: no such {kind}") from exc
+            raise self.error(key, f"{shown(entry)}: no such {kind}") from exc
         return Peer("uid" if kind == "user" else "gid", found, entry)
 
     def banner(self, key: str) -> str:
@@ -765,7 +872,7 @@ class _Table:
             else:
                 entry = pwd.getpwnam(self.string(key))
         except (KeyError, OverflowError) as exc:
-            raise self.error(key, f"no such user {value!r}") from exc
+            raise self.error(key, f"no such user {shown(value)}") from exc
         return entry.pw_uid, entry.pw_gid, entry.pw_name
 
     def group_id(self, key: str) -> int:
@@ -775,7 +882,7 @@ class _Table:
                 return grp.getgrgid(value).gr_gid
             return grp.getgrnam(self.string(key)).gr_gid
         except (KeyError, OverflowError) as exc:
-            raise self.error(key, f"no such group {value!r}") from exc
+            raise self.error(key, f"no such group {shown(value)}") from exc
 
     def credentials(self) -> Credentials | None:
         """`user` (a name or uid) and `group` (default: the user's primary group)."""
@@ -800,19 +907,23 @@ class _Table:
         # (no setuid, setgid or sticky bit: they mean nothing on a socket, and 660 written
         # in decimal, not 0o660, would come out as 0o1224)
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0o777:
-            what = f'must be permission bits such as 0o660 or "0660", got {self.data[key]!r}'
+            what = f'must be permission bits such as 0o660 or "0660", got {shown(self.data[key])}'
             raise self.error(key, what)
         return value
 
-    def address(self, key: str) -> Address:
+    def address(self, key: str, base: str) -> Address:
+        """An address; a unix socket path may be relative to `base` (the file's directory)."""
         text = self.string(key)
+        scheme, sep, rest = text.partition("://")
+        if sep and scheme in ("unix", "unixgram") and rest and not rest.startswith("/"):
+            text = f"{scheme}://{os.path.normpath(os.path.join(base, rest))}"
         try:
             return addresses.parse(text)
         except ValueError as exc:
-            raise self.error(key, f"malformed address {text!r}: {exc}") from exc
+            raise self.error(key, f"malformed address {shown(text)}: {exc}") from exc
 
     def handler(self, key: str) -> str:
         spec = self.string(key)
-        if not _HANDLER_SPEC.match(spec):
-            raise self.error(key, f"must be 'module:Class', got {spec!r}")
+        if not _HANDLER_SPEC.fullmatch(spec):
+            raise self.error(key, f"must be 'module:Class', got {shown(spec)}")
         return spec

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from types import ModuleType
 
 from supervisor.config import Config, ServerConfig
-from supervisor.errors import ConfigError
+from supervisor.errors import ConfigError, describe
 
 HandlerClass = type[socketserver.BaseRequestHandler]
 
@@ -90,14 +90,13 @@ def refresh_if_changed(module_name: str) -> None:
     importlib.invalidate_caches()
     try:
         importlib.import_module(module_name)
-    except (Exception, SystemExit) as exc:
+    except BaseException as exc:  # (see import_handler)
         sys.modules[module_name] = old
         raise _import_error(module_name, exc) from exc
 
 
 def _import_error(module_name: str, exc: BaseException) -> ValueError:
-    reason = " ".join(str(exc).split())
-    return ValueError(f"cannot import {module_name!r} ({type(exc).__name__}: {reason})")
+    return ValueError(f"cannot import {module_name!r} ({describe(exc)})")
 
 
 def import_handler(spec: str) -> HandlerClass:
@@ -108,17 +107,23 @@ def import_handler(spec: str) -> HandlerClass:
         if not hasattr(module, "__supervisor_stamp__"):
             module.__supervisor_stamp__ = _stamp(module)  # type: ignore[attr-defined]
         found: object = module
-    except (Exception, SystemExit) as exc:
-        reason = " ".join(str(exc).split())
-        raise ValueError(f"cannot import {module_name!r} ({type(exc).__name__}: {reason})") from exc
+    except BaseException as exc:
+        # Whatever a module's top level raises is its failure to import, reported as one
+        # line: KeyboardInterrupt and other BaseExceptions too (no real Ctrl-C can reach this
+        # point in `run`, where the signals are held or handled by the loop).
+        raise _import_error(module_name, exc) from exc
     for part in attribute.split("."):
         try:
             found = getattr(found, part)
-        except AttributeError as exc:
+        except BaseException as exc:  # (a module's __getattr__ may raise anything)
             raise ValueError(f"module {module_name!r} has no attribute {attribute!r}") from exc
-    if not (isinstance(found, type) and issubclass(found, socketserver.BaseRequestHandler)):
+    try:
+        fits = isinstance(found, type) and issubclass(found, socketserver.BaseRequestHandler)
+    except BaseException:
+        fits = False
+    if not fits:
         raise TypeError(f"{spec} is not a socketserver.BaseRequestHandler subclass")
-    return found
+    return found  # type: ignore[return-value]
 
 
 def check_fits(handler: HandlerClass, server: ServerConfig) -> None:

@@ -153,7 +153,7 @@ def adopt(sock: socket.socket) -> Listener:
 
 def _positive_int(text: str) -> int | None:
     """A decimal integer > 0 written with ASCII digits only, else None."""
-    if not text.isascii() or not text.isdigit():
+    if not text.isascii() or not text.isdigit() or len(text) > 20:  # (beyond any pid or fd)
         return None
     value = int(text)
     return value if value > 0 else None

@@ -109,12 +109,12 @@ CONFIG_ERRORS = [
     ),
     pytest.param(
         ECHO + "max_children = true\n",
-        "servers.echo.max_children: must be an integer >= 1, got boolean True",
+        "servers.echo.max_children: must be an integer from 1 to 4194304, got boolean True",
         id="boolean-for-integer",
     ),
     pytest.param(
         ECHO + "max_children = 0\n",
-        "servers.echo.max_children: must be an integer >= 1, got 0",
+        "servers.echo.max_children: must be an integer from 1 to 4194304, got 0",
         id="out-of-range",
     ),
     pytest.param(

@@ -312,7 +312,7 @@ def test_a_handler_module_edited_on_disk_is_imported_again(
         (
             '[servers.new]\naddress = "tcp://127.0.0.1:0"\n'
             'handler = "tests.handlers:GreetingHandler"\nmax_children = 0\n',
-            "servers.new.max_children: must be an integer >= 1, got 0",
+            "servers.new.max_children: must be an integer from 1 to 4194304, got 0",
         ),
         (
             '[servers.new]\naddress = "tcp://127.0.0.1:0"\nhandler = "no_such_module:Handler"\n',

@@ -100,7 +100,9 @@ def test_sighup_with_a_broken_file_keeps_serving(start_supervisor: StartSupervis
 
     supervisor.wait_for_log(
         r"ERROR supervisor\[\d+\]: reload failed, still running the previous configuration: "
-        + re.escape(f"{config}: servers.echo.max_children: must be an integer >= 1, got 0")
+        + re.escape(
+            f"{config}: servers.echo.max_children: must be an integer from 1 to 4194304, got 0"
+        )
         + "$",
         start=start,
     )

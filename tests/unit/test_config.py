@@ -14,7 +14,7 @@ import pytest
 from supervisor import addresses, config
 from supervisor.addresses import Address
 from supervisor.config import Credentials, Limits, Mode, Peer, SocketFile
-from supervisor.errors import ConfigError
+from supervisor.errors import ConfigError, shown
 
 SOURCE = "etc/supervisor.toml"
 ECHO = """
@@ -261,7 +261,7 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_a_directory_is_not_a_config_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         config.load(str(tmp_path))
-    assert str(caught.value) == f"{tmp_path}: cannot read the file (Is a directory)"
+    assert str(caught.value) == f"{tmp_path}: not a regular file (a directory)"
 
 
 def test_a_file_that_is_not_utf8_is_one_config_error(tmp_path: Path) -> None:
@@ -303,9 +303,15 @@ def test_unknown_keys(toml: str, message: str) -> None:
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        ("max_children = true", "max_children: must be an integer >= 1, got boolean True"),
-        ("max_children = '3'", "max_children: must be an integer >= 1, got string '3'"),
-        ("max_children = 1.5", "max_children: must be an integer >= 1, got float 1.5"),
+        (
+            "max_children = true",
+            "max_children: must be an integer from 1 to 4194304, got boolean True",
+        ),
+        (
+            "max_children = '3'",
+            "max_children: must be an integer from 1 to 4194304, got string '3'",
+        ),
+        ("max_children = 1.5", "max_children: must be an integer from 1 to 4194304, got float 1.5"),
         ("backlog = false", "backlog: must be an integer from 1 to 65535, got boolean False"),
         ("backlog = [1]", "backlog: must be an integer from 1 to 65535, got array [1]"),
         ("mode = 1", "mode: must be a string, got integer 1"),
@@ -334,8 +340,11 @@ def test_wrong_types_in_a_server(extra: str, message: str) -> None:
             "shutdown_timeout: must be a number from 0 to 86400, got string '10'",
         ),
         ("kill_grace = [2]", "kill_grace: must be a number from 0 to 86400, got array [2]"),
-        ("max_children = true", "max_children: must be an integer >= 1, got boolean True"),
-        ("max_children = 2.0", "max_children: must be an integer >= 1, got float 2.0"),
+        (
+            "max_children = true",
+            "max_children: must be an integer from 1 to 4194304, got boolean True",
+        ),
+        ("max_children = 2.0", "max_children: must be an integer from 1 to 4194304, got float 2.0"),
         ("log_level = 10", "log_level: must be a string, got integer 10"),
         ("path = 'lib'", "path: must be an array of strings, got string 'lib'"),
         ("path = ['lib', 1]", "path: must be an array of strings"),
@@ -360,8 +369,8 @@ def test_tables_that_are_not_tables(toml: str, message: str) -> None:
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        ("max_children = 0", "max_children: must be an integer >= 1, got 0"),
-        ("max_children = -5", "max_children: must be an integer >= 1, got -5"),
+        ("max_children = 0", "max_children: must be an integer from 1 to 4194304, got 0"),
+        ("max_children = -5", "max_children: must be an integer from 1 to 4194304, got -5"),
         ("backlog = 0", "backlog: must be an integer from 1 to 65535, got 0"),
         ("backlog = 65536", "backlog: must be an integer from 1 to 65535, got 65536"),
         ("mode = 'forking'", "mode: must be one of fork, prefork, thread, inline, got 'forking'"),
@@ -395,7 +404,7 @@ def test_out_of_range_datagram_values(extra: str, message: str) -> None:
         ("kill_grace = -0.5", "kill_grace: must be a number from 0 to 86400, got -0.5"),
         ("kill_grace = inf", "kill_grace: must be a number from 0 to 86400, got inf"),
         ("shutdown_timeout = nan", "shutdown_timeout: must be a number from 0 to 86400, got nan"),
-        ("max_children = 0", "max_children: must be an integer >= 1, got 0"),
+        ("max_children = 0", "max_children: must be an integer from 1 to 4194304, got 0"),
         (
             "log_level = 'verbose'",
             "log_level: must be one of debug, info, warning, error, got 'verbose'",
@@ -425,16 +434,12 @@ def test_a_huge_integer_duration_is_one_config_error() -> None:
         ("udp://127.0.0.1:70000", "port 70000 is out of range 0-65535"),
         ("http://127.0.0.1:80", "unknown scheme 'http', expected one of tcp, udp, unix, unixgram"),
         ("tcp://::1:7007", "an IPv6 address goes in brackets, as in tcp://[::1]:7007"),
-        (
-            "unix://run/echo.sock",
-            "a unix socket path must be absolute, as in unix:///run/echo.sock",
-        ),
         ("unixgram:///" + "x" * 200, "a unix socket path is at most 107 bytes long"),
     ],
 )
 def test_malformed_addresses(address: str, reason: str) -> None:
     assert error_of(server(address)) == (
-        f"{SOURCE}: servers.echo.address: malformed address {address!r}: {reason}"
+        f"{SOURCE}: servers.echo.address: malformed address {shown(address)}: {reason}"
     )
 
 
@@ -550,7 +555,10 @@ def test_bad_handler_specs(spec: str) -> None:
 
 def test_the_first_problem_is_reported_with_its_own_source() -> None:
     message = error_of(server("tcp://127.0.0.1:0", "max_children = 0"), source="/srv/x.toml")
-    assert message == "/srv/x.toml: servers.echo.max_children: must be an integer >= 1, got 0"
+    assert (
+        message
+        == "/srv/x.toml: servers.echo.max_children: must be an integer from 1 to 4194304, got 0"
+    )
 
 
 # --- prefork --------------------------------------------------------------------------------
@@ -595,7 +603,7 @@ def test_prefork_workers_default_to_the_cpus_within_max_children() -> None:
         ),
         (
             ECHO + 'mode = "prefork"\nmax_rss = -1\n',
-            "servers.echo.max_rss: must be an integer >= 0, got -1",
+            "servers.echo.max_rss: must be an integer from 0 to 1099511627776, got -1",
         ),
         (
             ECHO.replace("tcp://", "udp://") + 'mode = "prefork"\n',
@@ -886,7 +894,7 @@ def test_an_inherited_rate_gets_its_burst_in_each_server() -> None:
         ),
         (
             server(TCP, "rate = 1\nrate_burst = 0"),
-            "servers.echo.rate_burst: must be an integer >= 1, got 0",
+            "servers.echo.rate_burst: must be an integer from 1 to 2147483647, got 0",
         ),
     ],
 )
@@ -1004,13 +1012,16 @@ def test_banner_fail_is_one_short_line(text: str) -> None:
         ("request_timeout = -1", "request_timeout: must be a number from 0 to 86400, got -1"),
         ("rate = 1e7", "rate: must be a number from 0 to 1e+06, got 1e+07"),
         ("source_rate = '2'", "source_rate: must be a number from 0 to 1e+06, got string '2'"),
-        ("max_per_source = -1", "max_per_source: must be an integer >= 0, got -1"),
+        ("max_per_source = -1", "max_per_source: must be an integer from 0 to 4194304, got -1"),
         ("source_ipv4_prefix = 33", "source_ipv4_prefix: must be an integer from 0 to 32, got 33"),
         (
             "source_ipv6_prefix = 129",
             "source_ipv6_prefix: must be an integer from 0 to 128, got 129",
         ),
-        ("rate = 1\nrate_burst = 2.5", "rate_burst: must be an integer >= 1, got float 2.5"),
+        (
+            "rate = 1\nrate_burst = 2.5",
+            "rate_burst: must be an integer from 1 to 2147483647, got float 2.5",
+        ),
         ("rlimit_nofile = -1", "rlimit_nofile: must be an integer from 0 to 1073741824, got -1"),
         ("nice = 20", "nice: must be an integer from -20 to 19, got 20"),
         ("nice = -21", "nice: must be an integer from -20 to 19, got -21"),
@@ -1208,3 +1219,72 @@ def test_request_timeout_needs_a_connection_or_a_child() -> None:
     )
     assert limits_of(inherited).request_timeout == 0
     assert limits_of(server("udp://127.0.0.1:7007", "request_timeout = 5")).request_timeout == 5
+
+
+# --- files the supervisor writes, and relative unix paths (issue 13) ----------------------
+
+
+def test_a_relative_unix_path_is_relative_to_the_file() -> None:
+    loaded = parse(
+        server("unix://run/echo.sock")
+        + server("unixgram://../dgram.sock", name="dgram")
+        + '[metrics]\naddress = "unix://run/metrics.sock"\n',
+        "/srv/app/etc/supervisor.toml",
+    )
+    assert loaded.servers["echo"].address == Address("unix", path="/srv/app/etc/run/echo.sock")
+    assert loaded.servers["dgram"].address == Address("unixgram", path="/srv/app/dgram.sock")
+    assert loaded.metrics.address == Address("unix", path="/srv/app/etc/run/metrics.sock")
+
+
+def test_a_relative_unix_path_too_long_once_resolved_is_refused() -> None:
+    source = "/" + "d" * 100 + "/supervisor.toml"
+    assert error_of(server("unix://echo.sock"), source) == (
+        f"{source}: servers.echo.address: malformed address "
+        f"{shown('unix:///' + 'd' * 100 + '/echo.sock')}: "
+        "a unix socket path is at most 107 bytes long"
+    )
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        (
+            '[supervisor]\npidfile = "/run/sv/x.pid"\nlog_file = "/run/sv/x.pid"\n' + ECHO,
+            "supervisor.log_file: /run/sv/x.pid is also supervisor.pidfile",
+        ),
+        (
+            '[supervisor]\npidfile = "/run/sv/x.pid"\n' + server("unix:///run/sv/x.sock"),
+            "servers.echo.address: /run/sv/x.sock is also the control socket next to "
+            "supervisor.pidfile",
+        ),
+        (
+            '[supervisor]\nlog_file = "/run/sv/m.sock"\n'
+            + ECHO
+            + '[metrics]\naddress = "unix:///run/sv/m.sock"\n',
+            "metrics.address: /run/sv/m.sock is also supervisor.log_file",
+        ),
+        (
+            '[supervisor]\nlog_file = "supervisor.toml"\n' + ECHO,
+            "supervisor.log_file: /srv/supervisor.toml is also this configuration file",
+        ),
+    ],
+    ids=["log-file-is-pidfile", "server-on-control-socket", "metrics-on-log-file", "log-on-self"],
+)
+def test_every_file_the_supervisor_writes_is_its_own(toml: str, message: str) -> None:
+    assert error_of(toml, "/srv/supervisor.toml") == f"/srv/supervisor.toml: {message}"
+
+
+@pytest.mark.parametrize(
+    ("name", "where"),
+    [('"echo\\n"', 'servers."echo\\n"'), ('"e cho"', 'servers."e cho"')],
+)
+def test_a_server_name_is_all_allowed_characters(name: str, where: str) -> None:
+    toml = f'[servers.{name}]\naddress = "tcp://127.0.0.1:1"\nhandler = "a:B"\n'
+    assert error_of(toml) == (
+        f"{SOURCE}: {where}: a server name is 1-64 letters, digits, '_', '.' or '-'"
+    )
+
+
+def test_a_handler_spec_with_a_trailing_newline_is_refused() -> None:
+    toml = '[servers.echo]\naddress = "tcp://127.0.0.1:1"\nhandler = "a:B\\n"\n'
+    assert error_of(toml) == f"{SOURCE}: servers.echo.handler: must be 'module:Class', got 'a:B\\n'"

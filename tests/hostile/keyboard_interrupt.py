@@ -1,0 +1,3 @@
+"""A handler module whose import raises KeyboardInterrupt."""
+
+raise KeyboardInterrupt
