@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from supervisor.addresses import Address
+from supervisor.logs import Throttle, since
 from supervisor.loop import Loop
 from supervisor.responder import Responder
 from supervisor.sockets import Listener, remove_if_stale
@@ -22,6 +23,7 @@ from supervisor.sockets import Listener, remove_if_stale
 log = logging.getLogger("supervisor")
 
 MAX_REQUEST = 4096  # bytes
+REFUSED_LOG_EVERY = 10.0  # seconds: at most one line per refused user, with a count
 
 Handler = Callable[[str], dict[str, Any]]
 
@@ -35,11 +37,13 @@ class ControlServer(Responder):
     def __init__(self, loop: Loop, listener: Listener, handler: Handler) -> None:
         super().__init__(loop, listener)
         self._handler = handler
+        self._refused = Throttle(REFUSED_LOG_EVERY)
 
     def admit(self, conn: socket.socket) -> bool:
         uid = peer_uid(conn)
         if uid not in (0, os.geteuid()):
-            log.warning("control: refused a request from uid %d", uid)
+            if (left_out := self._refused(uid)) is not None:
+                log.warning("control: refused a request from uid %d%s", uid, since(left_out))
             return False
         return True
 
@@ -51,7 +55,7 @@ class ControlServer(Responder):
         line = request.partition(b"\n")[0]
         try:
             command = json.loads(line)["command"]
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):  # ([[[[... too deep)
             command = None
         if not isinstance(command, str):
             reply: dict[str, Any] = {
@@ -61,6 +65,9 @@ class ControlServer(Responder):
         else:
             reply = self._handler(command)
         return json.dumps(reply).encode() + b"\n"
+
+    def internal_error(self) -> bytes:
+        return b'{"ok": false, "error": "internal error in the supervisor: see its log"}\n'
 
 
 def bind(path: str) -> Listener:

@@ -24,13 +24,14 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
+from os import EX_SOFTWARE
 from typing import Any, NoReturn
 
 from supervisor import config, exposition, guards, logs, metrics, systemd
 from supervisor.children import Child, ChildTable, ExitStatus, Reaped, SystemCalls
 from supervisor.config import Mode
 from supervisor.control import ControlServer
-from supervisor.errors import SupervisorError
+from supervisor.errors import SupervisorError, describe
 from supervisor.exporter import HttpServer, Response
 from supervisor.forking import ForkServer, Handover, Usage, setup_for
 from supervisor.forkserver import set_up_child
@@ -303,33 +304,55 @@ class Supervisor:
         try:
             prepared = prepare(self.config_path, current, self.spare, reloading=True)
         except SupervisorError as exc:
-            log.error("reload failed, still running the previous configuration: %s", exc)
-            self.last_reload = ReloadResult(False, str(exc), time.time(), exc.exit_status)
-            self.reload_stats.failures += 1
-            self.reload_stats.last_ok = False
+            self._reload_failed(str(exc), exc.exit_status)
+        except Exception as exc:  # a bug, or input nobody foresaw: prepare() changed nothing
+            self.loop.fault("reload")
+            self._reload_failed(f"internal error ({describe(exc)}); see the log", EX_SOFTWARE)
         else:
-            changes = config.diff(self.config, prepared.config)
-            old_log = self.config.supervisor.log_file
-            metrics_changed = prepared.config.metrics != self.config.metrics
-            old_user = self.config.supervisor.credentials
-            user_changed = prepared.config.supervisor.credentials != old_user
-            self._switch(prepared)
-            log.info("reloaded: %s", changes)
-            if prepared.config.supervisor.log_file not in (old_log, None):
-                self._reopen_logs("log_file changed")
-            self.last_reload = ReloadResult(True, str(changes), time.time())
-            self.reload_stats.successes += 1
-            self.reload_stats.last_ok = True
-            self.reload_stats.last_success = self.last_reload.at
-            if metrics_changed:
-                log.warning("metrics: changes to [metrics] apply at the next start")
-            if user_changed:  # a process that dropped root cannot get it back
-                log.warning(
-                    "supervisor.user: changes to [supervisor] user and group apply at the "
-                    "next start"
+            try:
+                self._switch_to(prepared)
+            except Exception as exc:  # a bug: the switch is made of steps that cannot fail
+                self.loop.fault("reload")
+                self._reload_failed(
+                    f"internal error while switching ({describe(exc)}); some servers may run "
+                    "the new configuration: see the log",
+                    EX_SOFTWARE,
+                    switching=True,
                 )
         systemd.notify(f"READY=1\nSTATUS={self._summary()}")
+        assert self.last_reload is not None  # noqa: S101 (both branches set it)
         return self.last_reload
+
+    def _reload_failed(self, message: str, exit_status: int, switching: bool = False) -> None:
+        if switching:
+            log.error("reload failed: %s", message)
+        else:
+            log.error("reload failed, still running the previous configuration: %s", message)
+        self.last_reload = ReloadResult(False, message, time.time(), exit_status)
+        self.reload_stats.failures += 1
+        self.reload_stats.last_ok = False
+
+    def _switch_to(self, prepared: Prepared) -> None:
+        """The second half of a reload: everything is ready, switch to it (see _switch)."""
+        changes = config.diff(self.config, prepared.config)
+        old_log = self.config.supervisor.log_file
+        metrics_changed = prepared.config.metrics != self.config.metrics
+        old_user = self.config.supervisor.credentials
+        user_changed = prepared.config.supervisor.credentials != old_user
+        self._switch(prepared)
+        log.info("reloaded: %s", changes)
+        if prepared.config.supervisor.log_file not in (old_log, None):
+            self._reopen_logs("log_file changed")
+        self.last_reload = ReloadResult(True, str(changes), time.time())
+        self.reload_stats.successes += 1
+        self.reload_stats.last_ok = True
+        self.reload_stats.last_success = self.last_reload.at
+        if metrics_changed:
+            log.warning("metrics: changes to [metrics] apply at the next start")
+        if user_changed:  # a process that dropped root cannot get it back
+            log.warning(
+                "supervisor.user: changes to [supervisor] user and group apply at the next start"
+            )
 
     def _switch(self, prepared: Prepared) -> None:
         """Run the prepared configuration: one step, nothing in it can fail."""

@@ -5,15 +5,12 @@ and HEAD only. The connection handling, bounded in size, time and number so that
 stall the loop, is responder.py's.
 """
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from supervisor.loop import Loop
 from supervisor.responder import Responder
 from supervisor.sockets import Listener
-
-log = logging.getLogger("supervisor")
 
 
 @dataclass(frozen=True)
@@ -61,11 +58,11 @@ class HttpServer(Responder):
         route = self._routes.get(target)
         if route is None:
             return _error(404, "Not Found"), method == "GET"
-        try:
-            return route(_header(lines[1:], "accept")), method == "GET"
-        except Exception:  # a bug in a collector must not end the supervisor's loop
-            log.exception("metrics: %s failed", target)
-            return _error(500, "Internal Server Error"), method == "GET"
+        return route(_header(lines[1:], "accept")), method == "GET"
+
+    def internal_error(self) -> bytes:
+        """A route raised (a bug in a collector, say): logged and counted by the responder."""
+        return _encode(_error(500, "Internal Server Error"), with_body=True)
 
 
 def _encode(response: Response, with_body: bool) -> bytes:

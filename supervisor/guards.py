@@ -33,6 +33,7 @@ from dataclasses import replace
 from typing import Any
 
 from supervisor.config import Limits, Peer, Rule
+from supervisor.logs import Throttle, since
 
 log = logging.getLogger("supervisor")
 
@@ -240,22 +241,16 @@ class RejectionLog:
     logged since: a flood of rejected clients must not become a flood of log lines."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self.clock = clock
-        self._next: dict[tuple[str, str], float] = {}
-        self._quiet: Counter[tuple[str, str]] = Counter()
+        self._throttle = Throttle(LOG_EVERY, clock)
 
     def rejected(
         self, server: str, reason: str, client_address: Any, peer: tuple[int, int] | None = None
     ) -> None:
-        key, now = (server, reason), self.clock()
-        if now < self._next.get(key, 0.0):
-            self._quiet[key] += 1
+        left_out = self._throttle((server, reason))
+        if left_out is None:
             return
-        quiet = self._quiet.pop(key, 0)
-        more = f"; {quiet} more since the last such line" if quiet else ""
         client = f"uid {peer[0]}" if peer is not None else client_address
-        log.warning("%s: rejected client %s (%s)%s", server, client, _TEXT[reason], more)
-        self._next[key] = now + LOG_EVERY
+        log.warning("%s: rejected client %s (%s)%s", server, client, _TEXT[reason], since(left_out))
 
 
 _TEXT = {

@@ -8,6 +8,9 @@ so the supervisor's own lines, handler output and anything a child prints all la
 import logging
 import os
 import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Hashable
 
 LOG_FORMAT = "%(asctime)s %(levelname)s supervisor[%(process)d]: %(message)s"
 
@@ -48,3 +51,29 @@ def redirect(fd: int) -> None:
 def reopen(log_file: str) -> None:
     """Open `log_file` afresh and make it stdout and stderr; raise OSError."""
     redirect(open_log(log_file))
+
+
+class Throttle:
+    """At most one log line per key (a place, a server and reason) every `every` seconds, and a
+    count of the lines left out: a flood of one event must not become a flood of lines."""
+
+    def __init__(self, every: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.every = every
+        self.clock = clock
+        self._next: dict[Hashable, float] = {}
+        self._quiet: Counter[Hashable] = Counter()
+
+    def __call__(self, key: Hashable) -> int | None:
+        """None: leave this line out (it is counted); else log it, with the number of lines
+        left out since the last one."""
+        now = self.clock()
+        if now < self._next.get(key, 0.0):
+            self._quiet[key] += 1
+            return None
+        self._next[key] = now + self.every
+        return self._quiet.pop(key, 0)
+
+
+def since(left_out: int) -> str:
+    """The end of a throttled line: how many like it were left out."""
+    return f"; {left_out} more since the last such line" if left_out else ""

@@ -3,12 +3,21 @@
 Callbacks ride in `SelectorKey.data`, so dispatch needs no table of its own. The loop sleeps
 until a file descriptor is ready or the next timer is due: there is no polling tick, and an idle
 supervisor does not wake up. Other threads hand work to the loop with `call_soon_threadsafe`.
+
+It is also the supervisor's fault barrier: an exception escaping one callback (a bug, or input
+nobody foresaw) is logged with its traceback and counted (`faults`), and the loop goes on with
+the next one. A reader or writer whose callback raised is left out of the selector for
+FAULT_PAUSE seconds, so that a callback failing on every readiness cannot spin the CPU; its
+owner adding or removing it meanwhile works as usual. Only `SystemExit` (and a failure of
+select() itself) ends the loop. Other code that catches what it cannot foresee reports it with
+`fault()`, so that every such event is logged and counted the same way.
 """
 
 import collections
 import contextlib
 import heapq
 import itertools
+import logging
 import os
 import selectors
 import socket
@@ -17,7 +26,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from supervisor.logs import Throttle, since
+
+log = logging.getLogger("supervisor")
+
 Callback = Callable[[], None]
+FAULT_PAUSE = 0.1  # seconds a reader or writer whose callback raised stays out of the selector
+FAULT_LOG_EVERY = 10.0  # seconds: at most one traceback per place, with a count of the others
 
 
 @dataclass(order=True)
@@ -33,11 +48,24 @@ class Timer:
         self.cancelled = True
 
 
+@dataclass
+class _Paused:
+    """A reader or writer taken out of the selector after its callback raised."""
+
+    fileobj: Any
+    events: int
+    callback: Callback
+    timer: Timer
+
+
 class Loop:
     """A selectors loop with readers, timers and a thread-safe call queue."""
 
     def __init__(self) -> None:
         self.selector = selectors.DefaultSelector()
+        self.faults = 0  # unexpected exceptions caught (here, or reported with fault())
+        self._paused: dict[int, _Paused] = {}  # fd -> a reader or writer out for FAULT_PAUSE
+        self._fault_log = Throttle(FAULT_LOG_EVERY)
         self._timers: list[Timer] = []
         self._sequence = itertools.count()
         self._pending: collections.deque[Callback] = collections.deque()
@@ -50,15 +78,30 @@ class Loop:
         self.turn = 0  # counts the turns of the loop: work done in one turn can be shared
 
     def add_reader(self, fileobj: Any, callback: Callback) -> None:
+        if self._paused:
+            self._unpause(fileobj)
         self.selector.register(fileobj, selectors.EVENT_READ, callback)
 
     def remove_reader(self, fileobj: Any) -> None:
+        if self._paused and self._unpause(fileobj):
+            return
         self.selector.unregister(fileobj)
 
     def add_writer(self, fileobj: Any, callback: Callback) -> None:
+        if self._paused:
+            self._unpause(fileobj)
         self.selector.register(fileobj, selectors.EVENT_WRITE, callback)
 
     remove_writer = remove_reader
+
+    def fault(self, where: str) -> None:
+        """Report the exception being handled, caught at `where` because nothing else could
+        handle it: logged with its traceback (at most once per place every FAULT_LOG_EVERY
+        seconds, with a count of the others) and counted."""
+        self.faults += 1
+        left_out = self._fault_log(where)
+        if left_out is not None:
+            log.exception("internal error in %s; going on%s", where, since(left_out))
 
     def call_later(self, delay: float, callback: Callback) -> Timer:
         timer = Timer(time.monotonic() + delay, next(self._sequence), callback)
@@ -90,10 +133,40 @@ class Loop:
         while self._running:
             self.turn += 1
             for key, _ in self.selector.select(self._timeout()):
-                key.data()
+                try:  # (free in CPython 3.11+ while nothing is raised)
+                    key.data()
+                except Exception:
+                    self._callback_failed(key)
                 if not self._running:
                     break
             self._run_timers()
+
+    def _callback_failed(self, key: selectors.SelectorKey) -> None:
+        self.fault(_name(key.data))
+        try:
+            current = self.selector.get_key(key.fileobj)
+        except (KeyError, ValueError):
+            return  # its owner removed it (or closed it) before it failed
+        if current.data is not key.data:
+            return
+        self.selector.unregister(key.fileobj)
+        timer = self.call_later(FAULT_PAUSE, lambda: self._resume(key.fd))
+        self._paused[key.fd] = _Paused(key.fileobj, key.events, key.data, timer)
+
+    def _resume(self, fd: int) -> None:
+        paused = self._paused.pop(fd, None)
+        if paused is not None:
+            with contextlib.suppress(KeyError, ValueError, OSError):  # (closed meanwhile)
+                self.selector.register(paused.fileobj, paused.events, paused.callback)
+
+    def _unpause(self, fileobj: Any) -> bool:
+        """Forget a paused reader or writer (its owner now adds or removes it itself)."""
+        for fd, paused in self._paused.items():
+            if paused.fileobj is fileobj or fd == fileobj:
+                paused.timer.cancel()
+                del self._paused[fd]
+                return True
+        return False
 
     def close_in_child(self) -> None:
         """In a forked child, which never runs this loop: close its descriptors only. Closing
@@ -120,7 +193,10 @@ class Loop:
         while self._timers and self._timers[0].deadline <= now:
             timer = heapq.heappop(self._timers)
             if not timer.cancelled:
-                timer.callback()
+                try:
+                    timer.callback()
+                except Exception:
+                    self.fault(_name(timer.callback))
 
     def _run_pending(self) -> None:
         with contextlib.suppress(BlockingIOError):
@@ -131,4 +207,14 @@ class Loop:
         # sees it clear writes a new byte.
         self._wake_pending = False
         while self._pending:
-            self._pending.popleft()()
+            callback = self._pending.popleft()
+            try:
+                callback()
+            except Exception:
+                self.fault(_name(callback))
+
+
+def _name(callback: Callback) -> str:
+    """Where a callback's code is, for a log line: its qualified name."""
+    inner = getattr(callback, "func", callback)  # (a functools.partial)
+    return str(getattr(inner, "__qualname__", None) or type(inner).__name__)

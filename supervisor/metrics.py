@@ -182,6 +182,14 @@ class SupervisorCollector:
         yield _histogram(servers)
         yield _memory(supervisor)
         yield from _reload_metrics(supervisor.reload_stats)
+        yield single(
+            counter(
+                "supervisor_internal_errors",
+                "Unexpected exceptions the supervisor caught and went on after (each is a bug, "
+                "logged with its traceback).",
+            ),
+            supervisor.loop.faults,
+        )
         info = gauge("supervisor_build_info", "The supervisor's version, as a label.")
         _add(info, {"version": __version__}, 1)
         yield info

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from supervisor import addresses, config, handlers, privileges
 from supervisor.config import Config, ServerConfig, SocketFile
-from supervisor.errors import BindError
+from supervisor.errors import BindError, describe
 from supervisor.handlers import HandlerClass
 from supervisor.sockets import Listener, SocketFileError, apply_socket_file, bind
 
@@ -50,7 +50,7 @@ def prepare(
         listeners = _listeners(loaded, current or {}, spare)
         try:
             _apply_socket_files(loaded, listeners)
-        except BindError:
+        except BaseException:
             kept = [*(current or {}).values(), *spare]
             for listener in listeners.values():
                 if not _among(listener, kept):
@@ -92,26 +92,32 @@ def _listeners(
         if name in current and current[name].address == server.address
     }
     bound: list[Listener] = []
-    for name, server in loaded.servers.items():
-        if name in found:
-            continue
-        listener = _reusable(name, server, current, spare, [*found.values()])
-        if listener is None:
-            try:
-                listener = bind(server.address, server.backlog, server.socket_file)
-            except OSError as exc:
-                for new in bound:
-                    new.close()
-                reason = exc.strerror or str(exc)
-                what = (
-                    f"cannot set the permissions of {server.address.path}"
-                    if isinstance(exc, SocketFileError)
-                    else f"cannot bind {server.address}"
+    try:
+        for name, server in loaded.servers.items():
+            if name not in found:
+                found[name] = _reusable(name, server, current, spare, [*found.values()]) or (
+                    _bind(loaded.source, name, server)
                 )
-                raise BindError(f"{loaded.source}: servers.{name}: {what} ({reason})") from exc
-            bound.append(listener)
-        found[name] = listener
+                if not _among(found[name], [*current.values(), *spare]):
+                    bound.append(found[name])
+    except BaseException:
+        for new in bound:
+            new.close()
+        raise
     return found
+
+
+def _bind(source: str, name: str, server: ServerConfig) -> Listener:
+    try:
+        return bind(server.address, server.backlog, server.socket_file)
+    except (OSError, ValueError) as exc:  # (ValueError: a host name IDNA cannot encode)
+        reason = (exc.strerror if isinstance(exc, OSError) else None) or describe(exc)
+        what = (
+            f"cannot set the permissions of {server.address.path}"
+            if isinstance(exc, SocketFileError)
+            else f"cannot bind {server.address}"
+        )
+        raise BindError(f"{source}: servers.{name}: {what} ({reason})") from exc
 
 
 def _reusable(

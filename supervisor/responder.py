@@ -66,6 +66,10 @@ class Responder:
         too much first. None: close without an answer."""
         raise NotImplementedError
 
+    def internal_error(self) -> bytes | None:
+        """What to send when `answer` raised (a bug; the loop has logged and counted it)."""
+        return None
+
     # -- the machinery ---------------------------------------------------------------------
 
     def close(self) -> None:
@@ -140,9 +144,18 @@ class Responder:
         state.buffer += chunk
         request = bytes(state.buffer)
         if self.complete(request):
-            self._respond(conn, self.answer(request, finished=True))
+            self._respond(conn, self._answer(request, finished=True))
         elif not chunk or len(request) >= self.max_request:
-            self._respond(conn, self.answer(request, finished=False))
+            self._respond(conn, self._answer(request, finished=False))
+
+    def _answer(self, request: bytes, finished: bool) -> bytes | None:
+        """`answer`, behind a fault barrier: whatever one request makes it raise costs that
+        request an error answer, never the loop."""
+        try:
+            return self.answer(request, finished)
+        except Exception:
+            self._loop.fault(f"{self.name}: answering a request")
+            return self.internal_error()
 
     def _respond(self, conn: socket.socket, answer: bytes | None) -> None:
         if answer is None:

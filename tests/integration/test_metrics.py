@@ -358,6 +358,7 @@ def test_gauges_at_rest_and_build_and_process_metrics(
         for sample in rejected.samples
     } == {("supervisor_rejected_total", name, reason): 0 for name in names for reason in reasons}
     assert len(rejected.samples) == len(names) * len(reasons)
+    assert current.value("supervisor_internal_errors_total") == 0
     (info,) = current.families["supervisor_build_info"].samples
     assert (info.labels, info.value) == ({"version": __version__}, 1)
     rss = psutil.Process(supervisor.pid).memory_info().rss

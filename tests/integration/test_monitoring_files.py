@@ -53,6 +53,7 @@ EXPORTED = frozenset(
         "supervisor_config_last_reload_success_timestamp_seconds",
         "supervisor_build_info",
         "supervisor_rejected_total",
+        "supervisor_internal_errors_total",
     }
 )
 PROCESS_METRIC = re.compile(r"process_\w+")
@@ -65,6 +66,7 @@ ALERT_NAMES = frozenset(
         "SupervisorChildrenKilled",
         "SupervisorReloadFailed",
         "SupervisorHighRejectionRatio",
+        "SupervisorInternalErrors",
     }
 )
 

@@ -1,6 +1,7 @@
 """The selectors loop: timers, the thread-safe call queue, readers."""
 
 import functools
+import itertools
 import select
 import socket
 import threading
@@ -9,7 +10,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from supervisor.loop import Loop
+from supervisor.loop import FAULT_PAUSE, Loop
 
 # A loop that does not stop by itself within this many seconds has failed the test.
 GUARD = 5.0
@@ -324,3 +325,90 @@ def test_a_call_racing_with_the_loops_read_of_the_wake_up_bytes_is_not_stranded(
     readable, _, _ = select.select([real], [], [], 0)
     assert readable == [real]
     loop.close()
+
+
+# -- the fault barrier ---------------------------------------------------------------------------
+
+
+def test_a_failing_reader_is_counted_paused_and_the_loop_goes_on(
+    loop: Loop, pair: tuple[socket.socket, socket.socket], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A callback that raises on every readiness: logged once with its traceback, counted each
+    time, out of the selector for a moment (no spin), and the other callbacks still run."""
+    a, b = pair
+    b.send(b"x")  # a stays readable: its callback never reads
+    calls: list[float] = []
+
+    def broken() -> None:
+        calls.append(time.monotonic())
+        raise RuntimeError("a bug")
+
+    loop.add_reader(a, broken)
+    ticks: list[str] = []
+    loop.call_later(0.05, recorder(ticks, "timer ran"))
+    loop.call_later(FAULT_PAUSE * 2.5, loop.stop)
+    run_guarded(loop)
+    assert ticks == ["timer ran"]
+    assert 2 <= len(calls) <= 3  # once per FAULT_PAUSE, not thousands of times
+    assert all(later - earlier >= FAULT_PAUSE * 0.9 for earlier, later in itertools.pairwise(calls))
+    assert loop.faults == len(calls)
+    errors = [record for record in caplog.records if record.levelname == "ERROR"]
+    assert len(errors) == 1  # the others within FAULT_LOG_EVERY are counted, not logged
+    assert "internal error in test_a_failing_reader" in errors[0].getMessage()
+    assert errors[0].exc_info is not None
+    assert "a bug" in str(errors[0].exc_info[1])
+
+
+def test_a_paused_reader_can_be_removed_or_replaced_by_its_owner(
+    loop: Loop, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    a, b = pair
+    b.send(b"x")
+    log: list[str] = []
+
+    def broken() -> None:
+        log.append("broken")
+        raise RuntimeError("a bug")
+
+    def fixed() -> None:
+        log.append("fixed")
+        a.recv(1)
+        loop.remove_reader(a)  # (not paused any more: a real unregister)
+        loop.stop()
+
+    def replace() -> None:
+        loop.remove_reader(a)
+        loop.add_reader(a, fixed)
+
+    loop.add_reader(a, broken)
+    loop.call_later(0.01, replace)
+    run_guarded(loop)
+    assert log == ["broken", "fixed"]
+    assert loop.faults == 1
+
+
+def test_failing_timers_and_thread_calls_do_not_stop_the_loop(loop: Loop) -> None:
+    log: list[str] = []
+
+    def explode() -> None:
+        raise ValueError("boom")
+
+    loop.call_later(0.0, explode)
+    loop.call_later(0.01, recorder(log, "after the timer"))
+    worker = threading.Thread(target=lambda: loop.call_soon_threadsafe(explode))
+    worker.start()
+    worker.join()
+    loop.call_soon_threadsafe(recorder(log, "after the call"))
+    loop.call_later(0.02, loop.stop)
+    run_guarded(loop)
+    assert sorted(log) == ["after the call", "after the timer"]
+    assert loop.faults == 2
+
+
+def test_system_exit_still_ends_the_loop(loop: Loop) -> None:
+    def leave() -> None:
+        raise SystemExit(3)
+
+    loop.call_later(0.0, leave)
+    with pytest.raises(SystemExit):
+        run_guarded(loop)

@@ -357,6 +357,7 @@ def collect(servers: list[Server], openmetrics: bool) -> dict[str, Metric]:
         running=True,
         children=[],
         reload_stats=ReloadStats(),
+        loop=SimpleNamespace(faults=0),
     )
     collector = SupervisorCollector(cast(Supervisor, supervisor))
     text = exposition.render([collector], openmetrics=openmetrics).decode()
