@@ -11,6 +11,7 @@ backing off. A full server therefore waits in the kernel's listen queue while ev
 keeps serving; nothing ever blocks in `waitpid`.
 """
 
+import collections
 import contextlib
 import enum
 import gc
@@ -27,7 +28,7 @@ from functools import partial
 from os import EX_SOFTWARE
 from typing import Any, NoReturn
 
-from supervisor import config, exposition, guards, logs, metrics, systemd
+from supervisor import config, exposition, forkserver, guards, logs, metrics, systemd
 from supervisor.children import Child, ChildTable, ExitStatus, Reaped, SystemCalls
 from supervisor.config import Mode
 from supervisor.control import ControlServer
@@ -180,12 +181,20 @@ class Supervisor:
         # Children with a request_timeout (Child.deadline), and the timer for the earliest.
         self._timed: dict[int, Child[Server]] = {}
         self._deadline_timer: Timer | None = None
+        # max_per_source: a request stops counting for its client when its handler returns,
+        # before the connection is shut down (not at the child's exit, or the thread's end,
+        # which the client's next connection can overtake). Children say so on this pipe
+        # (forkserver.DONE records); threads on the deque, both read before a refusal.
+        self._done_r, self._done_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._done_partial = b""
+        self._finished: collections.deque[tuple[Server, Source]] = collections.deque()
 
     # -- running ---------------------------------------------------------------------------
 
     def run(self) -> int:
         """Serve until stopped; return the exit status."""
         self._signals = SignalWakeup(self.loop, self._on_intent)
+        self.loop.add_reader(self._done_r, self._read_done)
         if self._control_socket is not None:
             self._control = ControlServer(self.loop, self._control_socket, self._on_command)
         if self._metrics_listener is not None:
@@ -239,6 +248,8 @@ class Supervisor:
         if self._signals is not None:
             self._signals.close()
         self.loop.close()
+        os.close(self._done_r)
+        os.close(self._done_w)
 
     def _on_intent(self, intent: Intent, signum: int) -> None:
         if self.state is State.STOPPED:
@@ -606,7 +617,9 @@ class Supervisor:
                 return
             source: Source = None
             if server.guard is not None:
-                reason, source = server.admit(request, client_address, self._rejections)
+                reason, source = server.admit(
+                    request, client_address, self._rejections, self._catch_up
+                )
                 if reason is not None:
                     rejected += 1
                     if rejected >= REJECT_BATCH:
@@ -658,20 +671,22 @@ class Supervisor:
             started = time.monotonic()
             ok = server.handle(request, client_address)
             server.stats.handled(ok, time.monotonic() - started)
-            guards.release(server.sources, source)
+            guards.release(server.sources, source)  # (nothing else ran meanwhile)
 
     def _start_thread(
         self, server: Server, request: Request, client_address: Any, source: Source
     ) -> None:
+        # (deque.append is atomic: the handler's thread reports, the loop releases)
+        done = None if source is None else partial(self._finished.append, (server, source))
+
         def run() -> None:
             ok, started = False, time.monotonic()
             try:
-                ok = server.handle(request, client_address)
+                ok = server.handle(request, client_address, done)
             finally:
                 self._thread_requests.discard(request)
                 duration = time.monotonic() - started
-                done = partial(self._thread_done, server, ok, duration, source)
-                self.loop.call_soon_threadsafe(done)
+                self.loop.call_soon_threadsafe(partial(self._thread_done, server, ok, duration))
 
         if isinstance(request, socket.socket):
             self._thread_requests.add(request)
@@ -691,7 +706,8 @@ class Supervisor:
             server.stats.errors += 1
             self._count(server, -1, source)
 
-    def _thread_done(self, server: Server, ok: bool, duration: float, source: Source) -> None:
+    def _thread_done(self, server: Server, ok: bool, duration: float) -> None:
+        self._release_finished()  # (its own source among them, if it has one)
         server.stats.handled(ok, duration)
         server.threads -= 1
         if not server.threads:
@@ -701,7 +717,7 @@ class Supervisor:
             server.close_old_sockets()
             if closing:
                 server.close_handler_socket()
-        self._count(server, -1, source)
+        self._count(server, -1)
 
     def _fork_here(
         self, server: Server, request: Request | int, client_address: Any, source: Source = None
@@ -710,7 +726,8 @@ class Supervisor:
 
         def run() -> int:
             handled = server.socket_for(request) if isinstance(request, int) else request
-            return 0 if server.handle(handled, client_address) else 1
+            done = None if source is None else self._report_done
+            return 0 if server.handle(handled, client_address, done) else 1
 
         what = f"client {client_address}"
         pid = self._spawn(server, run, what, "connection closed", source)
@@ -846,13 +863,59 @@ class Supervisor:
             pool.close_in_child()
         for fork_server in self.fork_servers:
             fork_server.close_in_child()
-        for fd in (*self._unsent_fds, *self._parent_only_fds):
+        for fd in (*self._unsent_fds, *self._parent_only_fds, self._done_r):
             os.close(fd)
         for request in list(self._thread_requests):
             if isinstance(request, socket.socket):
                 # os.close: socket.close() waits for the handler thread's makefile() objects.
                 with contextlib.suppress(OSError):
                     os.close(request.fileno())
+
+    # -- max_per_source: requests done before their process or thread ---------------------
+
+    def _report_done(self) -> None:
+        """In a child the supervisor forked: its handler has returned (see _done_r)."""
+        with contextlib.suppress(OSError):  # a full pipe: the source is released at the exit
+            os.write(self._done_w, forkserver.DONE.pack(0, 0, os.getpid()))
+
+    def _catch_up(self) -> None:
+        """Before a client is turned away for max_per_source: note the requests whose handler
+        has returned, which the loop has not read about yet (a client that waited for its
+        answer and connects again must never be refused because its last request is still
+        finishing)."""
+        self._read_done()
+        self._release_finished()
+
+    def _release_finished(self) -> None:
+        while self._finished:
+            server, source = self._finished.popleft()
+            guards.release(server.sources, source)
+
+    def _read_done(self) -> None:
+        chunks = [self._done_partial]
+        with contextlib.suppress(BlockingIOError):
+            while chunk := os.read(self._done_r, 65536):
+                chunks.append(chunk)
+        data = b"".join(chunks)
+        whole = len(data) - len(data) % forkserver.DONE.size
+        self._done_partial = data[whole:]
+        for forker, seq, pid in forkserver.DONE.iter_unpack(data[:whole]):
+            self._request_done(forker, seq, pid)
+
+    def _request_done(self, forker: int, seq: int, pid: int) -> None:
+        """Child `pid` (forked by fork server `forker` for its request `seq`, or by us when
+        `forker` is 0) has finished its handler: its request stops counting for its source.
+        Its pid may not have reached us yet: then its handover still holds the source."""
+        for fork_server in self.fork_servers if forker else ():
+            handover = fork_server.pending.get(seq) if fork_server.pid == forker else None
+            if handover is not None:
+                guards.release(handover.server.sources, handover.source)
+                handover.source = None
+                return
+        child = self.children.get(pid)
+        if child is not None and child.source is not None:
+            guards.release(child.owner.sources, child.source)
+            child.source = None
 
     # -- reaping ---------------------------------------------------------------------------
 
@@ -904,7 +967,7 @@ class Supervisor:
             return
         setup = setup_for(servers, logs.LOG_FORMAT, self.config.supervisor.log_level)
         try:
-            self.fork_server = ForkServer(self.loop, self, setup)
+            self.fork_server = ForkServer(self.loop, self, setup, self._done_w)
         except OSError as exc:
             log.warning(
                 "cannot start the fork server (%s: %s); the supervisor forks requests itself",

@@ -85,6 +85,8 @@ def setup_for(servers: Iterable[Any], log_format: str, log_level: str) -> bytes:
         }
         if server.child_setup is not None:  # (absent otherwise: the fork server stays small)
             spec["child_setup"] = server.child_setup
+        if server.config.limits.max_per_source:
+            spec["report_done"] = True
         if hasattr(server, "server_name"):
             spec["server_name"], spec["server_port"] = server.server_name, server.server_port
         specs.append(spec)
@@ -115,7 +117,7 @@ def package_locations(servers: Iterable[Any]) -> dict[str, tuple[str, list[str] 
 
 def _high_fd(fd: int) -> int:
     """A close-on-exec duplicate numbered above the fds the process receives them as."""
-    return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, forkserver.SETUP_FD + 1)
+    return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, forkserver.DONE_FD + 1)
 
 
 def _setup_file(data: bytes) -> int:
@@ -141,7 +143,7 @@ def interpreter_flags() -> list[str]:
 class ForkServer:
     """One fork server process and its channel."""
 
-    def __init__(self, loop: Loop, events: Events, setup: bytes) -> None:
+    def __init__(self, loop: Loop, events: Events, setup: bytes, done_fd: int) -> None:
         self.loop = loop
         self.events = events
         self.serving: set[str] = set()  # the servers it can fork for, once it says so
@@ -156,11 +158,12 @@ class ForkServer:
         self._buffer = bytearray(forkserver.REPORT_SIZE)  # reports are read into this
         self._view = memoryview(self._buffer)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        setup_fd = channel_fd = -1
+        setup_fd = channel_fd = done = -1
         try:
             setup_fd = _high_fd(fd := _setup_file(setup))
             os.close(fd)
             channel_fd = _high_fd(theirs.fileno())
+            done = _high_fd(done_fd)
             self.pid = os.posix_spawn(
                 sys.executable,
                 [sys.executable, *interpreter_flags(), SCRIPT],
@@ -168,6 +171,7 @@ class ForkServer:
                 file_actions=[
                     (os.POSIX_SPAWN_DUP2, channel_fd, forkserver.CHANNEL_FD),
                     (os.POSIX_SPAWN_DUP2, setup_fd, forkserver.SETUP_FD),
+                    (os.POSIX_SPAWN_DUP2, done, forkserver.DONE_FD),
                 ],
                 setsigmask=forkserver.HELD,  # (held from the first instruction on)
             )
@@ -176,7 +180,7 @@ class ForkServer:
             raise
         finally:
             theirs.close()
-            for fd in (setup_fd, channel_fd):
+            for fd in (setup_fd, channel_fd, done):
                 if fd >= 0:
                     os.close(fd)
         ours.setblocking(False)

@@ -22,6 +22,10 @@ socket pair (fd 3 here), each message a marshal'd tuple:
 
 - setup (fd 4, a file): sys.path, the log format and level, and per server its name, handler
   (`module:Class`) and the attributes its handlers see as `self.server`.
+- done (fd 5, the write end of a pipe the supervisor reads): a child of a server with
+  `max_per_source` writes DONE (this process's pid, the request's seq, its own pid) when its
+  handler has returned, before its connection is shut down, so that the supervisor stops
+  counting the request for its client before the client can see the answer end.
 - supervisor -> here: ("R", [(name, seq, client_address), ...]) with the connections' fds in
   the same order (SCM_RIGHTS: one accept batch); ("K", signum) to signal every live child,
   reported or not; ("T", pid, signum) to signal one child if it is still ours (its request
@@ -52,6 +56,7 @@ import os
 import select
 import socket
 import socketserver
+import struct
 import sys
 
 MSG_CMSG_CLOEXEC = getattr(socket, "MSG_CMSG_CLOEXEC", 0)  # (Linux)
@@ -61,6 +66,10 @@ if TYPE_CHECKING:
 
 CHANNEL_FD = 3
 SETUP_FD = 4
+DONE_FD = 5
+# A request's handler has returned: (the forking process's pid, or 0 for the supervisor; the
+# fork server's seq for the request; the child's pid). Written whole to a pipe (< PIPE_BUF).
+DONE = struct.Struct("=iqi")
 # Blocked here for good: see the module docstring. SIGINT is also ignored, as in the
 # supervisor's own children: a Ctrl-C to the group lets the supervisor drain the requests.
 HELD = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT, _signal.SIGUSR1)
@@ -92,6 +101,7 @@ class ServerView:
         self.max_packet_size: int = spec["max_packet_size"]
         # Limits and user for each child (privileges.child_setup); None: none, the common case.
         self.child_setup: Any = spec.get("child_setup")
+        self.report_done: bool = spec.get("report_done", False)  # (max_per_source: see DONE)
         self.timeout: float | None = None
         if "server_name" in spec:
             self.server_name: str = spec["server_name"]
@@ -189,9 +199,9 @@ def set_up_child(name: str, setup: Any, log: Any) -> bool:
     return True
 
 
-def _handle(server: ServerView, fd: int, client_address: Any) -> int:
+def _handle(server: ServerView, fd: int, client_address: Any, done: bytes = b"") -> int:
     """Run the handler on the connection, as the supervisor's Server.handle does; the exit
-    status (0 ok, 1 failed)."""
+    status (0 ok, 1 failed). `done`: a DONE record to write when the handler has returned."""
     request = socket.socket(server.address_family, server.socket_type, server.proto, fileno=fd)
     try:
         server.RequestHandlerClass(request, client_address, server)
@@ -212,6 +222,11 @@ def _handle(server: ServerView, fd: int, client_address: Any) -> int:
         )
         return 1
     finally:
+        if done:
+            try:  # noqa: SIM105 (a full pipe: the supervisor releases the source at the exit)
+                os.write(DONE_FD, done)
+            except OSError:
+                pass
         server.shutdown_request(request)
     return 0
 
@@ -333,13 +348,13 @@ class ForkServer:
             self.out.append(("E", seq, exc.strerror or str(exc)))
             return
         if pid == 0:
-            self.child(server, fd, client_address, others)
+            self.child(server, seq, fd, client_address, others)
         os.close(fd)
         self.children.add(pid)
         self.out.append(("F", seq, pid))
 
     def child(
-        self, server: ServerView, fd: int, client_address: Any, others: list[int]
+        self, server: ServerView, seq: int, fd: int, client_address: Any, others: list[int]
     ) -> NoReturn:
         status = 1
         try:
@@ -357,7 +372,8 @@ class ForkServer:
             if server.child_setup is None or set_up_child(
                 server.name, server.child_setup, lambda: _logger(self.log_setup)
             ):
-                status = _handle(server, fd, client_address)
+                done = DONE.pack(os.getppid(), seq, os.getpid()) if server.report_done else b""
+                status = _handle(server, fd, client_address, done)
         except BaseException:
             _logger(self.log_setup).exception(
                 "%s: child %d failed outside its handler", server.name, os.getpid()
@@ -487,7 +503,8 @@ def main() -> None:
         _signal.signal(signum, _signal.SIG_DFL)
     _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
     _signal.pthread_sigmask(_signal.SIG_BLOCK, HELD)
-    os.closerange(SETUP_FD + 1, os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 1024)
+    os.closerange(DONE_FD + 1, os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 1024)
+    os.set_inheritable(DONE_FD, False)  # (dup2 cleared close-on-exec: a handler's exec must not)
     with open(SETUP_FD, "rb") as setup_file:
         setup = marshal.loads(setup_file.read())  # noqa: S302 (the supervisor's)
     servers, failed = load(setup)

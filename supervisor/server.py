@@ -17,6 +17,7 @@ import logging
 import os
 import socket
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from supervisor import privileges
@@ -154,8 +155,12 @@ class Server:
         proto = self.listener.socket.proto
         return socket.socket(self.address_family, self.socket_type, proto, fileno=fd)
 
-    def handle(self, request: Request, client_address: Any) -> bool:
-        """Run the handler on one request, then shut the request down; True if it succeeded."""
+    def handle(
+        self, request: Request, client_address: Any, done: Callable[[], None] | None = None
+    ) -> bool:
+        """Run the handler on one request, then shut the request down; True if it succeeded.
+        `done` is called once the handler has returned (or raised), before the connection is
+        shut down: a client that waits for the end of its answer sees it only afterwards."""
         try:
             if self.socket_timeout is not None and isinstance(request, socket.socket):
                 request.settimeout(self.socket_timeout)
@@ -191,6 +196,8 @@ class Server:
             )
             return False
         finally:
+            if done is not None:
+                done()
             self.shutdown_request(request)
         return True
 
@@ -204,17 +211,26 @@ class Server:
             request.close()
 
     def admit(
-        self, request: Request | int, client_address: Any, rejections: RejectionLog
+        self,
+        request: Request | int,
+        client_address: Any,
+        rejections: RejectionLog,
+        catch_up: Callable[[], None] | None = None,
     ) -> tuple[str | None, Source]:
         """Ask the guard (there must be one) whether the request may run: (None, source), the
         source counted until guards.release; or (reason, source), the client turned away
-        (counted, logged)."""
+        (counted, logged). `catch_up` takes note of requests that have ended, before a
+        client is turned away for max_per_source (the check has no side effect: it is asked
+        again)."""
         guard = self.guard
         assert guard is not None  # noqa: S101 (the caller checked)
         peer = None
         if guard.needs_peer and not isinstance(request, tuple):
             peer = peer_credentials(request)
         reason, source = guard.admit(client_address, peer)
+        if reason == "per_source" and catch_up is not None:
+            catch_up()
+            reason, source = guard.admit(client_address, peer)
         if reason is not None:
             self.stats.rejected[reason] += 1
             rejections.rejected(self.name, reason, client_address, peer)

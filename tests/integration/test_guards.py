@@ -199,6 +199,41 @@ def test_max_per_source_counts_running_requests_per_client_address(
     supervisor.wait_for_log(r"pids: rejected client \('127.0.0.1', \d+\) \(max_per_source reached")
 
 
+SEQUENTIAL = 1000
+
+
+@pytest.mark.parametrize(
+    ("mode", "fork_server"),
+    [("fork", True), ("fork", False), ("thread", True), ("inline", True)],
+    ids=["fork-server", "supervisor-fork", "thread", "inline"],
+)
+def test_max_per_source_never_refuses_a_client_that_waits_for_each_answer(
+    start_supervisor: StartSupervisor, mode: str, fork_server: bool
+) -> None:
+    """max_per_source = 1 and one client making 1,000 requests one after the other, each
+    begun once the last answer has ended: none may be refused (a request stops counting when
+    its handler returns, before the client can see the end of its answer)."""
+    supervisor = start_supervisor(
+        f"""
+        [supervisor]
+        fork_server = {str(fork_server).lower()}
+
+        [servers.echo]
+        address = "tcp://127.0.0.1:0"
+        handler = "tests.handlers:LineEchoHandler"
+        mode = "{mode}"
+        max_per_source = 1
+        """
+    )
+    address = supervisor.inet("echo")
+    expected = b"%s ping\n" % repr(address).encode()
+    answers = [exchange(address, b"ping\n") for _ in range(SEQUENTIAL)]
+    assert answers.count(expected) == SEQUENTIAL
+    current = settled(supervisor, "echo")
+    assert rejected(current, "echo", "per_source") == 0
+    assert current.value("supervisor_requests_total", server="echo") == SEQUENTIAL
+
+
 def test_rate_and_source_rate_are_token_buckets_with_a_burst(
     start_supervisor: StartSupervisor,
 ) -> None:
