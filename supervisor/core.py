@@ -51,6 +51,9 @@ ACCEPT_BATCH = 16  # requests taken per readiness event, so one busy server cann
 FORK_BATCH = 2  # the same for fork mode: each fork holds the loop for most of a millisecond
 REJECT_BATCH = 4  # and for clients the guards turn away: each is ~15 us another server waits
 ACCEPT_BACKOFF = 0.1  # seconds to stop accepting after EMFILE, ENFILE, ENOBUFS or ENOMEM
+# Seconds to stop accepting after a request's process or thread could not be started (out of
+# processes or memory): the first pause, doubled while they keep failing, up to the second.
+START_FAILURE_PAUSE = (0.1, 5.0)
 FORK_SERVER_RESTART = (1.0, 60.0)  # seconds before replacing a fork server that died: first, most
 
 
@@ -635,14 +638,52 @@ class Supervisor:
             exc.strerror or exc,
             ACCEPT_BACKOFF,
         )
+        self._pause(server, ACCEPT_BACKOFF)
+
+    def _pause(self, server: Server, delay: float) -> None:
+        """Stop accepting on `server` for `delay` seconds (longer if it is paused already):
+        new clients wait in its listen queue meanwhile."""
+        until = time.monotonic() + delay
+        if server.resume is not None:
+            if server.resume.deadline >= until:
+                return
+            server.resume.cancel()
         server.backoff = True
         self._refresh(server)
+        server.resume = self.loop.call_later(delay, partial(self._resume, server))
 
-        def resume() -> None:
-            server.backoff = False
-            self._refresh(server)
+    def _resume(self, server: Server) -> None:
+        server.resume = None
+        server.backoff = False
+        if server.start_failures:
+            log.warning(
+                "%s: %d more requests could not be started while it was paused; accepting again",
+                server.name,
+                server.start_failures,
+            )
+            server.start_failures = 0
+        self._refresh(server)
 
-        self.loop.call_later(ACCEPT_BACKOFF, resume)
+    def _start_failed(self, server: Server, what: str, client_address: Any, reason: str) -> None:
+        """A request's process or thread could not be started: its connection is closed, and
+        the server stops accepting for a while (START_FAILURE_PAUSE), logged once per pause
+        with a count, rather than accept and drop clients at full speed until the shortage
+        passes."""
+        server.stats.errors += 1
+        if server.backoff:
+            server.start_failures += 1  # (those already accepted or handed over)
+            return
+        delay = server.start_pause or START_FAILURE_PAUSE[0]
+        server.start_pause = min(delay * 2, START_FAILURE_PAUSE[1])
+        log.error(
+            "%s: cannot start a %s for client %s (%s); connection closed, not accepting for %gs",
+            server.name,
+            what,
+            client_address,
+            reason,
+            delay,
+        )
+        self._pause(server, delay)
 
     def _dispatch(
         self,
@@ -696,15 +737,11 @@ class Supervisor:
         except RuntimeError as exc:
             self._thread_requests.discard(request)
             server.threads -= 1
-            log.error(
-                "%s: cannot start a thread for client %s (%s); connection closed",
-                server.name,
-                client_address,
-                exc,
-            )
             server.close_request(request)
-            server.stats.errors += 1
+            self._start_failed(server, "thread", client_address, str(exc))
             self._count(server, -1, source)
+            return
+        server.start_pause = 0.0  # threads start (again)
 
     def _thread_done(self, server: Server, ok: bool, duration: float) -> None:
         self._release_finished()  # (its own source among them, if it has one)
@@ -729,25 +766,20 @@ class Supervisor:
             done = None if source is None else self._report_done
             return 0 if server.handle(handled, client_address, done) else 1
 
-        what = f"client {client_address}"
-        pid = self._spawn(server, run, what, "connection closed", source)
-        if pid is None:
-            server.stats.errors += 1
+        try:
+            pid = self._spawn(server, run, source)
+        except OSError as exc:
+            server.close_request(request)
+            self._start_failed(server, "process", client_address, exc.strerror or str(exc))
             self._count(server, -1, source)
-        else:
-            self._watch(self.children.get(pid))
+            return
+        server.start_pause = 0.0  # forks work (again)
+        self._watch(self.children.get(pid))
         server.close_request(request)
 
-    def _spawn(
-        self,
-        server: Server,
-        run: Callable[[], int],
-        what: str,
-        consequence: str,
-        source: Source = None,
-    ) -> int | None:
-        """Fork a child of `server` that runs `run` and exits with its status; None if fork
-        failed (logged, with the caller's `consequence`). The caller counts it."""
+    def _spawn(self, server: Server, run: Callable[[], int], source: Source = None) -> int:
+        """Fork a child of `server` that runs `run` and exits with its status; raise OSError
+        if fork failed. The caller counts it."""
         # Signals stay blocked across fork() until the child has reset its handlers, so a
         # SIGTERM sent to a new child is never swallowed by the parent's no-op handler.
         runs = self._socket_runs()
@@ -756,15 +788,6 @@ class Supervisor:
         try:
             child = partial(self._child, server, run, mask, runs)
             return self.children.spawn(server, child, source)
-        except OSError as exc:
-            log.error(
-                "%s: fork failed for %s (%s); %s",
-                server.name,
-                what,
-                exc.strerror or exc,
-                consequence,
-            )
-            return None
         finally:
             set_signal_mask(mask)
 
@@ -827,9 +850,13 @@ class Supervisor:
             del self.pools[server]
 
     def _spawn_worker(self, server: Server, run: Callable[[], int]) -> int | None:
-        pid = self._spawn(server, run, "a worker", "trying again")
-        if pid is not None:
-            self._count(server, +1)
+        """A prefork worker, or None if fork failed (logged; the pool backs off)."""
+        try:
+            pid = self._spawn(server, run)
+        except OSError as exc:
+            log.error("%s: fork failed for a worker (%s)", server.name, exc.strerror or exc)
+            return None
+        self._count(server, +1)
         return pid
 
     def _socket_runs(self) -> list[tuple[int, int]]:
@@ -989,20 +1016,25 @@ class Supervisor:
         self.loop.call_later(delay, restart)
 
     def forked(self, handover: Handover, pid: int) -> None:
+        if handover.server.start_pause:  # forks work again: the next pause is a short one
+            handover.server.start_pause = 0.0
         child = self.children.adopt(pid, handover.server, handover.started, handover.source)
         # Handed over before a stop signal went out through its fork server: it got one.
         child.signalled = self._stop_signal
         self._watch(child)
 
-    def fork_failed(self, handover: Handover, reason: str) -> None:
+    def fork_failed(self, handover: Handover, reason: str, shortage: bool) -> None:
         owner = handover.server
-        log.error(
-            "%s: fork failed for client %s (%s); connection closed",
-            owner.name,
-            handover.client_address,
-            reason,
-        )
-        owner.stats.errors += 1
+        if shortage:  # (fork() failed: out of processes or memory)
+            self._start_failed(owner, "process", handover.client_address, reason)
+        else:
+            log.error(
+                "%s: not forked for client %s (%s); connection closed",
+                owner.name,
+                handover.client_address,
+                reason,
+            )
+            owner.stats.errors += 1
         self._count(owner, -1, handover.source)
 
     def exited(self, pid: int, status: ExitStatus, usage: Usage) -> None:

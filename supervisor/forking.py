@@ -62,7 +62,7 @@ class Events(Protocol):
     """What the supervisor does with the fork server's reports."""
 
     def forked(self, handover: Handover, pid: int) -> None: ...
-    def fork_failed(self, handover: Handover, reason: str) -> None: ...
+    def fork_failed(self, handover: Handover, reason: str, shortage: bool) -> None: ...
     def exited(self, pid: int, status: ExitStatus, usage: Usage) -> None: ...
     def lost(self, pid: int) -> None: ...
     def lost_request(self, handover: Handover) -> None: ...
@@ -365,8 +365,8 @@ class ForkServer:
         elif kind == "Z":
             self.pids.discard(record[1])
             self.events.lost(record[1])
-        elif kind == "E":
-            self.events.fork_failed(self.pending.pop(record[1]), record[2])
+        elif kind == "E":  # (a shortage: fork() itself failed, with that errno)
+            self.events.fork_failed(self.pending.pop(record[1]), record[2], bool(record[3]))
         elif kind == "serves":
             self.serving.add(record[1])
         elif kind == "ready":

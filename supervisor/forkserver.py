@@ -33,9 +33,9 @@ socket pair (fd 3 here), each message a marshal'd tuple:
   requests, exit once the children are done. End of file: the supervisor is gone; the same.
 - here -> supervisor, batched per turn as lists of at most 64 KiB: ("serves", name) for each
   server it can fork for, then ("ready", threads_ok); ("failed", name, reason) for a handler
-  that cannot be imported here; ("F", seq, pid) forked; ("E", seq, reason) not forked (the
-  connection is closed); ("X", pid, status, utime, stime) a child was reaped; ("Z", pid) a
-  child is gone without a status.
+  that cannot be imported here; ("F", seq, pid) forked; ("E", seq, reason, errno) not forked
+  (the connection is closed; errno: fork() failed with it, 0: not forked at all); ("X", pid,
+  status, utime, stime) a child was reaped; ("Z", pid) a child is gone without a status.
 
 Signals that stop or reload the supervisor are blocked here, with their default actions (a
 Ctrl-C or a service manager signals the whole group; SIGINT is ignored, as in the supervisor's
@@ -330,7 +330,7 @@ class ForkServer:
         """Fork a child for each request; each child closes the others' connections."""
         for index, (name, seq, client_address) in enumerate(requests):
             if index >= len(fds) or not self.accepting or name not in self.servers:
-                self.out.append(("E", seq, "not forked by the fork server"))
+                self.out.append(("E", seq, "not forked by the fork server", 0))
                 if index < len(fds):
                     os.close(fds[index])
                 continue
@@ -345,7 +345,7 @@ class ForkServer:
             pid = os.fork()
         except OSError as exc:
             os.close(fd)
-            self.out.append(("E", seq, exc.strerror or str(exc)))
+            self.out.append(("E", seq, exc.strerror or str(exc), exc.errno or -1))
             return
         if pid == 0:
             self.child(server, seq, fd, client_address, others)

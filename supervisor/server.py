@@ -24,6 +24,7 @@ from supervisor import privileges
 from supervisor.config import Mode, ServerConfig
 from supervisor.guards import Guard, RejectionLog, Source, peer_credentials
 from supervisor.handlers import HandlerClass
+from supervisor.loop import Timer
 from supervisor.metrics import ServerStats
 from supervisor.sockets import Listener
 
@@ -44,7 +45,10 @@ class Server:
         self.active = 0  # live children (fork) or busy threads (thread)
         self.threads = 0  # busy threads: they may be answering on a datagram handler socket
         self.listening = False  # registered in the selector
-        self.backoff = False  # accept() hit a resource limit; wait before trying again
+        self.backoff = False  # paused (out of descriptors, processes...): see Supervisor._pause
+        self.resume: Timer | None = None  # when the pause ends
+        self.start_pause = 0.0  # the next pause after a fork or thread failed (0: the first)
+        self.start_failures = 0  # requests that could not be started during this pause
         self.retired = False  # removed by a reload: draining its last requests
         self.stats = ServerStats()
         self._old_sockets: list[socket.socket] = []  # handler sockets of replaced listeners

@@ -130,15 +130,31 @@ def failing_fork_supervisor(tmp_path: os.PathLike[str]) -> Iterator[Supervisor]:
     supervisor.loop.close()
 
 
-def test_a_failed_fork_closes_that_connection_and_goes_on(
+def test_a_failed_fork_closes_that_connection_and_pauses_the_server(
     failing_fork_supervisor: Supervisor, caplog: pytest.LogCaptureFixture
 ) -> None:
-    server = failing_fork_supervisor.servers["echo"]
-    with socket.create_connection(server.server_address, timeout=5) as sock:
+    """The client whose process could not be forked is closed; the server stops accepting
+    for a moment, so the next client waits in the listen queue instead of being dropped."""
+    supervisor = failing_fork_supervisor
+    server = supervisor.servers["echo"]
+    with (
+        socket.create_connection(server.server_address, timeout=5) as first,
+        socket.create_connection(server.server_address, timeout=5) as second,
+    ):
+        client = first.getsockname()
         with caplog.at_level(logging.ERROR, logger="supervisor"):
-            failing_fork_supervisor._on_readable(server)
-        assert sock.recv(1) == b""  # closed by the supervisor
-    assert "echo: fork failed for client" in caplog.text
-    assert "Resource temporarily unavailable" in caplog.text
+            supervisor._on_readable(server)
+        assert first.recv(1) == b""  # closed by the supervisor
+        assert not server.listening  # paused: the second one was not accepted
+        second.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            second.recv(1)  # still waiting in the listen queue, not closed
+    assert caplog.messages == [
+        f"echo: cannot start a process for client {client} (Resource temporarily "
+        "unavailable); connection closed, not accepting for 0.1s"
+    ]
     assert server.active == 0
-    assert failing_fork_supervisor.active == 0
+    assert supervisor.active == 0
+    assert server.resume is not None
+    server.resume.callback()  # (the pause is over)
+    assert server.listening

@@ -5,6 +5,7 @@ A live child is held open by tests.handlers:PidHandler (it waits for a line) whi
 """
 
 import os
+import re
 import resource
 import shutil
 import signal
@@ -254,6 +255,69 @@ def test_the_supervisor_drops_to_its_user_and_still_serves_reloads_and_stops(
     dropped.signal(signal.SIGTERM)
     assert dropped.wait() == 0
     dropped.wait_for_log(r"INFO supervisor\[\d+\]: stopped$", start=start)
+
+
+NPROC = 6  # processes user nobody may have: the supervisor, its fork server and 4 children
+
+
+def first_line(sock: socket.socket) -> bytes:
+    """The first line of the answer, or b"" for a connection closed without one (reset, if the
+    request was never read)."""
+    try:
+        return readline(sock)
+    except ConnectionResetError:
+        return b""
+
+
+def test_a_fork_that_fails_pauses_the_server_and_it_recovers_by_itself(
+    world_readable_dir: Path, nobody_wrapper: list[str]
+) -> None:
+    """Out of processes (RLIMIT_NPROC for the dropped user, `ulimit -u`): the client whose
+    fork failed is closed and the server pauses (its next clients wait in the listen queue),
+    with a line per pause rather than per client; once processes are free again it serves
+    the clients that waited, by itself."""
+    config = world_readable_dir / "supervisor.toml"
+    config.write_text('[supervisor]\nuser = "nobody"\n' + pid_server() + METRICS_ANY_PORT)
+    wrapper = ["prlimit", f"--nproc={NPROC}:{NPROC}", "--", *nobody_wrapper]
+    supervisor = Supervisor(config, {ALLOW_ROOT: None}, wrapper=wrapper)
+    held: list[socket.socket] = []
+    waiting: list[socket.socket] = []
+    try:
+        supervisor.wait_ready()
+        address = supervisor.inet("held")
+        for _ in range(NPROC + 1):  # children until a fork fails
+            sock = connect(address)
+            line = readline(sock)
+            if not line:
+                sock.close()
+                break
+            held.append(sock)
+        assert 0 < len(held) < NPROC, "no fork failed"
+        supervisor.wait_for_log(
+            r"held: cannot start a process for client \('127.0.0.1', \d+\) \(Resource "
+            r"temporarily unavailable\); connection closed, not accepting for 0.1s"
+        )
+        # 40 more while no process can be forked: paused, then one batch closed per pause.
+        waiting = [connect(address) for _ in range(40)]
+        for sock in waiting:
+            sock.sendall(b"done\n")
+        assert [first_line(sock) for sock in waiting[:20]] == [b""] * 20  # closed
+        for sock in held:
+            finish(sock)
+        held.clear()
+        served = [first_line(sock) for sock in waiting[20:]]  # those left, once forks work
+        supervisor.wait_for_log(r"held: \d+ more requests could not be started while it was paused")
+    finally:
+        for sock in held + waiting:
+            sock.close()
+        supervisor.stop()
+    assert any(line.strip().isdigit() for line in served), served  # it recovered by itself
+    lines = [line for line in supervisor.lines if "could not be started" in line]
+    lines += [line for line in supervisor.lines if "cannot start a process" in line]
+    assert len(lines) <= 8, "\n".join(lines)  # one or two per pause, not one per client
+    pauses = re.findall(r"held: cannot start a process .* not accepting for (\S+)s", supervisor.log)
+    assert pauses[:2] == ["0.1", "0.2"]  # doubling while forks keep failing
+    assert supervisor.process.returncode == 0
 
 
 # -- handlers as root ------------------------------------------------------------------------------
