@@ -40,6 +40,7 @@ from supervisor.guards import RejectionLog, Source
 from supervisor.loop import Loop, Timer
 from supervisor.metrics import ReloadStats
 from supervisor.prefork import Pool
+from supervisor.readiness import ReadyPipe
 from supervisor.reload import Prepared, prepare
 from supervisor.server import Request, Server
 from supervisor.signals import Intent, SignalWakeup, block_signals, set_signal_mask
@@ -139,6 +140,7 @@ class Supervisor:
         control_socket: Listener | None = None,
         metrics_listener: Listener | None = None,
         parent_only_fds: Iterable[int] = (),
+        readiness: ReadyPipe | None = None,
     ) -> None:
         self.config = prepared.config
         self.config_path = config_path or prepared.config.source  # re-read on every reload
@@ -180,6 +182,7 @@ class Supervisor:
         self._unsent_fds: set[int] = set()  # a batch the fork server did not get, being forked
         self._stop_signal: int | None = None  # the last signal sent to all children
         self._parent_only_fds = tuple(parent_only_fds)  # closed in every child (the pidfile)
+        self._readiness = readiness  # `run --daemon` waits for its word
         self._rejections = RejectionLog()
         # Children with a request_timeout (Child.deadline), and the timer for the earliest.
         self._timed: dict[int, Child[Server]] = {}
@@ -215,6 +218,8 @@ class Supervisor:
             )
         log.info("ready: %d servers, pid %d", len(self.servers), os.getpid())
         systemd.notify(f"READY=1\nSTATUS={self._summary()}\nMAINPID={os.getpid()}")
+        if self._readiness is not None:
+            self._readiness.ready()
         self._start_watchdog()
         try:
             self.loop.run()
@@ -890,6 +895,8 @@ class Supervisor:
             pool.close_in_child()
         for fork_server in self.fork_servers:
             fork_server.close_in_child()
+        if self._readiness is not None:
+            self._readiness.close_in_child()
         for fd in (*self._unsent_fds, *self._parent_only_fds, self._done_r):
             os.close(fd)
         for request in list(self._thread_requests):

@@ -4,7 +4,8 @@ Everything that can fail at start is done while the terminal still sees the erro
 configuration is loaded, a live pidfile refused (exit 69), the handlers imported and every socket
 bound (or taken over from systemd socket activation). Only then does `--daemon` detach, with
 python-daemon's DaemonContext: working directory /, umask 022, the pidfile locked, the listening
-sockets kept open, stdout and stderr to the log file.
+sockets kept open, stdout and stderr to the log file. The command returns once the daemon is
+ready, or failed after it detached, with its status and error line (readiness.py).
 """
 
 import contextlib
@@ -12,12 +13,13 @@ import logging
 import os
 import signal
 import socket
+from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING
 
-from supervisor import config, control, logs, privileges, systemd
+from supervisor import config, control, logs, privileges, readiness, systemd
 from supervisor.core import Supervisor
-from supervisor.errors import BindError, ConfigError, LogFileError
+from supervisor.errors import BindError, ConfigError, LogFileError, SupervisorError, describe
 from supervisor.pidfile import AlreadyRunning, PidFile, running_pid
 from supervisor.reload import prepare
 from supervisor.sockets import Listener, bind
@@ -47,14 +49,16 @@ def run(path: str, detach: bool = False) -> int:
     control_socket = _bind_control(path, settings.control_socket, settings.credentials)
     context: AbstractContextManager[object]
     pidfile = None if settings.pidfile is None else PidFile(settings.pidfile)
+    ready = None
     if detach and pidfile is not None:
+        ready = readiness.split()  # the starting process waits there for the daemon's word
         extra = [listener for listener in (control_socket, metrics_listener) if listener]
         keep = [*prepared.listeners.values(), *spare, *extra]
-        context = _daemon_context([listener.socket for listener in keep], log_fd, pidfile)
+        context = _daemon_context([listener.socket for listener in keep], log_fd, pidfile, ready)
     else:
         context = contextlib.nullcontext() if pidfile is None else pidfile
     try:
-        with context:
+        with _reported_to(ready), context:
             if log_fd is not None:
                 logs.redirect(log_fd)
             # Everything is bound and open (the pidfile too, after --daemon's fork): for good,
@@ -75,12 +79,29 @@ def run(path: str, detach: bool = False) -> int:
                 # A child must not keep the pidfile open read-write: one switched to another
                 # user could write a pid there that `supervisor stop` would then signal.
                 parent_only_fds=() if pidfile is None else (pidfile.fileno(),),
+                readiness=ready,
             )
             return supervisor.run()
     finally:  # after a failed start-up; after a run they are closed already
         for listener in (control_socket, metrics_listener):
             if listener is not None:
                 listener.close()  # removes only its own unix socket file
+
+
+@contextlib.contextmanager
+def _reported_to(ready: readiness.ReadyPipe | None) -> Iterator[None]:
+    """An error that ends the start-up of a detached daemon also goes to the process that
+    waits for it (once `ready` is sent, nobody waits any more, and this sends nothing)."""
+    try:
+        yield
+    except SupervisorError as exc:
+        if ready is not None:
+            ready.failed(exc.exit_status, str(exc))
+        raise
+    except BaseException as exc:
+        if ready is not None:
+            ready.failed(os.EX_SOFTWARE, f"internal error ({describe(exc)}): see the log file")
+        raise
 
 
 def _open_log(source: str, log_file: str | None) -> int | None:
@@ -153,16 +174,20 @@ def inherited_listeners() -> list[Listener]:
 
 
 def _daemon_context(
-    sockets: list[socket.socket], log_fd: int | None, pidfile: PidFile
+    sockets: list[socket.socket],
+    log_fd: int | None,
+    pidfile: PidFile,
+    ready: readiness.ReadyPipe | None,
 ) -> "daemon.DaemonContext":
     import daemon  # noqa: PLC0415 (python-daemon: only --daemon needs it, and it stays resident)
 
+    fds = [fd for fd in (log_fd, None if ready is None else ready.fd) if fd is not None]
     return daemon.DaemonContext(
         working_directory="/",
         umask=0o022,
         pidfile=pidfile,
         detach_process=True,
-        files_preserve=[*sockets, *([] if log_fd is None else [log_fd])],
+        files_preserve=[*sockets, *fds],
         # The supervisor handles its signals itself, from its loop: no 'terminate' handler.
         signal_map={signal.SIGTSTP: None, signal.SIGTTIN: None, signal.SIGTTOU: None},
     )

@@ -22,11 +22,22 @@ import psutil
 import pytest
 
 from supervisor import control
-from tests.conftest import ECHO, FAILING, LISTENING, METRICS_ANY_PORT, ROOT, exchange, run_cli
+from tests.conftest import (
+    ECHO,
+    FAILING,
+    LISTENING,
+    METRICS_ANY_PORT,
+    ROOT,
+    cli_command,
+    exchange,
+    run_cli,
+    with_env,
+)
 
 PR_SET_CHILD_SUBREAPER = 36
 EX_UNAVAILABLE = 69
 EX_CANTCREAT = 73
+EX_OSERR = 71
 EX_CONFIG = 78
 WAIT = 10.0  # deadline for anything the daemon does
 POLL = 0.02  # how often a log file is re-read while waiting for a line
@@ -209,6 +220,54 @@ def test_relative_paths_survive_the_change_to_root(reaper: frozenset[int], sockd
     result = run_cli("reload", "-c", relative)
     assert (result.returncode, result.stdout, result.stderr) == (0, "reloaded: added failing\n", "")
     log.wait_for(r"failing: listening on tcp://")
+
+
+def test_run_daemon_returns_once_the_daemon_is_ready_and_its_pidfile_written(
+    reaper: frozenset[int], tmp_path: Path, sockdir: Path
+) -> None:
+    """daemon(7): when `run --daemon` has exited 0, the pidfile already names the daemon,
+    which has logged `ready:` and answers (nothing is waited for here)."""
+    pidfile, log_file = sockdir / "sv.pid", tmp_path / "sv.log"
+    result = run_cli(
+        "run", "--daemon", "-c", str(write_config(tmp_path / "sv.toml", pidfile, log_file))
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+    pid = int(pidfile.read_text())  # at once
+    assert re.search(rf"ready: 1 servers, pid {pid}$", log_file.read_text(), re.MULTILINE)
+    assert control.request(str(sockdir / "sv.sock"), "status")["pid"] == pid
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (a user namespace where it is root)")
+def test_an_error_after_detaching_reaches_the_caller(
+    reaper: frozenset[int], tmp_path: Path
+) -> None:
+    """The privilege drop happens after the detach: in a user namespace (root there, but
+    setgroups() denied) it fails, and `run --daemon` exits with the daemon's status and line."""
+    if subprocess.run(["unshare", "--user", "--map-root-user", "true"], check=False).returncode:
+        pytest.skip("no user namespaces here")
+    config = tmp_path / "sv.toml"
+    config.write_text(
+        f'[supervisor]\nuser = "root"\npidfile = "{tmp_path}/run/sv.pid"\n'
+        f'log_file = "{tmp_path}/sv.log"\n' + ECHO + METRICS_ANY_PORT
+    )
+    result = subprocess.run(
+        [
+            "unshare",
+            "--user",
+            "--map-root-user",
+            *cli_command("run", "--daemon", "-c", str(config)),
+        ],
+        capture_output=True,
+        text=True,
+        env=with_env({}),
+        cwd=ROOT,
+        timeout=WAIT,
+        check=False,
+    )
+    error = f"{config}: supervisor.user: cannot switch to root:root (Operation not permitted)"
+    assert (result.returncode, result.stdout, result.stderr) == (EX_OSERR, "", error + "\n")
+    assert error in (tmp_path / "sv.log").read_text()  # the daemon's own log says it too
+    assert not (tmp_path / "run" / "sv.pid").exists()
 
 
 # --- one instance per pidfile -------------------------------------------------------------
