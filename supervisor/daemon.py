@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING
 
-from supervisor import config, control, logs, privileges, readiness, systemd
+from supervisor import config, control, forking, logs, privileges, readiness, systemd
 from supervisor.core import Supervisor
 from supervisor.errors import BindError, ConfigError, LogFileError, SupervisorError, describe
 from supervisor.pidfile import AlreadyRunning, PidFile, running_pid
@@ -62,7 +62,10 @@ def run(path: str, detach: bool = False) -> int:
             if log_fd is not None:
                 logs.redirect(log_fd)
             # Everything is bound and open (the pidfile too, after --daemon's fork): for good,
-            # before the fork server starts or any child is forked.
+            # before the fork server starts or any child is forked. What the fork server's
+            # start needs of the standard library is imported before: the user may not read it.
+            if settings.credentials is not None:
+                forking.interpreter_flags()
             privileges.drop(loaded)
             if settings.credentials is not None:
                 log.info(

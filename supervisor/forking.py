@@ -16,6 +16,7 @@ current is replaced after a back-off; what it had forked is then no longer track
 import array
 import contextlib
 import fcntl
+import functools
 import logging
 import marshal
 import os
@@ -131,13 +132,16 @@ def _setup_file(data: bytes) -> int:
     return fd
 
 
-def interpreter_flags() -> list[str]:
+@functools.cache
+def interpreter_flags() -> tuple[str, ...]:
     """The interpreter options the supervisor runs with (-O, -W, -X ...), plus -S (no site
-    hooks) and -P (the script's directory is not put on sys.path)."""
-    import subprocess  # noqa: PLC0415 (once per fork server start, not for every run)
+    hooks) and -P (the script's directory is not put on sys.path). Found once, before the
+    supervisor drops its privileges (daemon.run): the user it drops to may not be able to
+    read the standard library, and this imports from it."""
+    import subprocess  # noqa: PLC0415 (not for a run without fork servers)
 
     flags: list[str] = subprocess._args_from_interpreter_flags()  # type: ignore[attr-defined]
-    return ["-S", "-P", *(flag for flag in flags if flag not in ("-S", "-P"))]
+    return ("-S", "-P", *(flag for flag in flags if flag not in ("-S", "-P")))
 
 
 class ForkServer:

@@ -257,6 +257,40 @@ def test_the_supervisor_drops_to_its_user_and_still_serves_reloads_and_stops(
     dropped.wait_for_log(r"INFO supervisor\[\d+\]: stopped$", start=start)
 
 
+def test_a_user_who_cannot_read_the_interpreter_gets_requests_forked_by_the_supervisor(
+    world_readable_dir: Path,
+) -> None:
+    """Dropped to a user who cannot read this Python (a pyenv under /root, mode 0700): the
+    fork server cannot start as that user, so the supervisor forks requests itself, with a
+    warning; what it needs of the standard library was imported before the drop."""
+    try:
+        subprocess.run(
+            [sys.executable, "-S", "-c", ""], user=NOBODY, group=NOBODY, extra_groups=[], check=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    else:
+        pytest.skip(f"user nobody can run {sys.executable} here")
+    config = world_readable_dir / "supervisor.toml"
+    server = pid_server().replace("tests.handlers:", "tests.plain_handler:")
+    config.write_text('[supervisor]\nuser = "nobody"\n' + server + METRICS_ANY_PORT)
+    supervisor = Supervisor(config, {ALLOW_ROOT: None})
+    try:
+        supervisor.wait_for_log(r"cannot start the fork server \(.*\); the supervisor forks")
+        listening = supervisor.wait_for_log(r"held: listening on tcp://127.0.0.1:(\d+)")
+        sock = connect(("127.0.0.1", int(listening[1])))
+        pid = int(readline(sock))
+        try:
+            assert psutil.Process(pid).ppid() == supervisor.pid
+            assert_nobody(Identity(pid))
+        finally:
+            finish(sock)
+    finally:
+        supervisor.stop()
+    assert supervisor.process.returncode == 0
+    assert "Traceback" not in supervisor.log
+
+
 NPROC = 6  # processes user nobody may have: the supervisor, its fork server and 4 children
 
 

@@ -103,5 +103,5 @@ def test_package_locations_name_the_top_level_package() -> None:
 
 def test_interpreter_flags_keep_the_supervisors_and_add_no_site() -> None:
     flags = forking.interpreter_flags()
-    assert flags[:2] == ["-S", "-P"]
+    assert flags[:2] == ("-S", "-P")
     assert flags.count("-S") == 1
