@@ -27,10 +27,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def example_config() -> str:
-    """The bundled example configuration, so a fresh install serves something real."""
+    """The bundled example configuration, so a fresh install serves something real. Its real
+    path (in the source tree, etc/supervisor.toml, which supervisor/example.toml links to):
+    its relative paths (run/) must mean the same as with `-c etc/supervisor.toml`."""
     import importlib.resources  # noqa: PLC0415
 
-    return str(importlib.resources.files("supervisor") / "example.toml")
+    return os.path.realpath(str(importlib.resources.files("supervisor") / "example.toml"))
 
 
 def default_config() -> str:
@@ -120,13 +122,13 @@ def _dispatch(args: argparse.Namespace) -> int:
 def _control(args: argparse.Namespace, path: str) -> int:
     from supervisor import commands  # noqa: PLC0415
 
-    pid_path = commands.find_pidfile(path, args.pidfile)
+    target = commands.find_pidfile(path, args.pidfile)
     if args.command == "reload":
-        return commands.reload(pid_path)
+        return commands.reload(target)
     if args.command == "status":
-        return commands.status(pid_path)
+        return commands.status(target)
     timeout = args.timeout or _stop_timeout(args.config or os.environ.get(CONFIG_ENV))
-    return commands.stop(pid_path, args.fast, timeout)
+    return commands.stop(target, args.fast, timeout)
 
 
 def seconds(text: str) -> float:
@@ -153,11 +155,12 @@ def _stop_timeout(path: str | None) -> float:
 def check(path: str) -> int:
     """What `run` checks before it binds anything, as this user: the file, the privileges it
     asks for (see privileges.check), the handlers."""
-    from supervisor import config, handlers, privileges  # noqa: PLC0415
+    from supervisor import config, handlers, privileges, rundir  # noqa: PLC0415
     from supervisor.config import Mode  # noqa: PLC0415
 
     loaded = config.load(path)
     privileges.check(loaded, starting=True)
+    rundir.secure_pidfile(loaded, create=False)
     handlers.import_all(loaded)
     for server in loaded.servers.values():
         limits = [] if server.mode is Mode.INLINE else [f"max_children={server.max_children}"]

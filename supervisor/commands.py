@@ -1,21 +1,23 @@
 """The control commands: `supervisor reload`, `stop` and `status`, run against a live instance.
 
 The instance is found through its pidfile (from the configuration, or `--pidfile`): it is live
-when its lock is held and its process exists (see pidfile.py). `stop` uses signals; `reload` and
-`status` ask the control socket next to the pidfile, which answers only root and the
-supervisor's own user.
+when its lock is held by the process it names (see pidfile.py), in a directory only trusted
+users can change (rundir.py). `stop` signals that process; `reload` and `status` ask the control
+socket next to the pidfile, once its listener is known to be that process, and it answers only
+root and the supervisor's own user.
 """
 
 import os
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import psutil
 
-from supervisor import config, control, pidfile
-from supervisor.errors import ConfigError, SupervisorError, UsageError
+from supervisor import config, control, pidfile, rundir
+from supervisor.errors import ConfigError, SupervisorError, UsageError, describe
 
 
 class NotRunning(SupervisorError):
@@ -39,19 +41,33 @@ class StillRunning(SupervisorError):
     exit_status = os.EX_TEMPFAIL
 
 
-def find_pidfile(config_path: str, given: str | None) -> str:
+@dataclass(frozen=True)
+class Target:
+    """Where to find the running instance: its pidfile, and the users trusted to run it
+    (root, this user, and the configuration's [supervisor] user when it can be read)."""
+
+    pidfile: str
+    trusted: frozenset[int]
+
+
+def find_pidfile(config_path: str, given: str | None) -> Target:
     """The pidfile to use: `--pidfile`, or the configuration's, even from a broken file."""
+    trusted = rundir.trusted_users(None)
     if given is not None:
-        return given
+        return Target(given, frozenset(trusted))
     try:
-        path = config.load(config_path).supervisor.pidfile
+        settings = config.load(config_path).supervisor
     except ConfigError as error:
         path = _pidfile_of_broken(config_path, error)
+    else:
+        path = settings.pidfile
+        if settings.credentials is not None:
+            trusted.add(settings.credentials.uid)
     if path is None:
         raise UsageError(
             f"{config_path}: no [supervisor] pidfile is configured: pass --pidfile PATH"
         )
-    return path
+    return Target(path, frozenset(trusted))
 
 
 def _pidfile_of_broken(config_path: str, error: ConfigError) -> str | None:
@@ -68,26 +84,41 @@ def _pidfile_of_broken(config_path: str, error: ConfigError) -> str | None:
     return os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(config_path)), value))
 
 
-def running(pid_path: str) -> int:
+def running(target: Target) -> tuple[str, int]:
+    """The pidfile (in its real directory) and the pid of the live instance that holds it.
+    Nothing found there is believed unless the directory is one only trusted users can change
+    (rundir.py) and the pid written is that of the process holding the lock (pidfile.py)."""
+    directory, name = os.path.split(target.pidfile)
+    try:
+        real = rundir.check(directory or ".", target.trusted, delegate=True)
+    except FileNotFoundError as exc:
+        raise NotRunning(f"{target.pidfile}: supervisor is not running") from exc
+    except OSError as exc:
+        raise NotRunning(f"{target.pidfile}: cannot look at its directory ({exc})") from exc
+    pid_path = os.path.join(real, name)
     pid = pidfile.running_pid(pid_path)
     if pid is None:
         raise NotRunning(f"{pid_path}: supervisor is not running")
-    return pid
+    return pid_path, pid
 
 
-def ask(pid_path: str, command: str) -> dict[str, Any]:
-    running(pid_path)
+def ask(target: Target, command: str) -> dict[str, Any]:
+    """Send `command` to the instance's control socket, once its listener is known to be the
+    process holding the pidfile (SO_PEERCRED)."""
+    pid_path, pid = running(target)
     path = config.control_socket_for(pid_path)
     try:
-        return control.request(path, command)
+        return control.request(path, command, expected_pid=pid)
+    except control.Impostor as exc:
+        raise pidfile.NotOurs(f"{exc}: not believed") from exc
     except PermissionError as exc:
         raise NotPermitted(f"{path}: not permitted ({PERMISSION_HINT})") from exc
-    except (OSError, ValueError, TypeError) as exc:
-        raise NotRunning(f"{path}: cannot reach the control socket ({exc})") from exc
+    except (OSError, ValueError, TypeError, RecursionError) as exc:
+        raise NotRunning(f"{path}: cannot reach the control socket ({describe(exc)})") from exc
 
 
-def reload(pid_path: str) -> int:
-    answer = ask(pid_path, "reload")
+def reload(target: Target) -> int:
+    answer = ask(target, "reload")
     if answer.get("ok"):
         print(f"reloaded: {answer.get('message')}")
         return 0
@@ -96,8 +127,8 @@ def reload(pid_path: str) -> int:
     return status if isinstance(status, int) and status > 0 else 1
 
 
-def stop(pid_path: str, fast: bool, timeout: float) -> int:
-    pid = running(pid_path)
+def stop(target: Target, fast: bool, timeout: float) -> int:
+    pid_path, pid = running(target)
     try:
         os.kill(pid, signal.SIGQUIT if fast else signal.SIGTERM)
     except ProcessLookupError as exc:
@@ -114,8 +145,21 @@ def stop(pid_path: str, fast: bool, timeout: float) -> int:
     return 0
 
 
-def status(pid_path: str) -> int:
-    print(render(ask(pid_path, "status")))
+class BadAnswer(SupervisorError):
+    """The control socket answered something `status` cannot read (another version?)."""
+
+    exit_status = os.EX_PROTOCOL
+
+
+def status(target: Target) -> int:
+    answer = ask(target, "status")
+    try:
+        text = render(answer)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise BadAnswer(
+            f"{target.pidfile}: the supervisor's status answer cannot be read ({describe(exc)})"
+        ) from exc
+    print(text)
     return 0
 
 

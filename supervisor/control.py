@@ -23,6 +23,7 @@ from supervisor.sockets import Listener, remove_if_stale
 log = logging.getLogger("supervisor")
 
 MAX_REQUEST = 4096  # bytes
+BACKLOG = 16
 REFUSED_LOG_EVERY = 10.0  # seconds: at most one line per refused user, with a count
 
 Handler = Callable[[str], dict[str, Any]]
@@ -73,14 +74,16 @@ class ControlServer(Responder):
 def bind(path: str) -> Listener:
     """Create the control socket at `path`, mode 0600, listening; raise OSError.
 
-    A socket left at `path` by a dead process is replaced; a live one is EADDRINUSE."""
+    A socket left at `path` by a dead process is replaced; a live one is EADDRINUSE. A client
+    checks that the process which called listen() (SO_PEERCRED) is the one holding the
+    pidfile: a daemon calls listen() again once it has detached (daemon.run)."""
     os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
     remove_if_stale(Address("unix", path=path))
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old_umask = os.umask(0o177)
     try:
         sock.bind(path)
-        sock.listen(16)
+        sock.listen(BACKLOG)
         info = os.stat(path)
     except OSError:
         sock.close()
@@ -92,18 +95,34 @@ def bind(path: str) -> Listener:
     return Listener(address, sock, address, created_file=(info.st_dev, info.st_ino))
 
 
+def peer(conn: socket.socket) -> tuple[int, int]:
+    """(pid, uid) of the process at the other end of a unix socket (for a client: the process
+    that last called listen() on the server's socket)."""
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, _gid = struct.unpack("3i", creds)
+    return int(pid), int(uid)
+
+
 def peer_uid(conn: socket.socket) -> int:
     """The user id of the process at the other end of a unix socket."""
-    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    _pid, uid, _gid = struct.unpack("3i", creds)
-    return int(uid)
+    return peer(conn)[1]
 
 
-def request(path: str, command: str, timeout: float = 60.0) -> dict[str, Any]:
-    """Send one command to the control socket at `path`; raise OSError, ValueError or TypeError."""
+class Impostor(Exception):
+    """The control socket belongs to another process than the one expected."""
+
+
+def request(
+    path: str, command: str, timeout: float = 60.0, expected_pid: int | None = None
+) -> dict[str, Any]:
+    """Send one command to the control socket at `path`; raise OSError, ValueError or TypeError,
+    or Impostor if the socket is not `expected_pid`'s (checked before anything is sent)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         sock.connect(path)
+        pid, _ = peer(sock)
+        if expected_pid is not None and pid != expected_pid:
+            raise Impostor(f"{path}: answered by pid {pid}, not by the supervisor ({expected_pid})")
         sock.sendall(json.dumps({"command": command}).encode() + b"\n")
         chunks = []
         while chunk := sock.recv(65536):

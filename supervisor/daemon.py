@@ -15,9 +15,10 @@ import signal
 import socket
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from supervisor import config, control, forking, logs, privileges, readiness, systemd
+from supervisor import config, control, forking, logs, privileges, readiness, rundir, systemd
 from supervisor.core import Supervisor
 from supervisor.errors import BindError, ConfigError, LogFileError, SupervisorError, describe
 from supervisor.pidfile import AlreadyRunning, PidFile, running_pid
@@ -34,6 +35,7 @@ def run(path: str, detach: bool = False) -> int:
     """Start the supervisor on the configuration at `path` and serve until it stops."""
     config_path = os.path.abspath(path)  # reloads read it after --daemon has changed directory
     loaded = config.load(path)
+    loaded = replace(loaded, supervisor=rundir.secure_pidfile(loaded))
     settings = loaded.supervisor
     logs.setup(settings.log_level)
     if detach and (settings.pidfile is None or settings.log_file is None):
@@ -61,6 +63,8 @@ def run(path: str, detach: bool = False) -> int:
         with _reported_to(ready), context:
             if log_fd is not None:
                 logs.redirect(log_fd)
+            if control_socket is not None:  # (again in this process: see control.bind)
+                control_socket.socket.listen(control.BACKLOG)
             # Everything is bound and open (the pidfile too, after --daemon's fork): for good,
             # before the fork server starts or any child is forked. What the fork server's
             # start needs of the standard library is imported before: the user may not read it.

@@ -15,11 +15,13 @@ Invariants:
   `PidFile.fileno`). Its flip side: a process drops all its locks on a file as soon as it closes
   *any* descriptor for that file, so the process that holds a `PidFile` must never open the
   same path otherwise (not even through `running_pid`), and enters one `PidFile` per path.
-- `running_pid` reports a pid only when another process holds the lock and the kernel knows the
-  pid written in the file alive; every other state (missing, empty, garbage, a dead pid, or a
-  pid now used by an unrelated process: nobody holds the lock) is stale and gives None. A stale
-  file is taken over silently by the next `PidFile.__enter__`; logging that is the caller's
-  business.
+- `running_pid` reports a pid only when a process holds the lock (the kernel says which,
+  F_GETLK) and the file names that very process; a file nobody holds a lock on is stale and
+  gives None, and one whose pid is not the lock holder's is refused (`NotOurs`): a pid there
+  is never believed on its own, so nothing is ever signalled on a file's word. A stale file is
+  taken over silently by the next `PidFile.__enter__`; logging that is the caller's business.
+- The file is never opened through a symlink, and must be a regular file: whoever planted one
+  (they could only in a directory rundir.py would refuse) gets an error, not root's write.
 - A `PidFile` removes only the file it wrote: same inode, still holding its pid, and only in the
   process that entered it (not in a forked child running exit handlers).
 """
@@ -28,6 +30,8 @@ import contextlib
 import errno
 import fcntl
 import os
+import stat
+import struct
 from types import TracebackType
 from typing import Self
 
@@ -36,6 +40,9 @@ from supervisor.errors import SupervisorError
 _MAX_CONTENT = 64  # bytes read from a pidfile: a pid and a newline, with room for garbage
 _MAX_PID = 2**31 - 1  # pid_t is a C int; anything larger is garbage, not a process
 _LOCK_HELD = (errno.EACCES, errno.EAGAIN)  # what lockf(LOCK_NB) reports for a held lock
+# struct flock (Linux, 64-bit off_t): l_type, l_whence, l_start, l_len, l_pid, and padding.
+_FLOCK = struct.Struct("hhqqi4x")
+_OPEN_FLAGS = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
 class AlreadyRunning(SupervisorError):
@@ -60,6 +67,12 @@ class PidFileError(SupervisorError):
     def __init__(self, path: str, what: str, exc: OSError) -> None:
         self.path = path
         super().__init__(f"{path}: cannot {what} the pidfile ({exc.strerror or exc})")
+
+
+class NotOurs(SupervisorError):
+    """The pidfile names a process that does not hold its lock: not a supervisor's word."""
+
+    exit_status = os.EX_UNAVAILABLE
 
 
 class PidFile:
@@ -135,10 +148,7 @@ class PidFile:
     def _open_locked(self) -> int:
         """Open and lock the file that is at `path` once locked (it may be replaced meanwhile)."""
         while True:
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            except OSError as exc:
-                raise PidFileError(self.path, "create", exc) from exc
+            fd = _open(self.path, os.O_RDWR | os.O_CREAT, "create")
             try:
                 self._lock(fd)
                 if _is_at(fd, self.path):
@@ -172,58 +182,66 @@ class PidFile:
                 os.unlink(self.path)
 
 
+def _open(path: str, flags: int, what: str) -> int:
+    """Open the pidfile itself: never through a symlink, and only a regular file (a FIFO
+    would not even open without a writer)."""
+    try:
+        fd = os.open(path, flags | _OPEN_FLAGS, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise PidFileError(path, what, OSError(exc.errno, "it is a symbolic link")) from exc
+        raise PidFileError(path, what, exc) from exc
+    try:
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+    except OSError as exc:
+        os.close(fd)
+        raise PidFileError(path, what, exc) from exc
+    if not regular:
+        os.close(fd)
+        raise PidFileError(path, what, OSError(errno.EINVAL, "not a regular file"))
+    return fd
+
+
 def running_pid(path: str | os.PathLike[str]) -> int | None:
     """The pid of the live process that holds the pidfile at `path`, or None if it is stale.
 
     Never call it in the process that holds the `PidFile` for `path`: opening and closing the
     file there would release that process's lock (POSIX record lock semantics).
-    Raises PidFileError if the file exists but cannot be read (permissions).
+    Raises PidFileError if the file exists but cannot be read (permissions, a symlink), and
+    NotOurs if it names a pid other than its lock holder's.
     """
+    path = os.fspath(path)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    except OSError as exc:
-        raise PidFileError(os.fspath(path), "read", exc) from exc
+        fd = _open(path, os.O_RDONLY, "read")
+    except PidFileError as error:
+        if isinstance(error.__cause__, FileNotFoundError | NotADirectoryError):
+            return None
+        raise
     try:
-        if not _is_locked(fd, os.fspath(path)):
+        holder = _lock_holder(fd, path)
+        if holder is None:
             return None
-        pid = _read_pid(fd)
-        if pid is None:
-            return None
-        # The lock is held, so its owner is alive: trust it over timestamps, which a stepped
-        # wall clock (NTP at boot) can make disagree with the process's start time.
-        return pid if _exists(pid) else None
+        written = _read_pid(fd)
     finally:
         os.close(fd)
+    if holder == 0:  # (the kernel's answer for a holder outside our PID namespace)
+        raise NotOurs(f"{path}: its lock is held by a process in another PID namespace")
+    if written != holder:
+        names = "no pid" if written is None else f"pid {written}"
+        raise NotOurs(f"{path}: names {names}, but pid {holder} holds its lock: not believed")
+    return holder
 
 
-def _exists(pid: int) -> bool:
-    """Whether a process `pid` exists (signal 0: checked, not sent). Not psutil: this runs in
-    `supervisor run`, whose resident size every forked child pays for."""
-    if pid <= 0:
-        return False
+def _lock_holder(fd: int, path: str) -> int | None:
+    """The pid of the process holding a lock on the file, or None (F_GETLK: nothing is
+    locked or changed, and any open descriptor will do)."""
+    query = _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's
-    return True
-
-
-def _is_locked(fd: int, path: str) -> bool:
-    """Whether another process holds a lock on the file (tested with a shared lock, dropped)."""
-    try:
-        # A shared lock needs only read access, so an unprivileged `status` can test a root
-        # daemon's 0644 pidfile; it conflicts with the holder's exclusive lock all the same.
-        fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        answer = fcntl.fcntl(fd, fcntl.F_GETLK, query)
     except OSError as exc:
-        if exc.errno in _LOCK_HELD:
-            return True
         raise PidFileError(path, "lock", exc) from exc
-    fcntl.lockf(fd, fcntl.LOCK_UN)
-    return False
+    kind, _, _, _, pid = _FLOCK.unpack(answer)
+    return None if kind == fcntl.F_UNLCK else int(pid)
 
 
 def _read_pid(fd: int) -> int | None:

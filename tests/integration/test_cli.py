@@ -71,7 +71,8 @@ def test_check_without_config_validates_the_bundled_example() -> None:
     assert [line.split("  ")[:3] for line in lines[:-1]] == [
         [name, str(server.address), server.handler] for name, server in bundled.servers.items()
     ]
-    assert lines[-1].endswith(f"example.toml: ok, {len(bundled.servers)} servers")
+    # (the example's real path, which its relative paths are relative to)
+    assert lines[-1] == f"{ROOT / 'etc' / 'supervisor.toml'}: ok, {len(bundled.servers)} servers"
 
 
 def test_check_with_relative_path_names_the_file_as_given(tmp_path: Path) -> None:

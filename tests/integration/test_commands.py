@@ -467,6 +467,10 @@ def test_control_socket_answers_only_its_own_user(
     supervisor.wait_for_log(
         rf"WARNING supervisor\[{supervisor.pid}\]: control: refused a request from uid {NOBODY}$"
     )
+    for _ in range(5):  # a flood of them is one line per 10 s, not one per connection
+        assert ask_as_nobody(python, path) == "answer: connection closed\n"
+    assert status_of(sockdir)["pid"] == supervisor.pid  # (the loop has seen them all)
+    assert sum("control: refused a request" in line for line in supervisor.lines) == 1
 
     assert status_of(sockdir)["pid"] == supervisor.pid
     assert exchange(supervisor.inet("echo"), b"ping") == b"base ping"

@@ -12,12 +12,12 @@ import signal
 import socket
 import struct
 import time
-import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from supervisor import config
 from tests.conftest import ROOT, Supervisor, exchange
 
 EXAMPLE = ROOT / "etc" / "supervisor.toml"
@@ -90,10 +90,10 @@ def requests(supervisor: Supervisor, sockdir: Path) -> dict[str, Callable[[], by
 
 
 def test_example_serves_every_server_then_stops(example: Supervisor, sockdir: Path) -> None:
-    with EXAMPLE.open("rb") as file:
-        example_config = tomllib.load(file)
-    configured = {name: server["address"] for name, server in example_config["servers"].items()}
-    assert example.addresses == {**configured, "metrics": example_config["metrics"]["address"]}
+    example_config = config.load(str(EXAMPLE))  # (its relative unix paths resolved)
+    configured = {name: str(server.address) for name, server in example_config.servers.items()}
+    assert example.addresses == {**configured, "metrics": str(example_config.metrics.address)}
+    assert example.unix_path("echo-unix") == str(ROOT / "etc" / "run" / "echo.sock")
 
     before = int(time.time())
     replies = {name: request() for name, request in requests(example, sockdir).items()}

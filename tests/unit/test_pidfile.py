@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from supervisor.pidfile import AlreadyRunning, PidFile, PidFileError, running_pid
+from supervisor.pidfile import AlreadyRunning, NotOurs, PidFile, PidFileError, running_pid
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
@@ -48,7 +48,7 @@ LOCKER = """
 import fcntl, os, sys
 fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
 fcntl.lockf(fd, fcntl.LOCK_EX)
-os.write(fd, sys.argv[2].encode())
+os.write(fd, sys.argv[2].replace("PID", str(os.getpid())).encode())
 print("locked", flush=True)
 sys.stdin.read()
 """
@@ -234,7 +234,11 @@ def test_holder_without_a_readable_pid(path: Path, spawn: Spawn) -> None:
     path.parent.mkdir(parents=True)
     locker = spawn(LOCKER, str(path), "starting\n")
     assert readline(locker) == "locked"
-    assert running_pid(path) is None
+    with pytest.raises(NotOurs) as refused:
+        running_pid(path)
+    assert str(refused.value) == (
+        f"{path}: names no pid, but pid {locker.pid} holds its lock: not believed"
+    )
     with pytest.raises(AlreadyRunning) as caught:
         PidFile(path).__enter__()
     assert str(caught.value) == f"{path}: another process holds the lock"
@@ -283,11 +287,11 @@ def test_running_pid_of_a_missing_file(tmp_path: Path) -> None:
 def test_a_held_lock_is_trusted_whatever_the_clock_says(path: Path, spawn: Spawn) -> None:
     """A wall clock stepped after start (NTP at boot) must not make a live instance look dead."""
     path.parent.mkdir(parents=True)
-    locker = spawn(LOCKER, str(path), f"{os.getpid()}\n")
+    locker = spawn(LOCKER, str(path), "PID\n")
     assert readline(locker) == "locked"
-    assert running_pid(path) == os.getpid()
+    assert running_pid(path) == locker.pid
     os.utime(path, (0, 0))  # the file now looks older than every running process
-    assert running_pid(path) == os.getpid()
+    assert running_pid(path) == locker.pid
 
 
 def test_a_forked_child_does_not_keep_the_lock(
@@ -373,3 +377,46 @@ def test_as_the_pidfile_of_a_daemon_context(
         for fd in (status_read, status_write, stop_read, stop_write):
             if fd >= 0:
                 os.close(fd)
+
+
+# -- planted files and forged pids (issue 13) --------------------------------------------------
+
+
+def test_a_symlink_at_the_pidfile_is_never_followed(path: Path, tmp_path: Path) -> None:
+    """A root supervisor would truncate the link's target and write its pid into it."""
+    target = tmp_path / "precious"
+    target.write_text("do not touch\n")
+    path.parent.mkdir(parents=True)
+    path.symlink_to(target)
+    with pytest.raises(PidFileError) as caught:
+        PidFile(path).__enter__()
+    assert str(caught.value) == f"{path}: cannot create the pidfile (it is a symbolic link)"
+    with pytest.raises(PidFileError, match="cannot read the pidfile \\(it is a symbolic link\\)"):
+        running_pid(path)
+    assert target.read_text() == "do not touch\n"
+    assert path.is_symlink()
+
+
+def test_a_fifo_at_the_pidfile_is_refused_without_waiting(path: Path) -> None:
+    path.parent.mkdir(parents=True)
+    os.mkfifo(path)
+    with pytest.raises(PidFileError, match="cannot create the pidfile \\(not a regular file\\)"):
+        PidFile(path).__enter__()
+    with pytest.raises(PidFileError, match="cannot read the pidfile \\(not a regular file\\)"):
+        running_pid(path)
+
+
+def test_a_pid_that_does_not_hold_the_lock_is_not_believed(
+    path: Path, spawn: Spawn, unrelated_process: subprocess.Popen[bytes]
+) -> None:
+    """Someone locks the file and writes another process's pid in it (one `stop` would then
+    signal): refused, naming both."""
+    path.parent.mkdir(parents=True)
+    locker = spawn(LOCKER, str(path), f"{unrelated_process.pid}\n")
+    assert readline(locker) == "locked"
+    with pytest.raises(NotOurs) as caught:
+        running_pid(path)
+    assert str(caught.value) == (
+        f"{path}: names pid {unrelated_process.pid}, but pid {locker.pid} holds its lock: "
+        "not believed"
+    )
