@@ -7,7 +7,9 @@ import socketserver
 
 
 class PidHandler(socketserver.StreamRequestHandler):
-    """Send our pid, then wait for one line before answering `bye` (as tests.handlers')."""
+    """Send our pid, then wait for one line before answering `bye`: holds a request open.
+    (A copy of tests.handlers:PidHandler, on purpose: importing that module imports
+    subprocess.)"""
 
     def handle(self) -> None:
         self.wfile.write(b"%d\n" % os.getpid())

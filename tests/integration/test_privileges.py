@@ -160,19 +160,24 @@ def world_readable_dir(sockdir: Path) -> Path:
     return sockdir
 
 
+def nobody_can_run_python() -> bool:
+    """Whether user nobody can run this interpreter as it is."""
+    try:
+        subprocess.run(
+            [sys.executable, "-S", "-c", ""], user=NOBODY, group=NOBODY, extra_groups=[], check=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return False
+    return True
+
+
 @pytest.fixture
 def nobody_wrapper(tmp_path: Path) -> list[str]:
     """A command prefix under which user nobody can run this interpreter (the fork server is
     started as `sys.executable` after the drop). Where a directory on the way to it is closed
     to others (a pyenv under /root, mode 0700), it is shown as mode 0755 in a private mount
     namespace: a tmpfs over it, with the one entry on the way bound back in."""
-    try:
-        subprocess.run(
-            [sys.executable, "-S", "-c", ""], user=NOBODY, group=NOBODY, extra_groups=[], check=True
-        )
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    else:
+    if nobody_can_run_python():
         return []
     interpreter = Path(os.path.realpath(sys.executable))
     closed = [parent for parent in interpreter.parents if not parent.stat().st_mode & 0o001]
@@ -263,13 +268,7 @@ def test_a_user_who_cannot_read_the_interpreter_gets_requests_forked_by_the_supe
     """Dropped to a user who cannot read this Python (a pyenv under /root, mode 0700): the
     fork server cannot start as that user, so the supervisor forks requests itself, with a
     warning; what it needs of the standard library was imported before the drop."""
-    try:
-        subprocess.run(
-            [sys.executable, "-S", "-c", ""], user=NOBODY, group=NOBODY, extra_groups=[], check=True
-        )
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    else:
+    if nobody_can_run_python():
         pytest.skip(f"user nobody can run {sys.executable} here")
     config = world_readable_dir / "supervisor.toml"
     server = pid_server().replace("tests.handlers:", "tests.plain_handler:")
