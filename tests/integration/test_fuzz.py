@@ -24,12 +24,16 @@ BASE: dict[str, dict[str, object]] = {
     "metrics": {"address": "tcp://127.0.0.1:0"},
 }
 FAILURES = {os.EX_CONFIG, os.EX_OSERR, os.EX_NOPERM}
+# [supervisor] keys the run examples set: not log_level (at warning, no `ready:` line to wait
+# for). The reload examples leave out the guards' defaults too: an accepted file that sets
+# them rightly applies them to the probe server as well, which would then turn the test away.
+RUN_KEYS = [key for key in SUPERVISOR_LIMITS if key != "log_level"]
+GUARDS = {"allow", "deny", "rate", "rate_burst", "source_rate", "source_rate_burst"}
+RELOAD_KEYS = [key for key in RUN_KEYS if key not in {*GUARDS, "max_per_source", "banner_fail"}]
 
 
 @fuzz(60)  # (a process each: 0.1 to 0.5 s)
-@given(
-    text=st.one_of(mutated(BASE, SUPERVISOR_LIMITS), mutated(BASE, SUPERVISOR_LIMITS, wild=False))
-)
+@given(text=st.one_of(mutated(BASE, RUN_KEYS), mutated(BASE, RUN_KEYS, wild=False)))
 def test_run_starts_or_refuses_any_file_in_one_line(
     tmp_path_factory: pytest.TempPathFactory, text: str
 ) -> None:
@@ -75,9 +79,7 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Supervisor]:
 
 @fuzz(60)
 @given(
-    text=st.one_of(
-        mutated(RELOAD_BASE, SUPERVISOR_LIMITS), mutated(RELOAD_BASE, SUPERVISOR_LIMITS, wild=False)
-    )
+    text=st.one_of(mutated(RELOAD_BASE, RELOAD_KEYS), mutated(RELOAD_BASE, RELOAD_KEYS, wild=False))
 )
 def test_a_reload_with_any_file_applies_or_keeps_the_old_one(
     running: Supervisor, text: str
