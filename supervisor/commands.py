@@ -7,6 +7,7 @@ socket next to the pidfile, once its listener is known to be that process, and i
 root and the supervisor's own user.
 """
 
+import contextlib
 import os
 import signal
 import sys
@@ -87,28 +88,56 @@ def _pidfile_of_broken(config_path: str, error: ConfigError) -> str | None:
 def running(target: Target) -> tuple[str, int]:
     """The pidfile (in its real directory) and the pid of the live instance that holds it.
     Nothing found there is believed unless the directory is one only trusted users can change
-    (rundir.py) and the pid written is that of the process holding the lock (pidfile.py)."""
+    (rundir.py), the pid written is that of the process holding the lock (pidfile.py), and
+    that process runs as a trusted user."""
+    pid_path, pid, _ = _find(target)
+    return pid_path, pid
+
+
+def _find(target: Target) -> tuple[str, int, frozenset[int]]:
     directory, name = os.path.split(target.pidfile)
     try:
-        real = rundir.check(directory or ".", target.trusted, delegate=True)
+        checked = rundir.check(directory or ".", target.trusted)
     except FileNotFoundError as exc:
         raise NotRunning(f"{target.pidfile}: supervisor is not running") from exc
     except OSError as exc:
         raise NotRunning(f"{target.pidfile}: cannot look at its directory ({exc})") from exc
-    pid_path = os.path.join(real, name)
+    pid_path = os.path.join(checked.path, name)
     pid = pidfile.running_pid(pid_path)
     if pid is None:
         raise NotRunning(f"{pid_path}: supervisor is not running")
-    return pid_path, pid
+    # (in a directory only trusted users change, the file's owner is one of them, or one
+    # root gave it to: the supervisor's user, once it has dropped root)
+    trusted = checked.trusted
+    with contextlib.suppress(OSError):
+        trusted |= {os.stat(pid_path).st_uid}
+    uid = _uid_of(pid)
+    if uid is not None and uid not in trusted:
+        raise pidfile.NotOurs(
+            f"{pid_path}: pid {pid} runs as uid {uid}, not as a user trusted there: not believed"
+        )
+    return pid_path, pid, trusted
+
+
+def _uid_of(pid: int) -> int | None:
+    """The real uid of process `pid` (/proc), or None if it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("Uid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def ask(target: Target, command: str) -> dict[str, Any]:
     """Send `command` to the instance's control socket, once its listener is known to be the
-    process holding the pidfile (SO_PEERCRED)."""
-    pid_path, pid = running(target)
+    process holding the pidfile (SO_PEERCRED), running as a trusted user."""
+    pid_path, pid, trusted = _find(target)
     path = config.control_socket_for(pid_path)
     try:
-        return control.request(path, command, expected_pid=pid)
+        return control.request(path, command, expected_pid=pid, trusted_uids=trusted)
     except control.Impostor as exc:
         raise pidfile.NotOurs(f"{exc}: not believed") from exc
     except PermissionError as exc:
@@ -130,7 +159,7 @@ def reload(target: Target) -> int:
 def stop(target: Target, fast: bool, timeout: float) -> int:
     pid_path, pid = running(target)
     try:
-        os.kill(pid, signal.SIGQUIT if fast else signal.SIGTERM)
+        _signal(target, pid, signal.SIGQUIT if fast else signal.SIGTERM)
     except ProcessLookupError as exc:
         raise NotRunning(f"{pid_path}: supervisor is not running") from exc
     except PermissionError as exc:
@@ -149,6 +178,24 @@ class BadAnswer(SupervisorError):
     """The control socket answered something `status` cannot read (another version?)."""
 
     exit_status = os.EX_PROTOCOL
+
+
+def _signal(target: Target, pid: int, signum: int) -> None:
+    """Signal the instance `pid`, through a pidfd taken before it is found to hold the
+    pidfile again: a pid that died and was reused in between is never signalled."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (AttributeError, OSError) as exc:
+        if isinstance(exc, ProcessLookupError):
+            raise
+        os.kill(pid, signum)  # (no pidfds on this kernel)
+        return
+    try:
+        if running(target)[1] != pid:
+            raise ProcessLookupError(pid)
+        signal.pidfd_send_signal(pidfd, signum)
+    finally:
+        os.close(pidfd)
 
 
 def status(target: Target) -> int:

@@ -820,7 +820,15 @@ class _Table:
         if key not in self.data:
             return None
         value = self.string(key)
-        if not value or value.endswith("/"):
+        if (
+            not value
+            or value.endswith("/")
+            or os.path.basename(os.path.normpath(value))
+            in (
+                ".",
+                "..",
+            )
+        ):
             raise self.error(key, f"must name a file, got {shown(value)}")
         return os.path.normpath(os.path.join(base, value))
 

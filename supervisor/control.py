@@ -11,7 +11,7 @@ import logging
 import os
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from supervisor.addresses import Address
@@ -113,16 +113,23 @@ class Impostor(Exception):
 
 
 def request(
-    path: str, command: str, timeout: float = 60.0, expected_pid: int | None = None
+    path: str,
+    command: str,
+    timeout: float = 60.0,
+    expected_pid: int | None = None,
+    trusted_uids: Collection[int] | None = None,
 ) -> dict[str, Any]:
     """Send one command to the control socket at `path`; raise OSError, ValueError or TypeError,
-    or Impostor if the socket is not `expected_pid`'s (checked before anything is sent)."""
+    or Impostor if the socket is not `expected_pid`'s, or its listener's user is not one of
+    `trusted_uids` (checked before anything is sent)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         sock.connect(path)
-        pid, _ = peer(sock)
+        pid, uid = peer(sock)
         if expected_pid is not None and pid != expected_pid:
             raise Impostor(f"{path}: answered by pid {pid}, not by the supervisor ({expected_pid})")
+        if trusted_uids is not None and uid not in trusted_uids:
+            raise Impostor(f"{path}: answered as uid {uid}, not as a user trusted there")
         sock.sendall(json.dumps({"command": command}).encode() + b"\n")
         chunks = []
         while chunk := sock.recv(65536):

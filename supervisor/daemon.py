@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from supervisor import config, control, forking, logs, privileges, readiness, rundir, systemd
 from supervisor.core import Supervisor
 from supervisor.errors import BindError, ConfigError, LogFileError, SupervisorError, describe
-from supervisor.pidfile import AlreadyRunning, PidFile, running_pid
+from supervisor.pidfile import AlreadyRunning, PidFile, PidFileError, running_pid
 from supervisor.reload import prepare
 from supervisor.sockets import Listener, bind
 
@@ -70,6 +70,8 @@ def run(path: str, detach: bool = False) -> int:
             # start needs of the standard library is imported before: the user may not read it.
             if settings.credentials is not None:
                 forking.interpreter_flags()
+                if pidfile is not None and os.geteuid() == 0:
+                    _give(path, pidfile, settings.credentials)
             privileges.drop(loaded)
             if settings.credentials is not None:
                 log.info(
@@ -109,6 +111,15 @@ def _reported_to(ready: readiness.ReadyPipe | None) -> Iterator[None]:
         if ready is not None:
             ready.failed(os.EX_SOFTWARE, f"internal error ({describe(exc)}): see the log file")
         raise
+
+
+def _give(source: str, pidfile: PidFile, owner: config.Credentials) -> None:
+    try:
+        pidfile.give_to(owner.uid, owner.gid)
+    except OSError as exc:
+        raise PidFileError(
+            pidfile.path, f"give to {owner.user} ({source}: supervisor.user)", exc
+        ) from exc
 
 
 def _open_log(source: str, log_file: str | None) -> int | None:

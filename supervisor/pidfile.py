@@ -43,6 +43,9 @@ _LOCK_HELD = (errno.EACCES, errno.EAGAIN)  # what lockf(LOCK_NB) reports for a h
 # struct flock (Linux, 64-bit off_t): l_type, l_whence, l_start, l_len, l_pid, and padding.
 _FLOCK = struct.Struct("hhqqi4x")
 _OPEN_FLAGS = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+# Readable by its owner only (root, or the supervisor's user: see PidFile.give_to): whoever can
+# open it could hold a shared lock on it, which would keep the next start from taking it.
+MODE = 0o600
 
 
 class AlreadyRunning(SupervisorError):
@@ -127,6 +130,11 @@ class PidFile:
         finally:
             os.close(fd)
 
+    def give_to(self, uid: int, gid: int) -> None:
+        """Make the file the user's the supervisor drops to, who can then still use the
+        control commands (and whose pid it holds, which they check). Raise OSError."""
+        os.fchown(self.fileno(), uid, gid)
+
     def fileno(self) -> int:
         """The descriptor of the locked file, while entered.
 
@@ -186,7 +194,7 @@ def _open(path: str, flags: int, what: str) -> int:
     """Open the pidfile itself: never through a symlink, and only a regular file (a FIFO
     would not even open without a writer)."""
     try:
-        fd = os.open(path, flags | _OPEN_FLAGS, 0o644)
+        fd = os.open(path, flags | _OPEN_FLAGS, MODE)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise PidFileError(path, what, OSError(exc.errno, "it is a symbolic link")) from exc
@@ -241,7 +249,8 @@ def _lock_holder(fd: int, path: str) -> int | None:
     except OSError as exc:
         raise PidFileError(path, "lock", exc) from exc
     kind, _, _, _, pid = _FLOCK.unpack(answer)
-    return None if kind == fcntl.F_UNLCK else int(pid)
+    # A shared lock is nobody's pidfile lock (ours is exclusive): a reader's, stale for us.
+    return None if kind in (fcntl.F_UNLCK, fcntl.F_RDLCK) else int(pid)
 
 
 def _read_pid(fd: int) -> int | None:

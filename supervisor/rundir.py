@@ -14,27 +14,33 @@ believes anything it finds there, the directory is checked:
   directory below first, which the owner check then refuses.
 
 Trusted users: root, the user running the check, and `[supervisor] user`; and the directory's
-owner when nobody else could have created it (it is not in a directory others may write,
-sticky or not, unless a trusted user's directory lies in between): root that made
+owner when a trusted user made it for them (its parent is a trusted user's, which nobody else
+may write, sticky or not; a user's own home is not root's gift): root that made
 /run/supervisor for a user, as systemd's RuntimeDirectory= or a container image does, vouches
 for that user (an image run as an arbitrary uid in group 0 finds it owned by the image's
 user). Such an owner could still remove or replace files there, which costs a start or a
 command (a symlink is refused, a pid not believed unless its process holds the pidfile's lock
 and the control socket), never root's writes or signals.
 
-Paths are resolved (realpath) first and the checks apply to the real directories; callers
-then use the resolved path, so a symlink on the way cannot be swapped later.
+Paths are resolved first, and a symlink on the way must be a trusted user's, in a directory
+nobody else may write (sticky or not): anyone else could point it at a directory of theirs.
+The checks then apply to the real directories, and callers use the resolved path.
 """
 
+import collections
+import contextlib
+import errno
 import os
 import pwd
 import stat
 from collections.abc import Collection
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from supervisor import config
-from supervisor.errors import SupervisorError
+from supervisor.errors import ConfigError, SupervisorError
 from supervisor.pidfile import PidFileError
+
+MAX_SYMLINKS = 40  # as Linux's path resolution
 
 
 class UnsafeDirectory(SupervisorError):
@@ -57,15 +63,24 @@ def _writable_by_others(info: os.stat_result) -> bool:
     )
 
 
-def check(directory: str, trusted: Collection[int], delegate: bool = True) -> str:
-    """The real path of `directory`, once checked (see the module docstring; not `delegate`:
-    its owner must be trusted itself); raise UnsafeDirectory naming what is wrong, OSError if
-    it cannot be examined."""
-    real = os.path.realpath(directory)
+@dataclass(frozen=True)
+class Checked:
+    """A directory found safe: its real path, and the users trusted there (the given ones,
+    root, and its owner when root made it for them)."""
+
+    path: str
+    trusted: frozenset[int]
+
+
+def check(directory: str, trusted: Collection[int], delegate: bool = True) -> Checked:
+    """`directory` once checked (see the module docstring; not `delegate`: its owner must be
+    trusted itself); raise UnsafeDirectory naming what is wrong, OSError if it cannot be
+    examined."""
+    trusted = {0, *trusted}
+    real = _resolve(os.path.abspath(directory), trusted)
     info = os.stat(real)
     if not stat.S_ISDIR(info.st_mode):
         raise UnsafeDirectory(f"{real}: not a directory")
-    trusted = {0, *trusted}
     vouched = _check_parents(real, os.path.dirname(real), trusted, info.st_uid)
     if info.st_uid not in trusted and not (delegate and vouched):
         raise UnsafeDirectory(
@@ -75,38 +90,75 @@ def check(directory: str, trusted: Collection[int], delegate: bool = True) -> st
         raise UnsafeDirectory(
             f"{real}: writable by other users (mode {stat.S_IMODE(info.st_mode):04o})"
         )
-    return real
+    return Checked(real, frozenset({*trusted, info.st_uid}))
+
+
+def _resolve(path: str, trusted: set[int]) -> str:
+    """`path` with its symlinks resolved (realpath), refusing a symlink on the way that an
+    untrusted user owns or could replace: it could point anywhere tomorrow."""
+    parts = collections.deque(path.split("/"))
+    current, hops = "/", 0
+    while parts:
+        part = parts.popleft()
+        if part in ("", "."):
+            continue
+        if part == "..":
+            current = os.path.dirname(current)
+            continue
+        candidate = os.path.join(current, part)
+        try:
+            info = os.lstat(candidate)
+        except FileNotFoundError:
+            return os.path.join(candidate, *parts)  # (nothing further to resolve)
+        if not stat.S_ISLNK(info.st_mode):
+            current = candidate
+            continue
+        holder = os.stat(current)
+        if info.st_uid not in trusted or (
+            _writable_by_others(holder) and not holder.st_mode & stat.S_ISVTX
+        ):
+            raise UnsafeDirectory(
+                f"the symlink {candidate} could be pointed elsewhere by "
+                f"{_user(info.st_uid) if info.st_uid not in trusted else 'other users'}"
+            )
+        hops += 1
+        if hops > MAX_SYMLINKS:
+            raise UnsafeDirectory(f"{path}: too many levels of symbolic links")
+        target = os.readlink(candidate)
+        if target.startswith("/"):
+            current = "/"
+        parts.extendleft(reversed(target.split("/")))
+    return current
 
 
 def _check_parents(real: str, parent: str, trusted: set[int], owner: int) -> bool:
     """Check `parent` and every directory above it for `real`, whose owner is `owner`: each
     belongs to a trusted user or `owner`, and is writable by nobody else unless it is sticky.
-    Whether `owner` was given `real` by a trusted user: no directory anyone may write (even
-    sticky) holds it, or a directory of `owner`'s above it."""
-    vouched = True
-    untrusted_below = owner not in trusted  # (the directory just below is not a trusted one)
+    Whether a trusted user made `real` for `owner`: its parent is a trusted user's, which
+    nobody else may write (sticky or not)."""
+    vouched: bool | None = None
     while True:
         above = os.stat(parent)
         if above.st_uid not in trusted and above.st_uid != owner:
             raise UnsafeDirectory(
                 f"{real}: {parent} belongs to {_user(above.st_uid)}, who could replace it"
             )
-        if _writable_by_others(above):
-            if not above.st_mode & stat.S_ISVTX:
-                raise UnsafeDirectory(f"{real}: {parent} is writable by other users")
-            if untrusted_below:
-                vouched = False  # anyone could have created what is below
-        untrusted_below = above.st_uid not in trusted
+        writable = _writable_by_others(above)
+        if writable and not above.st_mode & stat.S_ISVTX:
+            raise UnsafeDirectory(f"{real}: {parent} is writable by other users")
+        if vouched is None:
+            vouched = above.st_uid in trusted and not writable
         if parent == "/":
             return vouched
         parent = os.path.dirname(parent)
 
 
 def prepare(directory: str, trusted: Collection[int], create: bool = True) -> str:
-    """`check`, after creating the directory (mode 0755) if it is missing: what exists of its
-    parents is checked first, so that nothing is created where someone else could meddle.
-    Without `create`, a missing directory is only checked that far (`supervisor check`)."""
-    real = os.path.realpath(directory)
+    """`check`'s real path, after creating the directory (mode 0755, whatever the umask) if it
+    is missing: what exists of its parents is checked first, so that nothing is created where
+    someone else could meddle. Without `create`, a missing directory is only checked that
+    far (`supervisor check`)."""
+    real = _resolve(os.path.abspath(directory), {0, *trusted})
     existing = real
     while not os.path.lexists(existing):
         existing = os.path.dirname(existing)
@@ -114,8 +166,12 @@ def prepare(directory: str, trusted: Collection[int], create: bool = True) -> st
         _check_parents(real, existing, {0, *trusted}, os.geteuid())
         if not create:
             return real
-        os.makedirs(real, mode=0o755, exist_ok=True)
-    return check(real, trusted)
+        umask = os.umask(0o022)  # (makedirs gives the directories it adds above 0o777 & ~umask)
+        try:
+            os.makedirs(real, mode=0o755, exist_ok=True)
+        finally:
+            os.umask(umask)
+    return check(real, trusted).path
 
 
 def trusted_users(supervisor_uid: int | None) -> set[int]:
@@ -143,4 +199,26 @@ def secure_pidfile(loaded: config.Config, create: bool = True) -> config.Supervi
         raise UnsafeDirectory(f"{where}: {exc}") from exc
     except OSError as exc:
         raise PidFileError(settings.pidfile, "create the directory of", exc) from exc
-    return replace(settings, pidfile=os.path.join(real, name))
+    pidfile = os.path.join(real, name)
+    _check_files(loaded, pidfile)
+    return replace(settings, pidfile=pidfile)
+
+
+def _check_files(loaded: config.Config, pidfile: str) -> None:
+    """What the file's own check (config.py, on the paths as written) cannot see: the pidfile
+    already there as something else, and a log file that is the pidfile or the control
+    socket through a symlink (opening the pidfile twice drops its lock)."""
+    with contextlib.suppress(FileNotFoundError):
+        info = os.lstat(pidfile)
+        if not stat.S_ISREG(info.st_mode):
+            raise PidFileError(pidfile, "use", OSError(errno.EINVAL, "not a regular file"))
+    log_file = loaded.supervisor.log_file
+    if log_file is None:
+        return
+    real_log = os.path.realpath(log_file)
+    control = config.control_socket_for(pidfile)
+    for what, path in (("supervisor.pidfile", pidfile), ("the control socket", control)):
+        if real_log == os.path.realpath(path):
+            raise ConfigError(
+                loaded.source, "supervisor.log_file", f"{log_file} is also {what}, through a link"
+            )

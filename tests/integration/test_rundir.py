@@ -161,3 +161,54 @@ def test_a_status_answer_it_cannot_read_is_one_line(
     fake(fakes, str(pidfile), "PID\n", str(tmp_path / "supervisor.sock"))
     line = one_line_error(run_cli("status", "--pidfile", str(pidfile)), os.EX_PROTOCOL)
     assert line == (f"{pidfile}: the supervisor's status answer cannot be read (KeyError: 'state')")
+
+
+def test_a_link_someone_else_made_to_a_directory_of_theirs_is_refused(
+    shared: Path, tmp_path: Path
+) -> None:
+    """The expected directory name, in /tmp, made a symlink by user nobody to a directory of
+    their own (which, once resolved, has only root and nobody above it)."""
+    theirs = tmp_path / "nobody"
+    theirs.mkdir(mode=0o755)
+    os.chown(theirs, NOBODY, NOBODY)
+    link = shared / "supervisor"
+    link.symlink_to(theirs)
+    os.lchown(link, NOBODY, NOBODY)
+    config = tmp_path / "supervisor.toml"
+    config.write_text(
+        f'[supervisor]\npidfile = "{link}/supervisor.pid"\n' + ECHO + METRICS_ANY_PORT
+    )
+    expected = (
+        f"{config}: supervisor.pidfile: the symlink {link} could be pointed elsewhere by nobody "
+        "(uid 65534)"
+    )
+    for command in ("check", "run"):
+        assert one_line_error(run_cli(command, "-c", str(config)), os.EX_NOPERM) == expected
+    assert os.listdir(theirs) == []
+    for command in ("stop", "reload", "status"):
+        result = run_cli(command, "--pidfile", str(link / "supervisor.pid"))
+        assert one_line_error(result, os.EX_NOPERM).startswith(f"the symlink {link} could be")
+
+
+@pytest.mark.parametrize(
+    ("toml", "status", "ends"),
+    [
+        ('pidfile = "run/.."', os.EX_CONFIG, "supervisor.pidfile: must name a file, got 'run/..'"),
+        (
+            'pidfile = "run/supervisor.pid"\nlog_file = "logs/supervisor.pid"',
+            os.EX_CONFIG,
+            "/logs/supervisor.pid is also supervisor.pidfile, through a link",
+        ),
+    ],
+    ids=["pidfile-is-a-directory", "log-file-is-the-pidfile-through-a-link"],
+)
+def test_check_and_run_refuse_the_same_pidfile_mistakes(
+    tmp_path: Path, toml: str, status: int, ends: str
+) -> None:
+    (tmp_path / "run").mkdir()
+    (tmp_path / "logs").symlink_to(tmp_path / "run")
+    config = tmp_path / "supervisor.toml"
+    config.write_text(f"[supervisor]\n{toml}\n" + ECHO + METRICS_ANY_PORT)
+    for command in ("check", "run"):
+        line = one_line_error(run_cli(command, "-c", str(config)), status)
+        assert line.endswith(ends), line

@@ -197,7 +197,7 @@ def test_enter_writes_our_pid_and_holds_the_lock(path: Path) -> None:
         assert not os.get_inheritable(pidfile.fileno())
         umask = os.umask(0)
         os.umask(umask)
-        assert stat.S_IMODE(path.stat().st_mode) == 0o644 & ~umask
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600 & ~umask
         assert stat.S_IMODE(path.parent.stat().st_mode) == 0o755 & ~umask
         assert try_enter(path) == f"69 {path}: supervisor already running as pid {os.getpid()}"
         assert written(pidfile) == f"{os.getpid()}\n"
@@ -420,3 +420,16 @@ def test_a_pid_that_does_not_hold_the_lock_is_not_believed(
         f"{path}: names pid {unrelated_process.pid}, but pid {locker.pid} holds its lock: "
         "not believed"
     )
+
+
+def test_a_shared_lock_is_nobodys_pidfile_lock(path: Path, spawn: Spawn) -> None:
+    """A supervisor's lock is exclusive: a reader's shared lock on a stale file is not one."""
+    path.parent.mkdir(parents=True)
+    path.write_text(f"{dead_pid()}\n")
+    reader = spawn(
+        "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); "
+        "fcntl.lockf(fd, fcntl.LOCK_SH); print('locked', flush=True); sys.stdin.read()",
+        str(path),
+    )
+    assert readline(reader) == "locked"
+    assert running_pid(path) is None
