@@ -3,6 +3,7 @@ user sees changes (status, metrics, signals, logs, reload, stop), also when it f
 
 import signal
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,23 @@ ECHO = "tests.handlers:LineEchoHandler"
 # default socket buffers; a machine with much larger ones would need more).
 CHANNEL_FILL = 600
 PRINT = "tests.handlers:PrintHandler"
+
+
+def wait_until_accepted(port: int, timeout: float = 10.0) -> None:
+    """Until the accept queue of the IPv4 TCP listener on `port` is empty (/proc/net/tcp: a
+    listening socket's rx_queue is its accept queue)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with open("/proc/net/tcp") as table:
+            for line in table.readlines()[1:]:
+                fields = line.split()
+                local, state, queues = fields[1], fields[3], fields[4]
+                if state == "0A" and int(local.split(":")[1], 16) == port:
+                    if int(queues.split(":")[1], 16) == 0:
+                        return
+                    break
+        assert time.monotonic() < deadline, f"port {port}: connections left unaccepted"
+        time.sleep(0.001)
 
 
 def config_text(
@@ -395,10 +413,14 @@ def test_a_stuck_fork_server_leaves_requests_to_the_supervisor(
     stuck.suspend()
     queued: list[socket.socket] = []
     try:
+        port = supervisor.inet("echo")[1]
         for _ in range(CHANNEL_FILL):  # one handover message each: more than the channel holds
             client = connect(supervisor.inet("echo"))
             client.sendall(b"ping\n")
             queued.append(client)
+            # Accepted before the next one comes: else a loaded machine's supervisor accepts
+            # several in one batch, sends them in one message, and the channel never fills.
+            wait_until_accepted(port)
         assert readline(queued[-1]).endswith(b" ping\n")  # served: by the supervisor itself
         supervisor.signal(signal.SIGSTOP)  # one accept batch of four, while the channel is full
         try:
