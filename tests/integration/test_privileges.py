@@ -236,6 +236,15 @@ def test_the_supervisor_drops_to_its_user_and_still_serves_reloads_and_stops(
     # The control socket is the dropped user's: it may use status and reload too.
     control = Path(dropped.config.parent / "run" / "supervisor.sock").stat()
     assert (control.st_uid, stat.S_IMODE(control.st_mode)) == (NOBODY, 0o600)
+    # So is the pidfile, which nobody else may even read (a shared lock would block a start).
+    pidfile = Path(dropped.config.parent / "run" / "supervisor.pid").stat()
+    assert (pidfile.st_uid, stat.S_IMODE(pidfile.st_mode)) == (NOBODY, 0o600)
+    for where in (
+        ["-c", str(dropped.config)],
+        ["--pidfile", str(dropped.config.parent / "run" / "supervisor.pid")],
+    ):
+        status = run_cli("status", *where)  # (as root: the holder runs as nobody, trusted)
+        assert status.returncode == 0, status.stderr
 
     start = len(dropped.lines)
     dropped.config.write_text(
