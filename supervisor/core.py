@@ -11,7 +11,6 @@ backing off. A full server therefore waits in the kernel's listen queue while ev
 keeps serving; nothing ever blocks in `waitpid`.
 """
 
-import collections
 import contextlib
 import enum
 import gc
@@ -28,12 +27,13 @@ from functools import partial
 from os import EX_SOFTWARE
 from typing import Any, NoReturn
 
-from supervisor import config, exposition, forkserver, guards, logs, metrics, systemd
+from supervisor import config, exposition, guards, logs, metrics, systemd
 from supervisor.children import Child, ChildTable, ExitStatus, Reaped, SystemCalls
 from supervisor.config import Mode
 from supervisor.control import ControlServer
 from supervisor.errors import SupervisorError, describe
 from supervisor.exporter import HttpServer, Response
+from supervisor.finished import Finished
 from supervisor.forking import ForkServer, Handover, Usage, setup_for
 from supervisor.forkserver import set_up_child
 from supervisor.guards import RejectionLog, Source
@@ -187,20 +187,15 @@ class Supervisor:
         # Children with a request_timeout (Child.deadline), and the timer for the earliest.
         self._timed: dict[int, Child[Server]] = {}
         self._deadline_timer: Timer | None = None
-        # max_per_source: a request stops counting for its client when its handler returns,
-        # before the connection is shut down (not at the child's exit, or the thread's end,
-        # which the client's next connection can overtake). Children say so on this pipe
-        # (forkserver.DONE records); threads on the deque, both read before a refusal.
-        self._done_r, self._done_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._done_partial = b""
-        self._finished: collections.deque[tuple[Server, Source]] = collections.deque()
+        # max_per_source: requests whose handler has returned (finished.py).
+        self._finished = Finished()
 
     # -- running ---------------------------------------------------------------------------
 
     def run(self) -> int:
         """Serve until stopped; return the exit status."""
         self._signals = SignalWakeup(self.loop, self._on_intent)
-        self.loop.add_reader(self._done_r, self._read_done)
+        self.loop.add_reader(self._finished.read_fd, self._read_done)
         if self._control_socket is not None:
             self._control = ControlServer(self.loop, self._control_socket, self._on_command)
         if self._metrics_listener is not None:
@@ -256,8 +251,7 @@ class Supervisor:
         if self._signals is not None:
             self._signals.close()
         self.loop.close()
-        os.close(self._done_r)
-        os.close(self._done_w)
+        self._finished.close()
 
     def _on_intent(self, intent: Intent, signum: int) -> None:
         if self.state is State.STOPPED:
@@ -653,13 +647,11 @@ class Supervisor:
             if server.resume.deadline >= until:
                 return
             server.resume.cancel()
-        server.backoff = True
-        self._refresh(server)
         server.resume = self.loop.call_later(delay, partial(self._resume, server))
+        self._refresh(server)
 
     def _resume(self, server: Server) -> None:
         server.resume = None
-        server.backoff = False
         if server.start_failures:
             log.warning(
                 "%s: %d more requests could not be started while it was paused; accepting again",
@@ -722,8 +714,7 @@ class Supervisor:
     def _start_thread(
         self, server: Server, request: Request, client_address: Any, source: Source
     ) -> None:
-        # (deque.append is atomic: the handler's thread reports, the loop releases)
-        done = None if source is None else partial(self._finished.append, (server, source))
+        done = self._finished.for_thread(server, source)
 
         def run() -> None:
             ok, started = False, time.monotonic()
@@ -746,10 +737,11 @@ class Supervisor:
             self._start_failed(server, "thread", client_address, str(exc))
             self._count(server, -1, source)
             return
-        server.start_pause = 0.0  # threads start (again)
+        if server.start_pause:  # threads start again: the next pause is a short one
+            server.start_pause = 0.0
 
     def _thread_done(self, server: Server, ok: bool, duration: float) -> None:
-        self._release_finished()  # (its own source among them, if it has one)
+        self._finished.release_threads()  # (its own source among them, if it has one)
         server.stats.handled(ok, duration)
         server.threads -= 1
         if not server.threads:
@@ -768,7 +760,7 @@ class Supervisor:
 
         def run() -> int:
             handled = server.socket_for(request) if isinstance(request, int) else request
-            done = None if source is None else self._report_done
+            done = None if source is None else self._finished.child_done
             return 0 if server.handle(handled, client_address, done) else 1
 
         try:
@@ -778,7 +770,8 @@ class Supervisor:
             self._start_failed(server, "process", client_address, exc.strerror or str(exc))
             self._count(server, -1, source)
             return
-        server.start_pause = 0.0  # forks work (again)
+        if server.start_pause:  # forks work again: the next pause is a short one
+            server.start_pause = 0.0
         self._watch(self.children.get(pid))
         server.close_request(request)
 
@@ -897,8 +890,9 @@ class Supervisor:
             fork_server.close_in_child()
         if self._readiness is not None:
             self._readiness.close_in_child()
-        for fd in (*self._unsent_fds, *self._parent_only_fds, self._done_r):
+        for fd in (*self._unsent_fds, *self._parent_only_fds):
             os.close(fd)
+        self._finished.close_in_child()
         for request in list(self._thread_requests):
             if isinstance(request, socket.socket):
                 # os.close: socket.close() waits for the handler thread's makefile() objects.
@@ -907,33 +901,16 @@ class Supervisor:
 
     # -- max_per_source: requests done before their process or thread ---------------------
 
-    def _report_done(self) -> None:
-        """In a child the supervisor forked: its handler has returned (see _done_r)."""
-        with contextlib.suppress(OSError):  # a full pipe: the source is released at the exit
-            os.write(self._done_w, forkserver.DONE.pack(0, 0, os.getpid()))
-
     def _catch_up(self) -> None:
         """Before a client is turned away for max_per_source: note the requests whose handler
         has returned, which the loop has not read about yet (a client that waited for its
         answer and connects again must never be refused because its last request is still
         finishing)."""
         self._read_done()
-        self._release_finished()
-
-    def _release_finished(self) -> None:
-        while self._finished:
-            server, source = self._finished.popleft()
-            guards.release(server.sources, source)
+        self._finished.release_threads()
 
     def _read_done(self) -> None:
-        chunks = [self._done_partial]
-        with contextlib.suppress(BlockingIOError):
-            while chunk := os.read(self._done_r, 65536):
-                chunks.append(chunk)
-        data = b"".join(chunks)
-        whole = len(data) - len(data) % forkserver.DONE.size
-        self._done_partial = data[whole:]
-        for forker, seq, pid in forkserver.DONE.iter_unpack(data[:whole]):
+        for forker, seq, pid in self._finished.records():
             self._request_done(forker, seq, pid)
 
     def _request_done(self, forker: int, seq: int, pid: int) -> None:
@@ -1001,7 +978,7 @@ class Supervisor:
             return
         setup = setup_for(servers, logs.LOG_FORMAT, self.config.supervisor.log_level)
         try:
-            self.fork_server = ForkServer(self.loop, self, setup, self._done_w)
+            self.fork_server = ForkServer(self.loop, self, setup, self._finished.write_fd)
         except OSError as exc:
             log.warning(
                 "cannot start the fork server (%s: %s); the supervisor forks requests itself",

@@ -45,8 +45,7 @@ class Server:
         self.active = 0  # live children (fork) or busy threads (thread)
         self.threads = 0  # busy threads: they may be answering on a datagram handler socket
         self.listening = False  # registered in the selector
-        self.backoff = False  # paused (out of descriptors, processes...): see Supervisor._pause
-        self.resume: Timer | None = None  # when the pause ends
+        self.resume: Timer | None = None  # paused (out of descriptors, processes...) until then
         self.start_pause = 0.0  # the next pause after a fork or thread failed (0: the first)
         self.start_failures = 0  # requests that could not be started during this pause
         self.retired = False  # removed by a reload: draining its last requests
@@ -118,6 +117,11 @@ class Server:
 
     def __repr__(self) -> str:
         return f"<Server {self.name} {self.listener.bound}>"
+
+    @property
+    def backoff(self) -> bool:
+        """Paused: see Supervisor._pause."""
+        return self.resume is not None
 
     @property
     def up(self) -> bool:
