@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import replace
@@ -100,13 +101,16 @@ def run(path: str, detach: bool = False) -> int:
 @contextlib.contextmanager
 def _reported_to(ready: readiness.ReadyPipe | None) -> Iterator[None]:
     """An error that ends the start-up of a detached daemon also goes to the process that
-    waits for it (once `ready` is sent, nobody waits any more, and this sends nothing)."""
+    waits for it (once `ready` is sent, nobody waits any more, and this sends nothing), after
+    it is in the daemon's log (its stderr): whoever is told can read it there at once."""
     try:
         yield
     except SupervisorError as exc:
-        if ready is not None:
-            ready.failed(exc.exit_status, str(exc))
-        raise
+        if ready is None:
+            raise
+        print(exc, file=sys.stderr, flush=True)
+        ready.failed(exc.exit_status, str(exc))
+        raise SystemExit(exc.exit_status) from None  # (said: not again by the cli)
     except BaseException as exc:
         if ready is not None:
             ready.failed(os.EX_SOFTWARE, f"internal error ({describe(exc)}): see the log file")
