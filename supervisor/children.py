@@ -19,7 +19,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
-from typing import Generic, NoReturn, TypeVar
+from typing import Any, Generic, NoReturn, TypeVar
 
 Owner = TypeVar("Owner", bound=Hashable)
 
@@ -83,6 +83,7 @@ class Child(Generic[Owner]):
     source: Hashable = None  # the client's source, counted by the server's guard
     deadline: float = 0.0  # request_timeout: when it is sent SIGTERM (then SIGKILL); 0: never
     timed_out: bool = False  # it ran over its request_timeout and was sent SIGTERM
+    keeper: Any = None  # whoever started it, to be told of its exit (its server's mode)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,22 +116,32 @@ class ChildTable(Generic[Owner]):
         return self._counts[owner]
 
     def spawn(
-        self, owner: Owner, run_child: Callable[[], NoReturn], source: Hashable = None
+        self,
+        owner: Owner,
+        run_child: Callable[[], NoReturn],
+        source: Hashable = None,
+        keeper: Any = None,
     ) -> int:
         """Fork; the child runs `run_child` (which must end in os._exit); the parent records it."""
         pid = self.calls.fork()
         if pid == 0:
             run_child()
-        self._children[pid] = Child(pid, owner, self.calls.clock(), source=source)
+        self._children[pid] = Child(pid, owner, self.calls.clock(), source=source, keeper=keeper)
         self._counts[owner] += 1
         return pid
 
     def adopt(
-        self, pid: int, owner: Owner, started: float, source: Hashable = None
+        self,
+        pid: int,
+        owner: Owner,
+        started: float,
+        source: Hashable = None,
+        keeper: Any = None,
     ) -> Child[Owner]:
         """Record a child forked by the fork server on our behalf (we cannot wait for it: its
         exit comes through `release`)."""
-        child = self._children[pid] = Child(pid, owner, started, adopted=True, source=source)
+        child = Child(pid, owner, started, adopted=True, source=source, keeper=keeper)
+        self._children[pid] = child
         self._counts[owner] += 1
         return child
 

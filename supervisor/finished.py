@@ -24,29 +24,17 @@ from supervisor.forkserver import DONE
 from supervisor.guards import Source
 
 
-class Finished:
-    """The pipe the children write DONE records to, and the deque threads report on."""
+class DonePipe:
+    """The pipe forked children write DONE records to (fork mode)."""
 
     def __init__(self) -> None:
         self.read_fd, self.write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._partial = b""
-        self._threads: collections.deque[tuple[Any, Source]] = collections.deque()
 
     def child_done(self) -> None:
         """In a child the supervisor forked: its handler has returned."""
         with contextlib.suppress(OSError):  # a full pipe: the source is released at the exit
             os.write(self.write_fd, DONE.pack(0, 0, os.getpid()))
-
-    def for_thread(self, server: Any, source: Source) -> Callable[[], None] | None:
-        """What a request's thread calls when its handler has returned (None: no source to
-        release). deque.append is atomic: the thread reports, the loop releases."""
-        return None if source is None else lambda: self._threads.append((server, source))
-
-    def release_threads(self) -> None:
-        """Release the sources of the threads' requests that have ended."""
-        while self._threads:
-            server, source = self._threads.popleft()
-            guards.release(server.sources, source)
 
     def records(self) -> Iterator[tuple[int, int, int]]:
         """The children's DONE records written so far: (forker, seq, pid)."""
@@ -66,3 +54,21 @@ class Finished:
     def close(self) -> None:
         os.close(self.read_fd)
         os.close(self.write_fd)
+
+
+class DoneThreads:
+    """The deque request threads report on (thread mode)."""
+
+    def __init__(self) -> None:
+        self._done: collections.deque[tuple[Any, Source]] = collections.deque()
+
+    def for_thread(self, server: Any, source: Source) -> Callable[[], None] | None:
+        """What a request's thread calls when its handler has returned (None: no source to
+        release). deque.append is atomic: the thread reports, the loop releases."""
+        return None if source is None else lambda: self._done.append((server, source))
+
+    def release(self) -> None:
+        """Release the sources of the threads' requests that have ended."""
+        while self._done:
+            server, source = self._done.popleft()
+            guards.release(server.sources, source)

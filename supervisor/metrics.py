@@ -12,31 +12,24 @@ in the supervisor, and every fork-per-request child pays for a bigger parent (pa
 copy and tear down). The tests check the output with prometheus-client's parsers and promtool.
 """
 
-import bisect
-import itertools
 import os
 import resource
 import socket
 import struct
 import sys
-import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple, Protocol
 
 from supervisor import __version__
+from supervisor.children import Child
 from supervisor.exposition import Collector
+from supervisor.loop import Loop
+from supervisor.server import Server
+from supervisor.stats import BUCKETS, OUTCOMES, ReloadStats
 
-if TYPE_CHECKING:
-    from supervisor.core import Supervisor
-    from supervisor.server import Server
-
-# Seconds. Fork-per-request latencies start around a millisecond; long requests are minutes.
-BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _LE = (*(repr(bound) for bound in BUCKETS), "+Inf")  # the `le` labels of the buckets
-OUTCOMES = ("ok", "error", "signal", "killed")
-REJECT_REASONS = ("denied", "per_source", "source_rate", "rate")  # (guards.py)
 _TCP_INFO_SIZE = 104
 _TCPI_UNACKED = 24  # offset of tcpi_unacked: the accept queue's length on a listening socket
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
@@ -76,83 +69,6 @@ def single(family: Metric, value: float) -> Metric:
     return family
 
 
-class Histogram:
-    """Bucket counts and a sum: `observe` is one bisect and two additions."""
-
-    __slots__ = ("count", "counts", "total")
-
-    def __init__(self) -> None:
-        self.counts = [0] * (len(BUCKETS) + 1)  # the last one is +Inf
-        self.total = 0.0
-        self.count = 0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(BUCKETS, value)] += 1
-        self.total += value
-        self.count += 1
-
-    def cumulative(self) -> list[int]:
-        """Cumulative counts, one per bucket bound and +Inf, as Prometheus exposes them."""
-        return list(itertools.accumulate(self.counts))
-
-
-@dataclass
-class ServerStats:
-    """What happened on one server since it was configured."""
-
-    requests: int = 0
-    errors: int = 0  # handler exceptions, and children that failed or died
-    exits: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OUTCOMES, 0))
-    cpu_user: float = 0.0
-    cpu_system: float = 0.0
-    durations: Histogram = field(default_factory=Histogram)
-    saturated_since: float | None = None  # monotonic time it reached max_children
-    saturated_seconds: float = 0.0  # closed periods at max_children
-    rejected: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REJECT_REASONS, 0))
-
-    def set_saturated(self, saturated: bool) -> None:
-        """Record a change of state (cheap: called on every count change)."""
-        if saturated and self.saturated_since is None:
-            self.saturated_since = time.monotonic()
-        elif not saturated and self.saturated_since is not None:
-            self.saturated_seconds += time.monotonic() - self.saturated_since
-            self.saturated_since = None
-
-    def saturated_total(self) -> float:
-        open_period = (
-            0.0 if self.saturated_since is None else time.monotonic() - self.saturated_since
-        )
-        return self.saturated_seconds + open_period
-
-    def child_exited(self, outcome: str, rusage: object, duration: float | None) -> None:
-        """A child was reaped; `duration` is its request's (None for a prefork worker, whose
-        requests are reported one by one through `request_done`)."""
-        self.exits[outcome] += 1
-        self.cpu_user += getattr(rusage, "ru_utime", 0.0)
-        self.cpu_system += getattr(rusage, "ru_stime", 0.0)
-        if duration is not None:
-            self.durations.observe(duration)
-
-    def handled(self, ok: bool, duration: float) -> None:
-        """A request handled without a child of its own (inline, thread, a prefork worker)."""
-        if not ok:
-            self.errors += 1
-        self.durations.observe(duration)
-
-    def request_done(self, ok: bool, duration: float) -> None:
-        """A request a prefork worker has finished (and reported through its pipe)."""
-        self.requests += 1
-        self.handled(ok, duration)
-
-
-@dataclass
-class ReloadStats:
-    successes: int = 0
-    failures: int = 0
-    last_ok: bool = True
-    last_success: float = field(default_factory=time.time)  # the start counts as one
-
-
 def listen_queue(sock: socket.socket) -> int | None:
     """The current accept-queue length of a listening TCP socket (Linux TCP_INFO), or None."""
     if sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.type != socket.SOCK_STREAM:
@@ -169,10 +85,25 @@ def listen_queue(sock: socket.socket) -> int | None:
     return int(queued)
 
 
+class Watched(Protocol):
+    """What the metrics read of the supervisor."""
+
+    @property
+    def servers(self) -> Mapping[str, Server]: ...
+    @property
+    def children(self) -> Iterable[Child[Server]]: ...
+    @property
+    def running(self) -> bool: ...
+    @property
+    def reload_stats(self) -> ReloadStats: ...
+    @property
+    def loop(self) -> Loop: ...
+
+
 class SupervisorCollector:
     """Reads the supervisor's state when Prometheus scrapes."""
 
-    def __init__(self, supervisor: "Supervisor") -> None:
+    def __init__(self, supervisor: Watched) -> None:
         self._supervisor = supervisor
 
     def collect(self) -> Iterator[Metric]:
@@ -212,7 +143,7 @@ _PER_SERVER = (
 )  # fmt: skip
 
 
-def _per_server(server: "Server", running: bool) -> dict[str, float]:
+def _per_server(server: Server, running: bool) -> dict[str, float]:
     stats, limited = server.stats, server.mode.value != "inline"
     return {
         "requests": stats.requests,
@@ -225,7 +156,7 @@ def _per_server(server: "Server", running: bool) -> dict[str, float]:
     }
 
 
-def _server_metrics(servers: list["Server"], supervisor: "Supervisor") -> Iterator[Metric]:
+def _server_metrics(servers: list[Server], supervisor: Watched) -> Iterator[Metric]:
     families: dict[str, Metric] = {
         key: (counter if is_counter else gauge)(name, text, unit)
         for key, is_counter, name, text, unit in _PER_SERVER
@@ -268,7 +199,7 @@ def _add(family: Metric, labels: dict[str, str], value: float, suffix: str = "")
     family.samples.append(Sample(family.name + suffix, labels, value))
 
 
-def _histogram(servers: list["Server"]) -> Metric:
+def _histogram(servers: list[Server]) -> Metric:
     family = Metric(
         "supervisor_request_duration_seconds",
         "Request duration: fork to reap in fork mode, handler start to end otherwise.",
@@ -285,7 +216,7 @@ def _histogram(servers: list["Server"]) -> Metric:
     return family
 
 
-def _memory(supervisor: "Supervisor") -> Metric:
+def _memory(supervisor: Watched) -> Metric:
     family = gauge(
         "supervisor_children_memory_bytes",
         "Resident memory of live children (/proc, at scrape time).",
@@ -381,6 +312,6 @@ def _start_time() -> float | None:
     return boot + ticks / os.sysconf("SC_CLK_TCK")
 
 
-def collectors_for(supervisor: "Supervisor") -> list[Collector]:
+def collectors_for(supervisor: Watched) -> list[Collector]:
     """What the endpoint exports: the supervisor, and its own process_* metrics."""
     return [SupervisorCollector(supervisor), ProcessCollector()]

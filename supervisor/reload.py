@@ -11,13 +11,15 @@ configuration is untouched. Start-up is the same with nothing to reuse.
 """
 
 import contextlib
+import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from supervisor import addresses, config, handlers, privileges
 from supervisor.config import Config, ServerConfig, SocketFile
 from supervisor.errors import BindError, describe
 from supervisor.handlers import HandlerClass
+from supervisor.server import Server
 from supervisor.sockets import Listener, SocketFileError, apply_socket_file, bind
 
 
@@ -28,6 +30,27 @@ class Prepared:
     config: Config
     handlers: Mapping[str, HandlerClass]
     listeners: Mapping[str, Listener]
+
+
+@dataclass(frozen=True)
+class ReloadResult:
+    """The outcome of the last reload, for `supervisor reload`, `status` and systemd."""
+
+    ok: bool
+    message: str  # what changed, or the one-line error
+    at: float = field(default_factory=time.time)
+    exit_status: int = 0
+
+
+@dataclass
+class Switch:
+    """What running a prepared configuration changes (see `switch`)."""
+
+    servers: dict[str, Server]  # the servers to run now, by name
+    moved: list[str]  # new servers, and servers on a new socket
+    removed: list[tuple[Server, bool]]  # servers to retire; True: their listener is unused
+    unused: list[Listener]  # listeners of kept servers that no server uses any more
+    in_use: set[int]  # id() of every listener in use
 
 
 def prepare(
@@ -146,3 +169,31 @@ def _reusable(
 
 def _among(listener: Listener, listeners: Iterable[Listener]) -> bool:
     return any(listener is other for other in listeners)
+
+
+def switch(current: Mapping[str, Server], prepared: Prepared) -> Switch:
+    """The second half of a reload, which cannot fail: the servers the prepared configuration
+    runs. A kept server is reconfigured in place (its running requests keep what they have:
+    handler class, limits, sockets); a new one is made; a removed one and the listeners no
+    server uses any more are listed for the caller to retire and close."""
+    in_use = {id(listener) for listener in prepared.listeners.values()}
+    done = Switch({}, [], [], [], in_use)
+    for name, server_config in prepared.config.servers.items():
+        handler, listener = prepared.handlers[name], prepared.listeners[name]
+        existing = current.get(name)
+        if existing is None:
+            done.servers[name] = Server(server_config, handler, listener)
+            done.moved.append(name)
+            continue
+        previous = existing.listener
+        if previous is not listener:
+            done.moved.append(name)
+        existing.reconfigure(server_config, handler, listener)
+        existing.close_old_sockets()
+        if id(previous) not in in_use:
+            done.unused.append(previous)
+        done.servers[name] = existing
+    for name, server in current.items():
+        if name not in done.servers:
+            done.removed.append((server, id(server.listener) not in in_use))
+    return done

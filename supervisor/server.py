@@ -25,8 +25,8 @@ from supervisor.config import Mode, ServerConfig
 from supervisor.guards import Guard, RejectionLog, Source, peer_credentials
 from supervisor.handlers import HandlerClass
 from supervisor.loop import Timer
-from supervisor.metrics import ServerStats
 from supervisor.sockets import Listener
+from supervisor.stats import ServerStats
 
 log = logging.getLogger("supervisor")
 
@@ -55,13 +55,12 @@ class Server:
         self.socket = self._attach(listener)
 
     def _use(self, config: ServerConfig, handler: HandlerClass) -> None:
-        """Take a configuration and its handler class. `mode` and `accepts_fd` are attributes,
-        not properties: they are read several times a request."""
+        """Take a configuration and its handler class. `mode` is an attribute, not a property:
+        it is read several times a request."""
         self.config = config
         self.RequestHandlerClass = handler
         self.max_packet_size = config.max_packet_size
         self.mode = config.mode
-        self.accepts_fd = config.mode is Mode.FORK and config.address.is_stream
         limits = config.limits
         if not limits.guarded:
             self.guard = None
@@ -120,22 +119,13 @@ class Server:
 
     @property
     def backoff(self) -> bool:
-        """Paused: see Supervisor._pause."""
+        """Paused: see admission.py."""
         return self.resume is not None
 
     @property
     def up(self) -> bool:
         """Accepting requests, or only waiting for a child to finish (not failing to accept)."""
         return not self.backoff and not self.retired
-
-    def update_saturation(self) -> None:
-        """Tell the stats whether the server is at its max_children now."""
-        limit = self.config.max_children
-        per_request = self.mode in (Mode.FORK, Mode.THREAD)  # prefork: a fixed set of workers
-        self.stats.set_saturated(per_request and self.active >= limit)
-
-    def has_capacity(self) -> bool:
-        return self.mode is Mode.INLINE or self.active < self.config.max_children
 
     def fileno(self) -> int:
         return self.socket.fileno()

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from supervisor.metrics import OUTCOMES
+from supervisor.stats import OUTCOMES
 from tests.conftest import StartSupervisor, Supervisor, connect, exchange, finish, readline
 from tests.integration.test_metrics import Scrape, scrape, scrape_until
 from tests.integration.test_modes import has_ipv6_loopback

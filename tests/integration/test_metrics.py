@@ -25,8 +25,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from supervisor import __version__
 from supervisor.exporter import HttpServer
-from supervisor.metrics import OUTCOMES
 from supervisor.responder import MAX_CONNECTIONS, REQUEST_TIMEOUT
+from supervisor.stats import OUTCOMES
 from tests.conftest import (
     METRICS_ANY_PORT,
     StartSupervisor,

@@ -14,19 +14,13 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from supervisor import exposition, metrics
+from supervisor import exposition, metrics, stats
 from supervisor.children import Child, ExitStatus, Reaped
-from supervisor.core import Supervisor, exit_outcome
-from supervisor.metrics import (
-    BUCKETS,
-    OUTCOMES,
-    Histogram,
-    ReloadStats,
-    ServerStats,
-    SupervisorCollector,
-    listen_queue,
-)
+from supervisor.core import Supervisor
+from supervisor.metrics import SupervisorCollector, listen_queue
+from supervisor.modes.base import exit_outcome
 from supervisor.server import Server
+from supervisor.stats import BUCKETS, OUTCOMES, Histogram, ReloadStats, ServerStats
 
 LABELS = [
     "0.001",
@@ -134,9 +128,9 @@ class Clock:
 
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    """Replace `time` in supervisor.metrics only (not for pytest, nor for other modules)."""
+    """Replace `time` in supervisor.stats only (not for pytest, nor for other modules)."""
     fake = Clock()
-    monkeypatch.setattr(metrics, "time", SimpleNamespace(monotonic=fake, time=time.time))
+    monkeypatch.setattr(stats, "time", SimpleNamespace(monotonic=fake, time=time.time))
     return fake
 
 
@@ -383,7 +377,7 @@ def test_rejected_is_a_counter_with_every_reason_at_zero_for_every_server(
     openmetrics: bool,
 ) -> None:
     """Exported before anything is rejected, so rate() and the alert have a series to read."""
-    assert metrics.REJECT_REASONS == REASONS
+    assert stats.REJECT_REASONS == REASONS
     assert dict(ServerStats().rejected) == dict.fromkeys(REASONS, 0)
     families = collect([fake_server("echo"), fake_server("web")], openmetrics)
     family = families["supervisor_rejected"]

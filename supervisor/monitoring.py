@@ -1,0 +1,121 @@
+"""What the supervisor shows of itself: `status`, systemd's STATUS= line, /metrics and /healthz.
+
+Everything here reads the supervisor's state through `Observed` (the supervisor implements it;
+this module never imports it) and changes nothing but the reports it asks the modes to catch
+up on before a scrape.
+"""
+
+import logging
+import os
+from typing import Any, Protocol
+
+from supervisor import exposition, metrics
+from supervisor.config import Config
+from supervisor.exporter import HttpServer, Response
+from supervisor.metrics import Watched
+from supervisor.reload import ReloadResult
+from supervisor.server import Server
+from supervisor.sockets import Listener
+
+log = logging.getLogger("supervisor")
+
+
+class Observed(Watched, Protocol):
+    """What `status`, the summary and the endpoints read of the supervisor."""
+
+    config: Config
+    config_path: str
+    started: float
+    active: int
+    last_reload: ReloadResult | None
+    draining: set[Server]
+
+    @property
+    def state_name(self) -> str: ...
+    def helpers(self) -> list[int]: ...
+    def catch_up(self) -> None: ...
+
+
+def summary(observed: Observed) -> str:
+    """A one-line state for systemd's STATUS=."""
+    text = f"{len(observed.servers)} servers, {observed.active} active requests"
+    last = observed.last_reload
+    if last is not None:
+        text += f"; last reload {'ok' if last.ok else f'failed: {last.message}'}"
+    return " ".join(text.split())  # one line: a newline would start another sd_notify field
+
+
+def status(observed: Observed) -> dict[str, Any]:
+    """The state a `supervisor status` shows: plain data, ready for JSON."""
+    last = observed.last_reload
+    return {
+        "pid": os.getpid(),
+        "state": observed.state_name,
+        "config": observed.config_path,
+        "started": observed.started,
+        "active": observed.active,
+        "max_children": observed.config.supervisor.max_children,
+        "last_reload": None
+        if last is None
+        else {"ok": last.ok, "message": last.message, "at": last.at},
+        "servers": [
+            _server_status(server) for server in [*observed.servers.values(), *observed.draining]
+        ],
+        "children": [{"pid": child.pid, "server": child.owner.name} for child in observed.children],
+        "fork_servers": observed.helpers(),
+    }
+
+
+def _server_status(server: Server) -> dict[str, Any]:
+    return {
+        "name": server.name,
+        "address": str(server.listener.bound),
+        "mode": server.mode.value,
+        "active": server.active,
+        "max_children": server.config.max_children,
+        "requests": server.stats.requests,
+        "errors": server.stats.errors,
+        "rejected": sum(server.stats.rejected.values()),
+        "removed": server.retired,
+    }
+
+
+def serve_metrics(observed: Observed, listener: Listener) -> HttpServer:
+    """Serve /metrics and /healthz on `listener`, from the loop."""
+    collectors = metrics.collectors_for(observed)
+    rendered: dict[bool, tuple[int, bytes]] = {}  # format -> (loop turn, body)
+
+    def scrape(accept: str) -> Response:
+        observed.catch_up()  # what workers have reported, even if not read yet
+        openmetrics = exposition.wants_openmetrics(accept)
+        content_type = exposition.OPENMETRICS if openmetrics else exposition.TEXT
+        # Scrapes answered in one turn of the loop share one rendering: a flood of them
+        # costs one render per turn, with every other server served in between.
+        turn, body = rendered.get(openmetrics, (-1, b""))
+        if turn != observed.loop.turn:
+            body = exposition.render(collectors, openmetrics)
+            rendered[openmetrics] = (observed.loop.turn, body)
+        return Response(200, "OK", content_type, body)
+
+    def health(accept: str) -> Response:
+        return _health(observed)
+
+    log.info("metrics: listening on %s (/metrics, /healthz)", listener.bound)
+    return HttpServer(observed.loop, listener, {"/metrics": scrape, "/healthz": health})
+
+
+def _health(observed: Observed) -> Response:
+    down = [server.name for server in observed.servers.values() if not server.up]
+    ok = observed.running and not down
+    if ok:
+        body = b"ok\n"
+    elif not observed.running:
+        body = f"{observed.state_name}\n".encode()
+    else:
+        body = f"down: {' '.join(down)}\n".encode()
+    return Response(
+        200 if ok else 503,
+        "OK" if ok else "Service Unavailable",
+        "text/plain; charset=utf-8",
+        body,
+    )

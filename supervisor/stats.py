@@ -1,0 +1,92 @@
+"""What happened on each server, and to the configuration: plain counters, kept in the loop.
+
+The request path updates these (a few additions per request); metrics.py reads them when
+Prometheus scrapes. Nothing here knows how they are exported.
+"""
+
+import bisect
+import itertools
+import time
+from dataclasses import dataclass, field
+
+# Seconds. Fork-per-request latencies start around a millisecond; long requests are minutes.
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+OUTCOMES = ("ok", "error", "signal", "killed")
+REJECT_REASONS = ("denied", "per_source", "source_rate", "rate")  # (guards.py)
+
+
+class Histogram:
+    """Bucket counts and a sum: `observe` is one bisect and two additions."""
+
+    __slots__ = ("count", "counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(BUCKETS) + 1)  # the last one is +Inf
+        self.total = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(BUCKETS, value)] += 1
+        self.total += value
+        self.count += 1
+
+    def cumulative(self) -> list[int]:
+        """Cumulative counts, one per bucket bound and +Inf, as Prometheus exposes them."""
+        return list(itertools.accumulate(self.counts))
+
+
+@dataclass
+class ServerStats:
+    """What happened on one server since it was configured."""
+
+    requests: int = 0
+    errors: int = 0  # handler exceptions, and children that failed or died
+    exits: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OUTCOMES, 0))
+    cpu_user: float = 0.0
+    cpu_system: float = 0.0
+    durations: Histogram = field(default_factory=Histogram)
+    saturated_since: float | None = None  # monotonic time it reached max_children
+    saturated_seconds: float = 0.0  # closed periods at max_children
+    rejected: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REJECT_REASONS, 0))
+
+    def set_saturated(self, saturated: bool) -> None:
+        """Record a change of state (cheap: called on every count change)."""
+        if saturated and self.saturated_since is None:
+            self.saturated_since = time.monotonic()
+        elif not saturated and self.saturated_since is not None:
+            self.saturated_seconds += time.monotonic() - self.saturated_since
+            self.saturated_since = None
+
+    def saturated_total(self) -> float:
+        open_period = (
+            0.0 if self.saturated_since is None else time.monotonic() - self.saturated_since
+        )
+        return self.saturated_seconds + open_period
+
+    def child_exited(self, outcome: str, rusage: object, duration: float | None) -> None:
+        """A child was reaped; `duration` is its request's (None for a prefork worker, whose
+        requests are reported one by one through `request_done`)."""
+        self.exits[outcome] += 1
+        self.cpu_user += getattr(rusage, "ru_utime", 0.0)
+        self.cpu_system += getattr(rusage, "ru_stime", 0.0)
+        if duration is not None:
+            self.durations.observe(duration)
+
+    def handled(self, ok: bool, duration: float) -> None:
+        """A request handled without a child of its own (inline, thread, a prefork worker)."""
+        if not ok:
+            self.errors += 1
+        self.durations.observe(duration)
+
+    def request_done(self, ok: bool, duration: float) -> None:
+        """A request a prefork worker has finished (and reported through its pipe)."""
+        self.requests += 1
+        self.handled(ok, duration)
+
+
+@dataclass
+class ReloadStats:
+    successes: int = 0
+    failures: int = 0
+    last_ok: bool = True
+    last_success: float = field(default_factory=time.time)  # the start counts as one
