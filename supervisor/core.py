@@ -18,10 +18,10 @@ import signal
 import socket
 import time
 from collections.abc import Iterable
+from functools import partial
 from os import EX_SOFTWARE
-from typing import Any
 
-from supervisor import config, logs, monitoring, systemd
+from supervisor import logs, monitoring, systemd
 from supervisor.admission import Admission
 from supervisor.children import ChildTable, SystemCalls
 from supervisor.config import SupervisorConfig
@@ -29,15 +29,15 @@ from supervisor.control import ControlServer
 from supervisor.errors import SupervisorError, describe
 from supervisor.exporter import HttpServer
 from supervisor.guards import Source
-from supervisor.loop import Loop, Timer
+from supervisor.loop import Loop
 from supervisor.modes import Modes
 from supervisor.readiness import ReadyPipe
-from supervisor.reload import Prepared, ReloadResult, prepare, switch
+from supervisor.reload import Prepared, ReloadResult, Reloads, prepare, switch
 from supervisor.server import Server
+from supervisor.shutdown import Shutdown
 from supervisor.signals import Intent, SignalWakeup
 from supervisor.sockets import Listener
 from supervisor.spawn import Spawner
-from supervisor.stats import ReloadStats
 
 log = logging.getLogger("supervisor")
 
@@ -90,22 +90,20 @@ class Supervisor(Admission):
         self.spare = [listener for listener in spare if listener.inherited]  # unused, from systemd
         self.state = State.STARTING
         self.started = time.time()
-        self.last_reload: ReloadResult | None = None
-        self.reload_stats = ReloadStats()
+        self.reloads = Reloads()
+        self.reload_stats = self.reloads.stats  # (what the metrics read)
         self._signals: SignalWakeup | None = None
         self._control_socket = control_socket  # bound by the caller, served from run()
         self._control: ControlServer | None = None
         self._metrics_listener = metrics_listener
         self._metrics: HttpServer | None = None
-        self._stop_timer: Timer | None = None
-        self._terminating = False  # SIGTERM sent to the children; SIGKILL is next
-        self._killing = False  # SIGKILL sent: stop once the children are gone, threads or not
         self._readiness = readiness  # `run --daemon` waits for its word
         self.spawner = Spawner(self.children, self._descriptors)
         self.spawner.on_child(self._close_in_child)
         self._parent_only_fds = tuple(parent_only_fds)  # closed in every child (the pidfile)
         self.modes = Modes(self)
         super().__init__()
+        self._shutdown = Shutdown(self)
 
     # -- what the modes and the monitoring read (modes.base.Host, monitoring.Observed) -----
 
@@ -127,7 +125,9 @@ class Supervisor(Admission):
         """Serve until stopped; return the exit status."""
         self._signals = SignalWakeup(self.loop, self._on_intent)
         if self._control_socket is not None:
-            self._control = ControlServer(self.loop, self._control_socket, self._on_command)
+            self._control = ControlServer(
+                self.loop, self._control_socket, partial(monitoring.answer, self)
+            )
         if self._metrics_listener is not None:
             self._metrics = monitoring.serve_metrics(self, self._metrics_listener)
         self.state = State.RUNNING  # STARTING -> RUNNING
@@ -135,7 +135,7 @@ class Supervisor(Admission):
         self.modes.start(self.servers.values())
         for server in self.servers.values():
             self._refresh(server)
-            self._log_listening(server)
+            monitoring.log_listening(server, self.modes[server.mode])
         for listener in self.spare:
             log.warning(
                 "inherited socket %s (name %r) matches no server", listener.bound, listener.fd_name
@@ -151,21 +151,6 @@ class Supervisor(Admission):
             self._close()
         log.info("stopped")
         return 0
-
-    def _log_listening(self, server: Server) -> None:
-        limit = f", max_children={server.config.max_children}"
-        if not self.modes[server.mode].limited:
-            limit = ""
-        elif not self.modes[server.mode].listens:
-            limit = f", workers={server.config.workers}{limit}"
-        log.info(
-            "%s: listening on %s (%s, handler %s%s)",
-            server.name,
-            server.listener.bound,
-            server.mode,
-            server.config.handler,
-            limit,
-        )
 
     def _close(self) -> None:
         for mode in self.modes:
@@ -249,22 +234,6 @@ class Supervisor(Admission):
         for mode in self.modes:
             mode.logs_reopened()
 
-    def _on_command(self, command: str) -> dict[str, Any]:
-        if command == "status":
-            return {"ok": True, **monitoring.status(self)}
-        if command == "reload":
-            result = self.reload()
-            return {"ok": result.ok, "message": result.message, "exit_status": result.exit_status}
-        return {"ok": False, "error": f"unknown command {command!r}"}
-
-    def status(self) -> dict[str, Any]:
-        """The state a `supervisor status` shows: plain data, ready for JSON."""
-        return monitoring.status(self)
-
-    def helpers(self) -> list[int]:
-        """The modes' helper processes (fork servers)."""
-        return [pid for mode in self.modes for pid in mode.helpers()]
-
     def catch_up(self) -> None:
         """Take note of what requests and workers have reported and the loop not read yet."""
         for mode in self.modes:
@@ -282,54 +251,32 @@ class Supervisor(Admission):
         try:
             prepared = prepare(self.config_path, current, self.spare, reloading=True)
         except SupervisorError as exc:
-            self._reload_failed(str(exc), exc.exit_status)
+            self.reloads.failed(str(exc), exc.exit_status)
         except Exception as exc:  # a bug, or input nobody foresaw: prepare() changed nothing
             self.loop.fault("reload")
-            self._reload_failed(f"internal error ({describe(exc)}); see the log", EX_SOFTWARE)
+            self.reloads.failed(f"internal error ({describe(exc)}); see the log", EX_SOFTWARE)
         else:
             try:
                 self._switch_to(prepared)
             except Exception as exc:  # a bug: the switch is made of steps that cannot fail
                 self.loop.fault("reload")
-                self._reload_failed(
+                self.reloads.failed(
                     f"internal error while switching ({describe(exc)}); some servers may run "
                     "the new configuration: see the log",
                     EX_SOFTWARE,
                     switching=True,
                 )
         systemd.notify(f"READY=1\nSTATUS={monitoring.summary(self)}")
-        assert self.last_reload is not None  # noqa: S101 (both branches set it)
-        return self.last_reload
-
-    def _reload_failed(self, message: str, exit_status: int, switching: bool = False) -> None:
-        if switching:
-            log.error("reload failed: %s", message)
-        else:
-            log.error("reload failed, still running the previous configuration: %s", message)
-        self.last_reload = ReloadResult(False, message, exit_status=exit_status)
-        self.reload_stats.failures += 1
-        self.reload_stats.last_ok = False
+        assert self.reloads.last is not None  # noqa: S101 (every branch set it)
+        return self.reloads.last
 
     def _switch_to(self, prepared: Prepared) -> None:
         """The second half of a reload: everything is ready, switch to it (see _switch)."""
-        changes = config.diff(self.config, prepared.config)
-        old_log = self.config.supervisor.log_file
-        metrics_changed = prepared.config.metrics != self.config.metrics
-        user_changed = prepared.config.supervisor.credentials != self.settings.credentials
+        old = self.config
         self._switch(prepared)
-        log.info("reloaded: %s", changes)
-        if prepared.config.supervisor.log_file not in (old_log, None):
+        self.reloads.succeeded(old, prepared.config)
+        if prepared.config.supervisor.log_file not in (old.supervisor.log_file, None):
             self._reopen_logs("log_file changed")
-        self.last_reload = ReloadResult(True, str(changes))
-        self.reload_stats.successes += 1
-        self.reload_stats.last_ok = True
-        self.reload_stats.last_success = self.last_reload.at
-        if metrics_changed:
-            log.warning("metrics: changes to [metrics] apply at the next start")
-        if user_changed:  # a process that dropped root cannot get it back
-            log.warning(
-                "supervisor.user: changes to [supervisor] user and group apply at the next start"
-            )
 
     def _switch(self, prepared: Prepared) -> None:
         """Run the prepared configuration: one step, nothing in it can fail (reload.switch)."""
@@ -347,7 +294,8 @@ class Supervisor(Admission):
         for server in self.servers.values():
             self._update(server)  # max_children or the mode may have changed
         for name in done.moved:
-            self._log_listening(self.servers[name])
+            server = self.servers[name]
+            monitoring.log_listening(server, self.modes[server.mode])
         _freeze_for_fork(again=True)
         self.modes.start(self.servers.values())  # the new handlers, in every mode
 
@@ -390,10 +338,8 @@ class Supervisor(Admission):
             server.close_handler_socket()
             self.spawner.forget()
             log.info("%s: removed server drained", server.name)
-        if self.state is State.STOPPING and (
-            not self.active or (self._killing and not self._child_count())
-        ):
-            self._stopped()
+        if self.state is State.STOPPING:
+            self._shutdown.check()
 
     def _reap(self) -> None:
         for mode in self.modes:
@@ -404,17 +350,13 @@ class Supervisor(Admission):
             else:
                 reaped.child.keeper.child_exited(reaped)
 
-    def _child_count(self) -> int:
-        """Children alive or about to be: in the table, or handed to a fork server."""
-        return len(self.children) + sum(mode.pending() for mode in self.modes)
-
     # -- stopping --------------------------------------------------------------------------
 
     def _stop(self, reason: str, fast: bool = False) -> None:
         if self.state is State.STOPPING:
-            if not self._terminating:  # once: repeating it must not postpone SIGKILL
+            if not self._shutdown.terminating:  # once: repeating it must not postpone SIGKILL
                 log.info("%s again: terminating the remaining requests now", reason)
-                self._terminate()
+                self._shutdown.terminate()
             return
         self.state = State.STOPPING  # RUNNING -> STOPPING
         systemd.notify("STOPPING=1")
@@ -425,52 +367,9 @@ class Supervisor(Admission):
             self._release(server.listener)
             if not server.threads:  # else closed when the last thread is done
                 server.close_handler_socket()
-        timeout = 0.0 if fast else self.config.supervisor.shutdown_timeout
-        workers = sum(mode.workers() for mode in self.modes)
-        log.info(
-            "%s: stopping; %d requests in progress%s, waiting up to %gs for them",
-            reason,
-            self.active - workers,
-            f", {workers} prefork workers finishing theirs" if workers else "",
-            timeout,
-        )
-        if not self.active:
-            self._stopped()
-        elif fast:
-            self._terminate()
-        else:
-            self._stop_timer = self.loop.call_later(timeout, self._terminate)
+        self._shutdown.begin(reason, fast)
 
-    def _signal_children(self, signum: int) -> int:
-        """Signal every child: ours by pid, and through the modes those they know of (a fork
-        server's, those whose pids have not reached us yet too)."""
-        sent = sum(mode.signal(signum) for mode in self.modes)
-        return self.children.signal_all(signum) + sent
-
-    def _terminate(self) -> None:
-        self._terminating = True
-        if self._stop_timer is not None:
-            self._stop_timer.cancel()
-        sent = self._signal_children(signal.SIGTERM)
-        log.warning("sent SIGTERM to %d children still running", sent)
-        self._stop_timer = self.loop.call_later(self.config.supervisor.kill_grace, self._kill)
-
-    def _kill(self) -> None:
-        self._killing = True
-        sent = self._signal_children(signal.SIGKILL)
-        if sent:
-            log.warning("sent SIGKILL to %d children that outlived SIGTERM", sent)
-        threads = self.active - self._child_count()
-        if threads:
-            log.warning("abandoning %d request threads still running", threads)
-        # Children killed with SIGKILL are reaped at once, and the supervisor stops as soon as
-        # the last one is (count); it gives up on a child stuck in the kernel after kill_grace.
-        self._stop_timer = self.loop.call_later(self.config.supervisor.kill_grace, self._stopped)
-        if not self._child_count():
-            self._stopped()
-
-    def _stopped(self) -> None:
-        if self._stop_timer is not None:
-            self._stop_timer.cancel()
+    def stopped(self) -> None:
+        """Nothing left to wait for (shutdown.py): end the loop."""
         self.state = State.STOPPED  # STOPPING -> STOPPED
         self.loop.stop()

@@ -13,7 +13,9 @@ from supervisor import exposition, metrics
 from supervisor.config import Config
 from supervisor.exporter import HttpServer, Response
 from supervisor.metrics import Watched
-from supervisor.reload import ReloadResult
+from supervisor.modes import Modes
+from supervisor.modes.base import Mode
+from supervisor.reload import ReloadResult, Reloads
 from supervisor.server import Server
 from supervisor.sockets import Listener
 
@@ -27,19 +29,46 @@ class Observed(Watched, Protocol):
     config_path: str
     started: float
     active: int
-    last_reload: ReloadResult | None
+    reloads: Reloads
     draining: set[Server]
+
+    modes: Modes
 
     @property
     def state_name(self) -> str: ...
-    def helpers(self) -> list[int]: ...
     def catch_up(self) -> None: ...
+    def reload(self) -> ReloadResult: ...
+
+
+def answer(observed: Observed, command: str) -> dict[str, Any]:
+    """The control socket's answer to `command`."""
+    if command == "status":
+        return {"ok": True, **status(observed)}
+    if command == "reload":
+        result = observed.reload()
+        return {"ok": result.ok, "message": result.message, "exit_status": result.exit_status}
+    return {"ok": False, "error": f"unknown command {command!r}"}
+
+
+def log_listening(server: Server, mode: Mode) -> None:
+    """Say that `server` (new, or on a new socket) is listening, and how it runs."""
+    limit = f", max_children={server.config.max_children}" if mode.limited else ""
+    if not mode.listens:
+        limit = f", workers={server.config.workers}{limit}"
+    log.info(
+        "%s: listening on %s (%s, handler %s%s)",
+        server.name,
+        server.listener.bound,
+        server.mode,
+        server.config.handler,
+        limit,
+    )
 
 
 def summary(observed: Observed) -> str:
     """A one-line state for systemd's STATUS=."""
     text = f"{len(observed.servers)} servers, {observed.active} active requests"
-    last = observed.last_reload
+    last = observed.reloads.last
     if last is not None:
         text += f"; last reload {'ok' if last.ok else f'failed: {last.message}'}"
     return " ".join(text.split())  # one line: a newline would start another sd_notify field
@@ -47,7 +76,7 @@ def summary(observed: Observed) -> str:
 
 def status(observed: Observed) -> dict[str, Any]:
     """The state a `supervisor status` shows: plain data, ready for JSON."""
-    last = observed.last_reload
+    last = observed.reloads.last
     return {
         "pid": os.getpid(),
         "state": observed.state_name,
@@ -62,7 +91,7 @@ def status(observed: Observed) -> dict[str, Any]:
             _server_status(server) for server in [*observed.servers.values(), *observed.draining]
         ],
         "children": [{"pid": child.pid, "server": child.owner.name} for child in observed.children],
-        "fork_servers": observed.helpers(),
+        "fork_servers": [pid for mode in observed.modes for pid in mode.helpers()],
     }
 
 

@@ -11,6 +11,7 @@ configuration is untouched. Start-up is the same with nothing to reuse.
 """
 
 import contextlib
+import logging
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -21,6 +22,9 @@ from supervisor.errors import BindError, describe
 from supervisor.handlers import HandlerClass
 from supervisor.server import Server
 from supervisor.sockets import Listener, SocketFileError, apply_socket_file, bind
+from supervisor.stats import ReloadStats
+
+log = logging.getLogger("supervisor")
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,40 @@ class ReloadResult:
     message: str  # what changed, or the one-line error
     at: float = field(default_factory=time.time)
     exit_status: int = 0
+
+
+class Reloads:
+    """What the reloads so far came to: the last outcome, and the counts the metrics show."""
+
+    def __init__(self) -> None:
+        self.last: ReloadResult | None = None
+        self.stats = ReloadStats()
+
+    def failed(self, message: str, exit_status: int, switching: bool = False) -> ReloadResult:
+        if switching:
+            log.error("reload failed: %s", message)
+        else:
+            log.error("reload failed, still running the previous configuration: %s", message)
+        self.last = ReloadResult(False, message, exit_status=exit_status)
+        self.stats.failures += 1
+        self.stats.last_ok = False
+        return self.last
+
+    def succeeded(self, old: Config, new: Config) -> ReloadResult:
+        """Record (and log) a reload from `old` to `new`, done."""
+        changes = str(config.diff(old, new))
+        log.info("reloaded: %s", changes)
+        self.last = ReloadResult(True, changes)
+        self.stats.successes += 1
+        self.stats.last_ok = True
+        self.stats.last_success = self.last.at
+        if new.metrics != old.metrics:
+            log.warning("metrics: changes to [metrics] apply at the next start")
+        if new.supervisor.credentials != old.supervisor.credentials:
+            log.warning(  # (a process that dropped root cannot get it back)
+                "supervisor.user: changes to [supervisor] user and group apply at the next start"
+            )
+        return self.last
 
 
 @dataclass
