@@ -1,0 +1,30 @@
+"""The scenarios of bench/compare.py, one module each, by number (`--only` picks them).
+
+Scenarios 1-4 (throughput) name the cells they want loaded: all the selected ones are measured
+together in interleaved rounds before their tables are made. Scenarios 5-8 run alone, in turn.
+"""
+
+from collections.abc import Mapping
+
+from bench.harness.scenario import Scenario
+from bench.scenarios import (
+    fork,
+    isolation,
+    many_servers,
+    memory,
+    prefork,
+    reload,
+    scrape,
+    thread_inline,
+)
+
+SCENARIOS: Mapping[int, Scenario] = {
+    1: fork.SCENARIO,
+    2: prefork.SCENARIO,
+    3: thread_inline.SCENARIO,
+    4: many_servers.SCENARIO,
+    5: isolation.SCENARIO,
+    6: reload.SCENARIO,
+    7: memory.SCENARIO,
+    8: scrape.SCENARIO,
+}
