@@ -11,8 +11,6 @@ The table is printed and written, with the machine it ran on, to bench/results/m
 """
 
 import collections
-import datetime
-import os
 import platform
 import resource
 import statistics
@@ -26,12 +24,16 @@ from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics import disable_created_metrics, enable_created_metrics
 from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.harness.machine import cpu_line, utc_now
+from bench.harness.report import write_atomically
 from supervisor import __version__, exposition, metrics
 from supervisor.core import State, Supervisor
 from supervisor.metrics import BUCKETS, OUTCOMES, ServerStats
@@ -439,24 +441,11 @@ def scrape_table() -> list[str]:
 # -- reporting ------------------------------------------------------------------------------
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def header() -> list[str]:
-    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
     return [
         "bench/metrics_cost.py: the cost of the supervisor's metrics (issue 4, section 5)",
-        f"date:      {now}",
-        f"cpu:       {cpu_model()} ({os.cpu_count()} CPUs; load average {load} at start)",
+        f"date:      {utc_now()}",
+        cpu_line(),
         f"python:    {sys.version.split()[0]} ({platform.python_implementation()}, "
         f"{platform.machine()}); prometheus_client {version('prometheus-client')}",
         f"platform:  {platform.platform()}",
@@ -466,9 +455,7 @@ def header() -> list[str]:
 
 def write_results(text: str) -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    partial = RESULTS.with_name(RESULTS.name + ".tmp")
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, RESULTS)
+    write_atomically(RESULTS, text)
 
 
 def main() -> None:
