@@ -19,25 +19,13 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.configs import METRICS_ANY_PORT
+
 ROOT = Path(__file__).resolve().parent.parent
 LISTENING = re.compile(r"(\S+): listening on (\S+)")
 READY = "ready: "
 FORK_SERVER_READY = r"fork server \d+: forking for \d+ servers"
 STOP_TIMEOUT = 20.0
-# Server tables the command-line tests share.
-ECHO = """
-[servers.echo]
-address = "tcp://127.0.0.1:0"
-handler = "tests.handlers:BaseEchoHandler"
-"""
-FAILING = """
-[servers.failing]
-address = "tcp://127.0.0.1:0"
-handler = "tests.handlers:FailingHandler"
-"""
-METRICS_ANY_PORT = '\n[metrics]\naddress = "tcp://127.0.0.1:0"\n'
-
-
 CLI_TIMEOUT = 30.0
 # The suite runs as root on CI machines, where the supervisor refuses to run handlers as root
 # unless told: the operator's escape hatch, for the whole session (tests of the refusal unset

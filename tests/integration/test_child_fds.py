@@ -7,7 +7,8 @@ from pathlib import Path
 
 import psutil
 
-from tests.conftest import METRICS_ANY_PORT, StartSupervisor, Supervisor, connect, readline
+from tests.configs import METRICS_ANY_PORT
+from tests.conftest import StartSupervisor, Supervisor, connect, readline
 
 CONFIG = """
 [servers.hold]

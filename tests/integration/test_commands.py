@@ -19,12 +19,10 @@ import psutil
 import pytest
 
 from supervisor import control
+from tests.configs import ECHO, FAILING, METRICS_ANY_PORT
 from tests.conftest import (
     CLI_ENV,
     CLI_TIMEOUT,
-    ECHO,
-    FAILING,
-    METRICS_ANY_PORT,
     ROOT,
     StartSupervisor,
     Supervisor,

@@ -22,17 +22,8 @@ import psutil
 import pytest
 
 from supervisor import control
-from tests.conftest import (
-    ECHO,
-    FAILING,
-    LISTENING,
-    METRICS_ANY_PORT,
-    ROOT,
-    cli_command,
-    exchange,
-    run_cli,
-    with_env,
-)
+from tests.configs import ECHO, FAILING, METRICS_ANY_PORT
+from tests.conftest import LISTENING, ROOT, cli_command, exchange, run_cli, with_env
 
 PR_SET_CHILD_SUBREAPER = 36
 EX_UNAVAILABLE = 69

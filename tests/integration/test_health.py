@@ -7,7 +7,8 @@ from pathlib import Path
 
 from supervisor import health
 from supervisor.addresses import Address
-from tests.conftest import ECHO, StartSupervisor, connect, one_line_error, readline, run_cli
+from tests.configs import ECHO
+from tests.conftest import StartSupervisor, connect, one_line_error, readline, run_cli
 
 EX_CONFIG = 78
 HOLD = """

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from supervisor import errors
-from tests.conftest import METRICS_ANY_PORT, StartSupervisor, exchange, one_line_error, run_cli
+from tests.configs import METRICS_ANY_PORT
+from tests.conftest import StartSupervisor, exchange, one_line_error, run_cli
 from tests.hostile.corpus import CORPUS, PROBE
 
 RUN_TIMEOUT = 30.0

@@ -27,8 +27,8 @@ from supervisor import __version__
 from supervisor.exporter import HttpServer
 from supervisor.responder import MAX_CONNECTIONS, REQUEST_TIMEOUT
 from supervisor.stats import OUTCOMES
+from tests.configs import METRICS_ANY_PORT
 from tests.conftest import (
-    METRICS_ANY_PORT,
     StartSupervisor,
     Supervisor,
     connect,

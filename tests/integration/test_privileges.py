@@ -19,10 +19,10 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.configs import METRICS_ANY_PORT
 from tests.conftest import (
     ALLOW_ROOT,
     FORK_SERVER_READY,
-    METRICS_ANY_PORT,
     StartSupervisor,
     Supervisor,
     connect,

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ECHO, METRICS_ANY_PORT, one_line_error, run_cli
+from tests.configs import ECHO, METRICS_ANY_PORT
+from tests.conftest import one_line_error, run_cli
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (to give files away)")
 

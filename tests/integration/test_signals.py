@@ -14,7 +14,8 @@ import pytest
 from supervisor.core import State, Supervisor
 from supervisor.reload import prepare
 from supervisor.signals import Intent
-from tests.conftest import ECHO, StartSupervisor, connect, exchange, readline
+from tests.configs import ECHO
+from tests.conftest import StartSupervisor, connect, exchange, readline
 
 EXTRA = """
 [servers.extra]

@@ -1,0 +1,66 @@
+"""TOML configuration text for the tests, so that a test shows only what is special about it.
+
+`server_table("echo", "LineEchoHandler", mode="thread", max_children=8)` is
+
+    [servers.echo]
+    address = "tcp://127.0.0.1:0"
+    handler = "tests.handlers:LineEchoHandler"
+    mode = "thread"
+    max_children = 8
+
+Keyword arguments become keys, in the order given, their values written as TOML (strings,
+integers, floats, booleans and lists of them). Every table starts and ends with a newline, so
+tables (and raw TOML text) can be joined with `+`. A test whose subject is odd or broken TOML
+writes that text out itself.
+"""
+
+import json
+from collections.abc import Mapping, Sequence
+
+TomlValue = str | int | float | bool | Sequence["TomlValue"]
+
+ANY_PORT = "tcp://127.0.0.1:0"  # loopback, a port the kernel picks
+HANDLERS = "tests.handlers"  # the module of a handler given by its class name alone
+
+
+def toml_value(value: TomlValue) -> str:
+    """`value` as a TOML value (a JSON string is a TOML basic string)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, int | float):
+        return repr(value)
+    return "[" + ", ".join(toml_value(item) for item in value) + "]"
+
+
+def table(header: str, keys: Mapping[str, TomlValue]) -> str:
+    """A `[header]` table with `keys`, in their order."""
+    lines = [f"[{header}]", *(f"{key} = {toml_value(value)}" for key, value in keys.items())]
+    return "\n" + "\n".join(lines) + "\n"
+
+
+def handler_spec(handler: str) -> str:
+    """A handler spec: a class name alone is a class of tests/handlers.py."""
+    return handler if ":" in handler else f"{HANDLERS}:{handler}"
+
+
+def server_table(name: str, handler: str, *, address: str = ANY_PORT, **keys: TomlValue) -> str:
+    """The `[servers.NAME]` table of one server: its address, its handler, then `keys`."""
+    return table(f"servers.{name}", {"address": address, "handler": handler_spec(handler), **keys})
+
+
+def supervisor_table(**keys: TomlValue) -> str:
+    """The `[supervisor]` table: the settings of the whole process."""
+    return table("supervisor", keys)
+
+
+def metrics_table(**keys: TomlValue) -> str:
+    """The `[metrics]` table: the metrics and health endpoint."""
+    return table("metrics", keys)
+
+
+# Tables the command-line suites share.
+ECHO = server_table("echo", "BaseEchoHandler")
+FAILING = server_table("failing", "FailingHandler")
+METRICS_ANY_PORT = metrics_table(address=ANY_PORT)  # tests may run beside a real supervisor
