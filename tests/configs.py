@@ -8,10 +8,13 @@
     mode = "thread"
     max_children = 8
 
-Keyword arguments become keys, in the order given, their values written as TOML (strings,
-integers, floats, booleans and lists of them). Every table starts and ends with a newline, so
-tables (and raw TOML text) can be joined with `+`. A test whose subject is odd or broken TOML
-writes that text out itself.
+A handler given by its class name alone is one of tests/handlers.py; a "module:Class" spec is
+written as given. Keyword arguments become keys, in the order given, their values written as
+TOML (strings, integers, floats, booleans and lists of them); a server name goes into the
+header as given (quote an odd one yourself: '"echo.v2"'). Every table starts and ends with a
+newline, so tables (and raw TOML lines, which then belong to the table before them) can be
+joined with `+`. A test whose subject is odd or broken TOML, or the way a value is spelled
+(0o660 against "0660"), writes that text out itself.
 """
 
 import json
@@ -45,8 +48,10 @@ def handler_spec(handler: str) -> str:
     return handler if ":" in handler else f"{HANDLERS}:{handler}"
 
 
-def server_table(name: str, handler: str, *, address: str = ANY_PORT, **keys: TomlValue) -> str:
-    """The `[servers.NAME]` table of one server: its address, its handler, then `keys`."""
+def server_table(name: str, handler: str, **keys: TomlValue) -> str:
+    """The `[servers.NAME]` table of one server: its address (ANY_PORT unless `keys` has one),
+    its handler, then the other `keys`."""
+    address = keys.pop("address", ANY_PORT)
     return table(f"servers.{name}", {"address": address, "handler": handler_spec(handler), **keys})
 
 
