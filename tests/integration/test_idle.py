@@ -4,6 +4,7 @@ import time
 
 import psutil
 
+from tests.configs import server_table
 from tests.conftest import StartSupervisor, exchange
 
 WINDOW = 1.5  # seconds observed; the standard library's serve_forever wakes 3 times in it
@@ -11,16 +12,8 @@ WINDOW = 1.5  # seconds observed; the standard library's serve_forever wakes 3 t
 
 def test_an_idle_supervisor_does_not_wake_up(start_supervisor: StartSupervisor) -> None:
     supervisor = start_supervisor(
-        """
-        [servers.a]
-        address = "tcp://127.0.0.1:0"
-        handler = "tests.handlers:LineEchoHandler"
-
-        [servers.b]
-        address = "udp://127.0.0.1:0"
-        handler = "tests.handlers:DatagramEchoHandler"
-        mode = "thread"
-        """
+        server_table("a", "LineEchoHandler")
+        + server_table("b", "DatagramEchoHandler", address="udp://127.0.0.1:0", mode="thread")
     )
     assert exchange(supervisor.inet("a"), b"warm up\n").endswith(b" warm up\n")
     process = psutil.Process(supervisor.pid)

@@ -12,6 +12,7 @@ import pytest
 from supervisor.children import SystemCalls
 from supervisor.core import State, Supervisor
 from supervisor.reload import prepare
+from tests.configs import server_table
 from tests.conftest import StartSupervisor, connect, exchange, readline
 
 
@@ -19,14 +20,7 @@ from tests.conftest import StartSupervisor, connect, exchange, readline
 def test_a_handler_exception_is_logged_and_serving_goes_on(
     start_supervisor: StartSupervisor, mode: str
 ) -> None:
-    supervisor = start_supervisor(
-        f"""
-        [servers.bad]
-        address = "tcp://127.0.0.1:0"
-        handler = "tests.handlers:FailingHandler"
-        mode = "{mode}"
-        """
-    )
+    supervisor = start_supervisor(server_table("bad", "FailingHandler", mode=mode))
     address = supervisor.inet("bad")
     with connect(address) as sock:
         sock.sendall(b"boom\n")
@@ -48,15 +42,7 @@ def test_a_handler_exception_is_logged_and_serving_goes_on(
 
 def test_a_child_killed_by_a_signal_is_logged(start_supervisor: StartSupervisor) -> None:
     supervisor = start_supervisor(
-        """
-        [servers.doomed]
-        address = "tcp://127.0.0.1:0"
-        handler = "tests.handlers:SelfKillingHandler"
-
-        [servers.echo]
-        address = "tcp://127.0.0.1:0"
-        handler = "tests.handlers:LineEchoHandler"
-        """
+        server_table("doomed", "SelfKillingHandler") + server_table("echo", "LineEchoHandler")
     )
     for _ in range(3):
         with connect(supervisor.inet("doomed")) as sock:
@@ -70,13 +56,7 @@ def test_running_out_of_file_descriptors_backs_off_instead_of_spinning(
     start_supervisor: StartSupervisor,
 ) -> None:
     supervisor = start_supervisor(
-        """
-        [servers.hold]
-        address = "tcp://127.0.0.1:0"
-        handler = "tests.handlers:PidHandler"
-        mode = "thread"
-        max_children = 1000
-        """
+        server_table("hold", "PidHandler", mode="thread", max_children=1000)
     )
     address = supervisor.inet("hold")
     open_files = len(os.listdir(f"/proc/{supervisor.pid}/fd"))
@@ -112,10 +92,7 @@ def test_running_out_of_file_descriptors_backs_off_instead_of_spinning(
 def failing_fork_supervisor(tmp_path: os.PathLike[str]) -> Iterator[Supervisor]:
     path = os.path.join(tmp_path, "fork.toml")
     with open(path, "w") as file:
-        file.write(
-            '[servers.echo]\naddress = "tcp://127.0.0.1:0"\n'
-            'handler = "tests.handlers:LineEchoHandler"\n'
-        )
+        file.write(server_table("echo", "LineEchoHandler"))
 
     def no_fork() -> int:
         raise OSError(errno.EAGAIN, os.strerror(errno.EAGAIN))

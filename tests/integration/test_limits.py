@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import psutil
 import pytest
 
+from tests.configs import server_table, supervisor_table
 from tests.conftest import StartSupervisor, Supervisor, connect, exchange, readline
 
 FLOOD_CLIENTS = 200
@@ -66,15 +67,7 @@ def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
 def test_max_children_is_never_exceeded_under_a_flood(
     start_supervisor: StartSupervisor,
 ) -> None:
-    supervisor = start_supervisor(
-        """
-        [servers.slow]
-        address = "tcp://127.0.0.1:0"
-        handler = "tests.handlers:SleepHandler"
-        max_children = 5
-        backlog = 512
-        """
-    )
+    supervisor = start_supervisor(server_table("slow", "SleepHandler", max_children=5, backlog=512))
     with ChildSampler(supervisor) as sampler:
         replies = flood(supervisor.inet("slow"), FLOOD_CLIENTS)
     assert replies == [b"done\n"] * FLOOD_CLIENTS
@@ -86,23 +79,9 @@ def test_max_children_is_never_exceeded_under_a_flood(
 
 def test_the_global_cap_holds_across_servers(start_supervisor: StartSupervisor) -> None:
     supervisor = start_supervisor(
-        """
-        [supervisor]
-        max_children = 3
-
-        [servers.a]
-        address = "tcp://127.0.0.1:0"
-        handler = "tests.handlers:SleepHandler"
-        max_children = 5
-        backlog = 512
-
-        [servers.b]
-        address = "tcp://127.0.0.1:0"
-        handler = "tests.handlers:SleepHandler"
-        mode = "thread"
-        max_children = 5
-        backlog = 512
-        """
+        supervisor_table(max_children=3)
+        + server_table("a", "SleepHandler", max_children=5, backlog=512)
+        + server_table("b", "SleepHandler", mode="thread", max_children=5, backlog=512)
     )
     with ChildSampler(supervisor) as sampler, ThreadPoolExecutor(max_workers=2) as pool:
         both = pool.map(lambda name: flood(supervisor.inet(name), 60), ["a", "b"])
@@ -115,18 +94,8 @@ def test_a_saturated_server_does_not_stall_another(
     start_supervisor: StartSupervisor, mode: str
 ) -> None:
     supervisor = start_supervisor(
-        f"""
-        [servers.full]
-        address = "tcp://127.0.0.1:0"
-        handler = "tests.handlers:PidHandler"
-        mode = "{mode}"
-        max_children = 2
-
-        [servers.other]
-        address = "tcp://127.0.0.1:0"
-        handler = "tests.handlers:LineEchoHandler"
-        max_children = 1
-        """
+        server_table("full", "PidHandler", mode=mode, max_children=2)
+        + server_table("other", "LineEchoHandler", max_children=1)
     )
     full = supervisor.inet("full")
     held = [connect(full) for _ in range(2)]
@@ -163,14 +132,7 @@ def test_a_saturated_server_does_not_stall_another(
 
 
 def test_no_zombie_after_load(start_supervisor: StartSupervisor) -> None:
-    supervisor = start_supervisor(
-        """
-        [servers.echo]
-        address = "tcp://127.0.0.1:0"
-        handler = "tests.handlers:LineEchoHandler"
-        max_children = 8
-        """
-    )
+    supervisor = start_supervisor(server_table("echo", "LineEchoHandler", max_children=8))
     address = supervisor.inet("echo")
     with ThreadPoolExecutor(max_workers=16) as pool:
         replies = list(pool.map(lambda _: exchange(address, b"x\n"), range(300)))

@@ -15,6 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.configs import server_table, supervisor_table
 from tests.conftest import Supervisor, children_of, connect, exchange, readline
 
 UNSHARE = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"]
@@ -90,14 +91,7 @@ def test_pid1_stops_on_a_signal_after_the_request_in_flight(
     start_pid1: StartPid1, signum: int
 ) -> None:
     supervisor = start_pid1(
-        """
-        [supervisor]
-        shutdown_timeout = 10
-
-        [servers.hold]
-        address = "tcp://127.0.0.1:0"
-        handler = "tests.handlers:PidHandler"
-        """
+        supervisor_table(shutdown_timeout=10) + server_table("hold", "PidHandler")
     )
     with connect(supervisor.inet("hold")) as client:
         readline(client)  # the child runs the request
@@ -115,11 +109,7 @@ def test_pid1_a_sigterm_while_starting_is_not_lost(start_pid1: StartPid1, tmp_pa
     fifo = tmp_path / "import.fifo"
     os.mkfifo(fifo)
     supervisor = start_pid1(
-        """
-        [servers.late]
-        address = "tcp://127.0.0.1:0"
-        handler = "tests.blocking_import:Handler"
-        """,
+        server_table("late", "tests.blocking_import:Handler"),
         env={"BLOCKING_IMPORT_FIFO": str(fifo)},
         ready=False,
     )
@@ -135,15 +125,8 @@ def test_pid1_a_sigterm_while_starting_is_not_lost(start_pid1: StartPid1, tmp_pa
 @pytest.mark.parametrize("mode", ["fork", "thread"])
 def test_pid1_reaps_an_orphan_a_handler_left_behind(start_pid1: StartPid1, mode: str) -> None:
     supervisor = start_pid1(
-        f"""
-        [supervisor]
-        log_level = "debug"
-
-        [servers.daemonizer]
-        address = "tcp://127.0.0.1:0"
-        handler = "tests.handlers:DoubleForkHandler"
-        mode = "{mode}"
-        """
+        supervisor_table(log_level="debug")
+        + server_table("daemonizer", "DoubleForkHandler", mode=mode)
     )
     with connect(supervisor.inet("daemonizer")) as client:
         client.sendall(b"go\n")  # nothing is read until the orphan exists
@@ -162,14 +145,7 @@ def test_pid1_reaps_an_orphan_a_handler_left_behind(start_pid1: StartPid1, mode:
 def test_pid1_leaves_a_handler_threads_subprocess_to_it(start_pid1: StartPid1) -> None:
     """As PID 1 the supervisor reaps processes it did not fork; a thread-mode handler's own
     subprocess must still get its exit status (3), not lose it to that reaper."""
-    supervisor = start_pid1(
-        """
-        [servers.shell]
-        address = "tcp://127.0.0.1:0"
-        handler = "tests.handlers:PendingSubprocessHandler"
-        mode = "thread"
-        """
-    )
+    supervisor = start_pid1(server_table("shell", "PendingSubprocessHandler", mode="thread"))
     statuses = [exchange(supervisor.inet("shell"), b"go\n") for _ in range(10)]
     assert statuses == [b"3\n"] * 10
     assert "not a child of ours" not in supervisor.log

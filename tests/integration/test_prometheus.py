@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from tests.configs import server_table
 from tests.conftest import LoggedProcess, StartSupervisor, exchange
 
 pytestmark = [
@@ -116,16 +117,8 @@ def test_prometheus_sees_the_traffic(
     start_supervisor: StartSupervisor, start_prometheus: StartPrometheus
 ) -> None:
     supervisor = start_supervisor(
-        """
-        [servers.forked]
-        address = "tcp://127.0.0.1:0"
-        handler = "tests.handlers:LineEchoHandler"
-
-        [servers.threaded]
-        address = "tcp://127.0.0.1:0"
-        handler = "tests.handlers:LineEchoHandler"
-        mode = "thread"
-        """
+        server_table("forked", "LineEchoHandler")
+        + server_table("threaded", "LineEchoHandler", mode="thread")
     )
     host, port = supervisor.inet("metrics")
     prometheus = start_prometheus(f"{host}:{port}")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import psutil
 
+from tests.configs import server_table, supervisor_table
 from tests.conftest import StartSupervisor, connect, exchange, readline
 
 
@@ -16,16 +17,8 @@ def test_a_thread_handler_keeps_the_exit_status_of_its_subprocess(
 ) -> None:
     """The supervisor reaps its own children only, so subprocess.run sees its child's status."""
     supervisor = start_supervisor(
-        """
-        [servers.shell]
-        address = "tcp://127.0.0.1:0"
-        handler = "tests.handlers:SubprocessHandler"
-        mode = "thread"
-
-        [servers.forks]
-        address = "tcp://127.0.0.1:0"
-        handler = "tests.handlers:LineEchoHandler"
-        """
+        server_table("shell", "SubprocessHandler", mode="thread")
+        + server_table("forks", "LineEchoHandler")
     )
     shell, forks = supervisor.inet("shell"), supervisor.inet("forks")
     with ThreadPoolExecutor(max_workers=8) as pool:
@@ -41,20 +34,11 @@ def test_a_datagram_handler_cannot_make_the_parent_block(
     start_supervisor: StartSupervisor,
 ) -> None:
     supervisor = start_supervisor(
-        """
-        [servers.udp-fork]
-        address = "udp://127.0.0.1:0"
-        handler = "tests.handlers:BlockingDatagramHandler"
-
-        [servers.udp-thread]
-        address = "udp://127.0.0.1:0"
-        handler = "tests.handlers:BlockingDatagramHandler"
-        mode = "thread"
-
-        [servers.tcp]
-        address = "tcp://127.0.0.1:0"
-        handler = "tests.handlers:LineEchoHandler"
-        """
+        server_table("udp-fork", "BlockingDatagramHandler", address="udp://127.0.0.1:0")
+        + server_table(
+            "udp-thread", "BlockingDatagramHandler", address="udp://127.0.0.1:0", mode="thread"
+        )
+        + server_table("tcp", "LineEchoHandler")
     )
     for name in ("udp-fork", "udp-thread"):
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
@@ -70,16 +54,8 @@ def test_forked_children_do_not_repeat_the_parents_buffered_output(
     start_supervisor: StartSupervisor,
 ) -> None:
     supervisor = start_supervisor(
-        """
-        [servers.printer]
-        address = "tcp://127.0.0.1:0"
-        handler = "tests.handlers:PrintHandler"
-        mode = "inline"
-
-        [servers.forks]
-        address = "tcp://127.0.0.1:0"
-        handler = "tests.handlers:LineEchoHandler"
-        """,
+        server_table("printer", "PrintHandler", mode="inline")
+        + server_table("forks", "LineEchoHandler"),
         env={"PYTHONUNBUFFERED": ""},  # stdout is a pipe: block-buffered, as under systemd
     )
     assert exchange(supervisor.inet("printer"), b"") == b"printed\n"
@@ -94,16 +70,7 @@ def test_a_forked_child_does_not_hold_connections_served_by_threads(
     start_supervisor: StartSupervisor,
 ) -> None:
     supervisor = start_supervisor(
-        """
-        [servers.threads]
-        address = "tcp://127.0.0.1:0"
-        handler = "tests.handlers:PidHandler"
-        mode = "thread"
-
-        [servers.forks]
-        address = "tcp://127.0.0.1:0"
-        handler = "tests.handlers:PidHandler"
-        """
+        server_table("threads", "PidHandler", mode="thread") + server_table("forks", "PidHandler")
     )
     with connect(supervisor.inet("threads")) as held, connect(supervisor.inet("forks")) as forked:
         assert int(readline(held)) == supervisor.pid
@@ -116,13 +83,7 @@ def test_a_forked_child_does_not_hold_connections_served_by_threads(
 
 
 def test_a_child_killed_by_a_realtime_signal_is_logged(start_supervisor: StartSupervisor) -> None:
-    supervisor = start_supervisor(
-        """
-        [servers.rt]
-        address = "tcp://127.0.0.1:0"
-        handler = "tests.handlers:RealtimeSignalHandler"
-        """
-    )
+    supervisor = start_supervisor(server_table("rt", "RealtimeSignalHandler"))
     with connect(supervisor.inet("rt")) as sock:
         assert sock.recv(1) == b""
     supervisor.wait_for_log(r"rt: child \d+ killed by signal SIGRTMIN\+3")
@@ -130,14 +91,7 @@ def test_a_child_killed_by_a_realtime_signal_is_logged(start_supervisor: StartSu
 
 
 def test_an_idle_client_timing_out_is_one_log_line(start_supervisor: StartSupervisor) -> None:
-    supervisor = start_supervisor(
-        """
-        [servers.idle]
-        address = "tcp://127.0.0.1:0"
-        handler = "tests.handlers:IdleTimeoutHandler"
-        mode = "thread"
-        """
-    )
+    supervisor = start_supervisor(server_table("idle", "IdleTimeoutHandler", mode="thread"))
     with connect(supervisor.inet("idle")) as sock:
         assert sock.recv(1) == b""  # closed by the handler's timeout
     supervisor.wait_for_log(r"WARNING .*idle: connection with client .* lost \(timed out\)")
@@ -148,11 +102,7 @@ def test_server_close_in_a_child_leaves_the_parents_socket_file(
     start_supervisor: StartSupervisor, sockdir: Path
 ) -> None:
     supervisor = start_supervisor(
-        f"""
-        [servers.closer]
-        address = "unix://{sockdir}/closer.sock"
-        handler = "tests.handlers:CloseServerHandler"
-        """
+        server_table("closer", "CloseServerHandler", address=f"unix://{sockdir}/closer.sock")
     )
     path = supervisor.unix_path("closer")
     for _ in range(2):
@@ -162,15 +112,8 @@ def test_server_close_in_a_child_leaves_the_parents_socket_file(
 
 def test_repeated_sigterm_does_not_postpone_sigkill(start_supervisor: StartSupervisor) -> None:
     supervisor = start_supervisor(
-        """
-        [supervisor]
-        shutdown_timeout = 0.1
-        kill_grace = 1
-
-        [servers.stubborn]
-        address = "tcp://127.0.0.1:0"
-        handler = "tests.handlers:StubbornHandler"
-        """
+        supervisor_table(shutdown_timeout=0.1, kill_grace=1)
+        + server_table("stubborn", "StubbornHandler")
     )
     with connect(supervisor.inet("stubborn")) as sock:
         assert int(readline(sock)) > 0
@@ -205,12 +148,7 @@ def test_startup_does_not_hang_on_a_live_unix_listener_with_a_full_queue(
             except BlockingIOError:
                 break  # the queue is full
         supervisor = start_supervisor(
-            f"""
-            [servers.busy]
-            address = "unix://{path}"
-            handler = "tests.handlers:LineEchoHandler"
-            """,
-            ready=False,
+            server_table("busy", "LineEchoHandler", address=f"unix://{path}"), ready=False
         )
         assert supervisor.wait(timeout=10) == 71
         assert "servers.busy: cannot bind" in supervisor.log

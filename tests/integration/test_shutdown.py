@@ -8,6 +8,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.configs import server_table, supervisor_table
 from tests.conftest import StartSupervisor, connect, readline
 
 
@@ -16,15 +17,7 @@ def test_an_in_flight_request_finishes(
     start_supervisor: StartSupervisor, mode: str, signum: int
 ) -> None:
     supervisor = start_supervisor(
-        f"""
-        [supervisor]
-        shutdown_timeout = 30
-
-        [servers.hold]
-        address = "tcp://127.0.0.1:0"
-        handler = "tests.handlers:PidHandler"
-        mode = "{mode}"
-        """
+        supervisor_table(shutdown_timeout=30) + server_table("hold", "PidHandler", mode=mode)
     )
     address = supervisor.inet("hold")
     with connect(address) as sock:
@@ -44,15 +37,7 @@ def test_a_request_that_outlives_the_timeout_is_terminated(
     start_supervisor: StartSupervisor,
 ) -> None:
     supervisor = start_supervisor(
-        """
-        [supervisor]
-        shutdown_timeout = 0.2
-        kill_grace = 5
-
-        [servers.hold]
-        address = "tcp://127.0.0.1:0"
-        handler = "tests.handlers:PidHandler"
-        """
+        supervisor_table(shutdown_timeout=0.2, kill_grace=5) + server_table("hold", "PidHandler")
     )
     with connect(supervisor.inet("hold")) as sock:
         child = psutil.Process(int(readline(sock)))
@@ -67,15 +52,8 @@ def test_a_request_that_outlives_the_timeout_is_terminated(
 
 def test_a_child_that_ignores_sigterm_is_killed(start_supervisor: StartSupervisor) -> None:
     supervisor = start_supervisor(
-        """
-        [supervisor]
-        shutdown_timeout = 0.1
-        kill_grace = 0.3
-
-        [servers.stubborn]
-        address = "tcp://127.0.0.1:0"
-        handler = "tests.handlers:StubbornHandler"
-        """
+        supervisor_table(shutdown_timeout=0.1, kill_grace=0.3)
+        + server_table("stubborn", "StubbornHandler")
     )
     with connect(supervisor.inet("stubborn")) as sock:
         child = psutil.Process(int(readline(sock)))  # it ignores SIGTERM from here on
@@ -94,20 +72,9 @@ def test_once_the_killed_children_are_reaped_it_stops_without_waiting_for_thread
     not one more kill_grace because a thread-mode request is still running."""
     kill_grace = 2.0
     supervisor = start_supervisor(
-        f"""
-        [supervisor]
-        shutdown_timeout = 0.1
-        kill_grace = {kill_grace}
-
-        [servers.stubborn]
-        address = "tcp://127.0.0.1:0"
-        handler = "tests.handlers:StubbornHandler"
-
-        [servers.held]
-        address = "tcp://127.0.0.1:0"
-        handler = "tests.handlers:PidHandler"
-        mode = "thread"
-        """
+        supervisor_table(shutdown_timeout=0.1, kill_grace=kill_grace)
+        + server_table("stubborn", "StubbornHandler")
+        + server_table("held", "PidHandler", mode="thread")
     )
     with connect(supervisor.inet("stubborn")) as stubborn, connect(supervisor.inet("held")) as held:
         child = int(readline(stubborn))
@@ -121,14 +88,7 @@ def test_once_the_killed_children_are_reaped_it_stops_without_waiting_for_thread
 
 def test_a_second_signal_terminates_at_once(start_supervisor: StartSupervisor) -> None:
     supervisor = start_supervisor(
-        """
-        [supervisor]
-        shutdown_timeout = 600
-
-        [servers.hold]
-        address = "tcp://127.0.0.1:0"
-        handler = "tests.handlers:PidHandler"
-        """
+        supervisor_table(shutdown_timeout=600) + server_table("hold", "PidHandler")
     )
     with connect(supervisor.inet("hold")) as sock:
         assert int(readline(sock)) > 0
@@ -144,15 +104,8 @@ def test_unix_socket_files_are_removed_on_stop(
     start_supervisor: StartSupervisor, sockdir: Path
 ) -> None:
     supervisor = start_supervisor(
-        f"""
-        [servers.stream]
-        address = "unix://{sockdir}/stream.sock"
-        handler = "tests.handlers:LineEchoHandler"
-
-        [servers.dgram]
-        address = "unixgram://{sockdir}/dgram.sock"
-        handler = "tests.handlers:DatagramEchoHandler"
-        """
+        server_table("stream", "LineEchoHandler", address=f"unix://{sockdir}/stream.sock")
+        + server_table("dgram", "DatagramEchoHandler", address=f"unixgram://{sockdir}/dgram.sock")
     )
     paths = [supervisor.unix_path("stream"), supervisor.unix_path("dgram")]
     assert all(os.path.exists(path) for path in paths)
@@ -168,13 +121,7 @@ def test_a_stale_unix_socket_file_is_replaced(
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     stale.bind(path)
     stale.close()  # the file stays behind, with nobody listening
-    supervisor = start_supervisor(
-        f"""
-        [servers.echo]
-        address = "unix://{path}"
-        handler = "tests.handlers:LineEchoHandler"
-        """
-    )
+    supervisor = start_supervisor(server_table("echo", "LineEchoHandler", address=f"unix://{path}"))
     with connect(path) as sock:
         sock.sendall(b"hi\n")
         assert readline(sock).endswith(b" hi\n")
@@ -185,12 +132,7 @@ def test_a_thread_mode_datagram_request_finishes_during_a_stop(
     start_supervisor: StartSupervisor,
 ) -> None:
     supervisor = start_supervisor(
-        """
-        [servers.slow-udp]
-        address = "udp://127.0.0.1:0"
-        handler = "tests.handlers:SlowDatagramHandler"
-        mode = "thread"
-        """
+        server_table("slow-udp", "SlowDatagramHandler", address="udp://127.0.0.1:0", mode="thread")
     )
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
         client.settimeout(10)

@@ -14,26 +14,14 @@ import pytest
 from supervisor.core import State, Supervisor
 from supervisor.reload import prepare
 from supervisor.signals import Intent
-from tests.configs import ECHO
+from tests.configs import ECHO, TomlValue, server_table, supervisor_table
 from tests.conftest import StartSupervisor, connect, exchange, readline
 
-EXTRA = """
-[servers.extra]
-address = "tcp://127.0.0.1:0"
-handler = "tests.handlers:BaseEchoHandler"
-"""
+EXTRA = server_table("extra", "BaseEchoHandler")
 
 
-def held_config(handler: str, settings: str = "") -> str:
-    return f"""
-[supervisor]
-shutdown_timeout = 600
-{settings}
-
-[servers.held]
-address = "tcp://127.0.0.1:0"
-handler = "tests.handlers:{handler}"
-"""
+def held_config(handler: str, **settings: TomlValue) -> str:
+    return supervisor_table(shutdown_timeout=600, **settings) + server_table("held", handler)
 
 
 def test_sigquit_terminates_running_requests_at_once(start_supervisor: StartSupervisor) -> None:
@@ -54,7 +42,7 @@ def test_sigquit_terminates_running_requests_at_once(start_supervisor: StartSupe
 def test_sigquit_kills_a_child_that_ignores_sigterm_after_the_grace(
     start_supervisor: StartSupervisor,
 ) -> None:
-    supervisor = start_supervisor(held_config("StubbornHandler", "kill_grace = 0.2"))
+    supervisor = start_supervisor(held_config("StubbornHandler", kill_grace=0.2))
     with connect(supervisor.inet("held")) as held:
         child = psutil.Process(int(readline(held)))  # SIGTERM is ignored from here on
         supervisor.signal(signal.SIGQUIT)
