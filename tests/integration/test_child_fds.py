@@ -7,33 +7,21 @@ from pathlib import Path
 
 import psutil
 
-from tests.configs import METRICS_ANY_PORT
+from tests.configs import METRICS_ANY_PORT, server_table, supervisor_table
 from tests.conftest import StartSupervisor, Supervisor, connect, readline
 
-CONFIG = """
-[servers.hold]
-address = "tcp://127.0.0.1:0"
-handler = "tests.handlers:PidHandler"
+ADDED = server_table("added", "LineEchoHandler")
 
-[servers.threaded]
-address = "tcp://127.0.0.1:0"
-handler = "tests.handlers:LineEchoHandler"
-mode = "thread"
 
-[servers.udp]
-address = "udp://127.0.0.1:0"
-handler = "tests.handlers:DatagramEchoHandler"
-
-[servers.local]
-address = "unix://{sockdir}/local.sock"
-handler = "tests.handlers:LineEchoHandler"
-{extra}
-"""
-ADDED = """
-[servers.added]
-address = "tcp://127.0.0.1:0"
-handler = "tests.handlers:LineEchoHandler"
-"""
+def config_text(sockdir: Path, extra: str = "") -> str:
+    """A server of each kind a child could inherit a socket from, then `extra`."""
+    return (
+        server_table("hold", "PidHandler")
+        + server_table("threaded", "LineEchoHandler", mode="thread")
+        + server_table("udp", "DatagramEchoHandler", address="udp://127.0.0.1:0")
+        + server_table("local", "LineEchoHandler", address=f"unix://{sockdir}/local.sock")
+        + extra
+    )
 
 
 def sockets_of(pid: int) -> list[tuple[object, object, str]]:
@@ -55,7 +43,7 @@ def check_a_child(supervisor: Supervisor) -> None:
 
 
 def test_a_child_keeps_only_its_request(start_supervisor: StartSupervisor, sockdir: Path) -> None:
-    supervisor = start_supervisor(CONFIG.format(sockdir=sockdir, extra=""))
+    supervisor = start_supervisor(config_text(sockdir))
     check_a_child(supervisor)
     # A datagram child keeps the socket it answers on: its reply arrives.
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
@@ -67,12 +55,12 @@ def test_a_child_keeps_only_its_request(start_supervisor: StartSupervisor, sockd
 def test_after_reloads_a_child_keeps_only_its_request(
     start_supervisor: StartSupervisor, sockdir: Path
 ) -> None:
-    supervisor = start_supervisor(CONFIG.format(sockdir=sockdir, extra=ADDED))
+    supervisor = start_supervisor(config_text(sockdir, ADDED))
     check_a_child(supervisor)
     # Servers removed and added, sockets closed and opened: what a child closes must follow.
     for extra in ("", ADDED, ""):
         seen = len(supervisor.lines)
-        supervisor.config.write_text(CONFIG.format(sockdir=sockdir, extra=extra) + METRICS_ANY_PORT)
+        supervisor.config.write_text(config_text(sockdir, extra) + METRICS_ANY_PORT)
         supervisor.signal(signal.SIGHUP)
         supervisor.wait_for_log("reloaded: ", start=seen)
         check_a_child(supervisor)
@@ -85,15 +73,8 @@ def test_a_child_does_not_keep_the_pidfile_open(
     that `supervisor stop` then signals."""
     pidfile = sockdir / "sv.pid"
     supervisor = start_supervisor(
-        f"""
-        [supervisor]
-        pidfile = "{pidfile}"
-        fork_server = false
-
-        [servers.hold]
-        address = "tcp://127.0.0.1:0"
-        handler = "tests.handlers:PidHandler"
-        """
+        supervisor_table(pidfile=str(pidfile), fork_server=False)
+        + server_table("hold", "PidHandler")
     )
     with connect(supervisor.inet("hold")) as client:
         child = int(readline(client))

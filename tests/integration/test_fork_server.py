@@ -10,27 +10,13 @@ from typing import Any
 import psutil
 
 from supervisor import control
+from tests.configs import TomlValue, server_table, supervisor_table
 from tests.conftest import StartSupervisor, Supervisor, connect, exchange, finish, readline
 from tests.integration.test_daemon import LogFile, wait_ready
 from tests.integration.test_metrics import idle, scrape, scrape_until
 
 FORKING = r"fork server (\d+): forking for (\d+) servers"
 
-CONFIG = """
-[supervisor]
-pidfile = "{sockdir}/sv.pid"
-shutdown_timeout = {shutdown_timeout}
-kill_grace = {kill_grace}
-{extra}
-
-[servers.hold]
-address = "tcp://127.0.0.1:0"
-handler = "tests.handlers:PidHandler"
-
-[servers.echo]
-address = "tcp://127.0.0.1:0"
-handler = "{echo}"
-"""
 ECHO = "tests.handlers:LineEchoHandler"
 # Handover messages: more than the fork server's channel holds unread (278 with this kernel's
 # default socket buffers; a machine with much larger ones would need more).
@@ -55,20 +41,23 @@ def wait_until_accepted(port: int, timeout: float = 10.0) -> None:
         time.sleep(0.001)
 
 
-def config_text(
-    sockdir: Path,
-    *,
-    extra: str = "",
-    shutdown_timeout: float = 10,
-    kill_grace: float = 2,
-    echo: str = ECHO,
-) -> str:
-    return CONFIG.format(
-        sockdir=sockdir,
-        extra=extra,
-        shutdown_timeout=shutdown_timeout,
-        kill_grace=kill_grace,
-        echo=echo,
+def supervisor_settings(sockdir: Path, **settings: TomlValue) -> str:
+    """[supervisor] with its pidfile (and control socket) in `sockdir`; `settings` over the
+    defaults."""
+    defaults: dict[str, TomlValue] = {
+        "pidfile": f"{sockdir}/sv.pid",
+        "shutdown_timeout": 10,
+        "kill_grace": 2,
+    }
+    return supervisor_table(**{**defaults, **settings})
+
+
+def config_text(sockdir: Path, *, echo: str = ECHO, **settings: TomlValue) -> str:
+    """Two fork-mode servers: `hold` (a PidHandler) and `echo` (the handler `echo`)."""
+    return (
+        supervisor_settings(sockdir, **settings)
+        + server_table("hold", "PidHandler")
+        + server_table("echo", echo)
     )
 
 
@@ -76,17 +65,12 @@ def start(
     start_supervisor: StartSupervisor,
     sockdir: Path,
     *,
-    extra: str = "",
-    shutdown_timeout: float = 10,
-    kill_grace: float = 2,
     echo: str = ECHO,
     serves: int = 2,
+    **settings: TomlValue,
 ) -> tuple[Supervisor, int]:
     """A supervisor and the pid of its fork server, once that is ready."""
-    text = config_text(
-        sockdir, extra=extra, shutdown_timeout=shutdown_timeout, kill_grace=kill_grace, echo=echo
-    )
-    supervisor = start_supervisor(text)
+    supervisor = start_supervisor(config_text(sockdir, echo=echo, **settings))
     match = supervisor.wait_for_log(FORKING)
     assert int(match.group(2)) == serves
     return supervisor, int(match.group(1))
@@ -127,7 +111,7 @@ def test_requests_are_forked_by_the_fork_server(
 def test_fork_server_off_forks_in_the_supervisor(
     start_supervisor: StartSupervisor, sockdir: Path
 ) -> None:
-    text = config_text(sockdir, extra="fork_server = false")
+    text = config_text(sockdir, fork_server=False)
     supervisor = start_supervisor(text)
     client, child = held_child(supervisor)
     assert child.ppid() == supervisor.pid
@@ -234,24 +218,13 @@ def test_stop_terminates_the_fork_servers_children_after_the_timeout(
 def test_threads_and_subprocesses_work_in_the_fork_servers_children(
     start_supervisor: StartSupervisor, sockdir: Path
 ) -> None:
-    extra = """
-[servers.thread]
-address = "tcp://127.0.0.1:0"
-handler = "tests.handlers:ThreadHandler"
-
-[servers.shell]
-address = "tcp://127.0.0.1:0"
-handler = "tests.handlers:SubprocessHandler"
-
-[servers.orphan]
-address = "tcp://127.0.0.1:0"
-handler = "tests.handlers:DoubleForkHandler"
-
-[servers.forks]
-address = "tcp://127.0.0.1:0"
-handler = "tests.handlers:ForkWithThreadHandler"
-"""
-    supervisor, _ = start(start_supervisor, sockdir, extra="", serves=2)
+    extra = (
+        server_table("thread", "ThreadHandler")
+        + server_table("shell", "SubprocessHandler")
+        + server_table("orphan", "DoubleForkHandler")
+        + server_table("forks", "ForkWithThreadHandler")
+    )
+    supervisor, _ = start(start_supervisor, sockdir, serves=2)
     supervisor.config.write_text(supervisor.config.read_text() + extra)
     start_of_log = len(supervisor.lines)
     supervisor.signal(signal.SIGHUP)
@@ -303,8 +276,7 @@ def test_a_reopened_log_file_reaches_the_fork_servers_children(
     start_supervisor: StartSupervisor, sockdir: Path, tmp_path: Path
 ) -> None:
     log_file = tmp_path / "supervisor.log"
-    extra = f'log_file = "{log_file}"'
-    text = config_text(sockdir, extra=extra, echo=PRINT)
+    text = config_text(sockdir, echo=PRINT, log_file=str(log_file))
     supervisor = start_supervisor(text, ready=False)
     log = LogFile(log_file)
     log.wait_for(FORKING)
@@ -403,9 +375,10 @@ def test_a_stuck_fork_server_leaves_requests_to_the_supervisor(
     """With the fork server stopped, its channel fills up; the supervisor then forks new
     requests itself (a batch too, each child with only its own connection), and the queued
     ones are served once the fork server runs again."""
-    text = config_text(sockdir).replace(
-        'handler = "tests.handlers:LineEchoHandler"',
-        'handler = "tests.handlers:LineEchoHandler"\nmax_children = 1000',
+    text = (
+        supervisor_settings(sockdir)
+        + server_table("hold", "PidHandler")
+        + server_table("echo", ECHO, max_children=1000)
     )
     supervisor = start_supervisor(text)
     fork_server = int(supervisor.wait_for_log(FORKING).group(1))
@@ -448,17 +421,8 @@ def test_a_clean_stop_logs_no_error_about_the_fork_server(
     start_supervisor: StartSupervisor,
 ) -> None:
     supervisor = start_supervisor(
-        """
-        [servers.echo]
-        address = "tcp://127.0.0.1:0"
-        handler = "tests.handlers:LineEchoHandler"
-
-        [servers.pool]
-        address = "tcp://127.0.0.1:0"
-        handler = "tests.handlers:LineEchoHandler"
-        mode = "prefork"
-        workers = 2
-        """
+        server_table("echo", "LineEchoHandler")
+        + server_table("pool", "LineEchoHandler", mode="prefork", workers=2)
     )
     assert exchange(supervisor.inet("echo"), b"ping\n").endswith(b" ping\n")
     supervisor.signal(signal.SIGTERM)  # (the workers' exits keep the loop a moment longer)

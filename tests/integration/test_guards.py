@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from supervisor.stats import OUTCOMES
+from tests.configs import server_table, supervisor_table
 from tests.conftest import StartSupervisor, Supervisor, connect, exchange, finish, readline
 from tests.integration.test_metrics import Scrape, scrape, scrape_until
 from tests.integration.test_modes import has_ipv6_loopback
@@ -71,17 +72,14 @@ def test_denied_clients_get_the_banner_and_cost_no_fork(
     start_supervisor: StartSupervisor, fork_server: bool
 ) -> None:
     supervisor = start_supervisor(
-        f"""
-        [supervisor]
-        fork_server = {str(fork_server).lower()}
-
-        [servers.echo]
-        address = "tcp://127.0.0.1:0"
-        handler = "tests.handlers:LineEchoHandler"
-        allow = ["127.0.0.0/8"]
-        deny = ["127.0.0.2"]
-        banner_fail = "421 go away"
-        """
+        supervisor_table(fork_server=fork_server)
+        + server_table(
+            "echo",
+            "LineEchoHandler",
+            allow=["127.0.0.0/8"],
+            deny=["127.0.0.2"],
+            banner_fail="421 go away",
+        )
     )
     address = supervisor.inet("echo")
     for _ in range(20):
@@ -105,21 +103,15 @@ def test_ipv6_clients_are_matched_against_ipv6_networks(
     start_supervisor: StartSupervisor,
 ) -> None:
     supervisor = start_supervisor(
-        """
-        [supervisor]
-        allow = ["127.0.0.0/8", "::1"]
-
-        [servers.open]
-        address = "tcp://[::1]:0"
-        handler = "tests.handlers:LineEchoHandler"
-        mode = "thread"
-
-        [servers.closed]
-        address = "tcp://[::1]:0"
-        handler = "tests.handlers:LineEchoHandler"
-        allow = ["2001:db8::/32"]
-        banner_fail = "421 go away"
-        """
+        supervisor_table(allow=["127.0.0.0/8", "::1"])
+        + server_table("open", "LineEchoHandler", address="tcp://[::1]:0", mode="thread")
+        + server_table(
+            "closed",
+            "LineEchoHandler",
+            address="tcp://[::1]:0",
+            allow=["2001:db8::/32"],
+            banner_fail="421 go away",
+        )
     )
     assert exchange(supervisor.inet("open"), b"ping\n").endswith(b"ping\n")
     assert turned_away(connect(supervisor.inet("closed"))) == BANNER
@@ -134,20 +126,21 @@ def test_unix_socket_peers_are_matched_by_uid_and_gid(
     start_supervisor: StartSupervisor, sockdir: object
 ) -> None:
     supervisor = start_supervisor(
-        f"""
-        [servers.ours]
-        address = "unix://{sockdir}/ours.sock"
-        handler = "tests.handlers:LineEchoHandler"
-        allow = ["uid:{os.getuid()}"]
-        deny = ["gid:65534"]
-
-        [servers.others]
-        address = "unix://{sockdir}/others.sock"
-        handler = "tests.handlers:LineEchoHandler"
-        mode = "thread"
-        deny = ["gid:{os.getgid()}"]
-        banner_fail = "421 go away"
-        """
+        server_table(
+            "ours",
+            "LineEchoHandler",
+            address=f"unix://{sockdir}/ours.sock",
+            allow=[f"uid:{os.getuid()}"],
+            deny=["gid:65534"],
+        )
+        + server_table(
+            "others",
+            "LineEchoHandler",
+            address=f"unix://{sockdir}/others.sock",
+            mode="thread",
+            deny=[f"gid:{os.getgid()}"],
+            banner_fail="421 go away",
+        )
     )
     assert exchange(supervisor.unix_path("ours"), b"ping\n").endswith(b"ping\n")
     assert turned_away(connect(supervisor.unix_path("others"))) == BANNER
@@ -163,15 +156,7 @@ def test_unix_socket_peers_are_matched_by_uid_and_gid(
 def test_max_per_source_counts_running_requests_per_client_address(
     start_supervisor: StartSupervisor, mode: str
 ) -> None:
-    supervisor = start_supervisor(
-        f"""
-        [servers.pids]
-        address = "tcp://127.0.0.1:0"
-        handler = "tests.handlers:PidHandler"
-        mode = "{mode}"
-        max_per_source = 2
-        """
-    )
+    supervisor = start_supervisor(server_table("pids", "PidHandler", mode=mode, max_per_source=2))
     address = supervisor.inet("pids")
     held = [connect_from("127.0.0.1", address) for _ in range(2)]
     try:
@@ -214,16 +199,8 @@ def test_max_per_source_never_refuses_a_client_that_waits_for_each_answer(
     begun once the last answer has ended: none may be refused (a request stops counting when
     its handler returns, before the client can see the end of its answer)."""
     supervisor = start_supervisor(
-        f"""
-        [supervisor]
-        fork_server = {str(fork_server).lower()}
-
-        [servers.echo]
-        address = "tcp://127.0.0.1:0"
-        handler = "tests.handlers:LineEchoHandler"
-        mode = "{mode}"
-        max_per_source = 1
-        """
+        supervisor_table(fork_server=fork_server)
+        + server_table("echo", "LineEchoHandler", mode=mode, max_per_source=1)
     )
     address = supervisor.inet("echo")
     expected = b"%s ping\n" % repr(address).encode()
@@ -239,20 +216,8 @@ def test_rate_and_source_rate_are_token_buckets_with_a_burst(
 ) -> None:
     # Rates so low that no token comes back during the test: exactly the bursts get through.
     supervisor = start_supervisor(
-        """
-        [servers.server_rate]
-        address = "tcp://127.0.0.1:0"
-        handler = "tests.handlers:LineEchoHandler"
-        mode = "inline"
-        rate = 0.001
-        rate_burst = 3
-
-        [servers.source_rate]
-        address = "tcp://127.0.0.1:0"
-        handler = "tests.handlers:LineEchoHandler"
-        source_rate = 0.001
-        source_rate_burst = 2
-        """
+        server_table("server_rate", "LineEchoHandler", mode="inline", rate=0.001, rate_burst=3)
+        + server_table("source_rate", "LineEchoHandler", source_rate=0.001, source_rate_burst=2)
     )
 
     def served(source: str, server: str) -> bool:
@@ -278,21 +243,9 @@ def test_request_timeout_terminates_then_kills_a_child(
     start_supervisor: StartSupervisor, fork_server: bool
 ) -> None:
     supervisor = start_supervisor(
-        f"""
-        [supervisor]
-        kill_grace = 0.3
-        fork_server = {str(fork_server).lower()}
-
-        [servers.slow]
-        address = "tcp://127.0.0.1:0"
-        handler = "tests.handlers:PidHandler"
-        request_timeout = 0.5
-
-        [servers.stubborn]
-        address = "tcp://127.0.0.1:0"
-        handler = "tests.handlers:StubbornHandler"
-        request_timeout = 0.5
-        """
+        supervisor_table(kill_grace=0.3, fork_server=fork_server)
+        + server_table("slow", "PidHandler", request_timeout=0.5)
+        + server_table("stubborn", "StubbornHandler", request_timeout=0.5)
     )
     with connect(supervisor.inet("slow")) as slow, connect(supervisor.inet("stubborn")) as stuck:
         slow_pid, stuck_pid = int(readline(slow)), int(readline(stuck))
@@ -321,15 +274,9 @@ def test_request_timeout_terminates_then_kills_a_child(
 def test_request_timeout_is_a_socket_timeout_without_a_child_per_request(
     start_supervisor: StartSupervisor, mode: str
 ) -> None:
+    workers = {"workers": 1} if mode == "prefork" else {}
     supervisor = start_supervisor(
-        f"""
-        [servers.pids]
-        address = "tcp://127.0.0.1:0"
-        handler = "tests.handlers:PidHandler"
-        mode = "{mode}"
-        request_timeout = 0.3
-        {"workers = 1" if mode == "prefork" else ""}
-        """
+        server_table("pids", "PidHandler", mode=mode, request_timeout=0.3, **workers)
     )
     with connect(supervisor.inet("pids")) as sock:
         pid = int(readline(sock))
@@ -352,18 +299,8 @@ def test_a_flood_of_rejected_clients_does_not_hold_up_another_server(
     start_supervisor: StartSupervisor, flood_stop: threading.Event
 ) -> None:
     supervisor = start_supervisor(
-        """
-        [servers.closed]
-        address = "tcp://127.0.0.1:0"
-        handler = "tests.handlers:LineEchoHandler"
-        deny = ["0.0.0.0/0"]
-        banner_fail = "421 go away"
-
-        [servers.echo]
-        address = "tcp://127.0.0.1:0"
-        handler = "tests.handlers:LineEchoHandler"
-        mode = "inline"
-        """
+        server_table("closed", "LineEchoHandler", deny=["0.0.0.0/0"], banner_fail="421 go away")
+        + server_table("echo", "LineEchoHandler", mode="inline")
     )
     closed, echo = supervisor.inet("closed"), supervisor.inet("echo")
     flooded = [0] * 4
@@ -409,27 +346,28 @@ def test_a_flood_of_rejected_clients_does_not_hold_up_another_server(
 def test_guards_follow_a_reload_and_keep_counting_running_requests(
     start_supervisor: StartSupervisor,
 ) -> None:
-    base = """
-        [servers.pids]
-        address = "tcp://127.0.0.1:0"
-        handler = "tests.handlers:PidHandler"
-        """
-    supervisor = start_supervisor(base)
+    supervisor = start_supervisor(server_table("pids", "PidHandler"))
     address = supervisor.inet("pids")
-    guarded = base.replace(":0", f":{address[1]}") + 'max_per_source = 1\ndeny = ["127.0.0.3"]\n'
+    same_port = f"tcp://127.0.0.1:{address[1]}"
     before = connect_from("127.0.0.1", address)  # admitted before any guard: never counted
     held = None
     try:
         assert int(readline(before)) > 0
+        guarded = server_table(
+            "pids", "PidHandler", address=same_port, max_per_source=1, deny=["127.0.0.3"]
+        )
         reload(supervisor, guarded)
         assert turned_away(connect_from("127.0.0.3", address)) == b""
         held = connect_from("127.0.0.1", address)
         assert int(readline(held)) > 0
         assert turned_away(connect_from("127.0.0.1", address)) == b""  # `held` counts
         # New limits (a new guard): the request still running keeps counting.
-        reload(supervisor, guarded.replace("max_per_source = 1", "max_per_source = 1\nrate = 50"))
+        rate_added = server_table(
+            "pids", "PidHandler", address=same_port, max_per_source=1, rate=50, deny=["127.0.0.3"]
+        )
+        reload(supervisor, rate_added)
         assert turned_away(connect_from("127.0.0.1", address)) == b""
-        reload(supervisor, base.replace(":0", f":{address[1]}"))  # no guard at all
+        reload(supervisor, server_table("pids", "PidHandler", address=same_port))  # no guard
         with connect_from("127.0.0.3", address) as now_allowed:
             assert int(readline(now_allowed)) > 0
     finally:
@@ -445,15 +383,14 @@ def test_prefork_workers_check_allow_and_deny_themselves(
     start_supervisor: StartSupervisor,
 ) -> None:
     supervisor = start_supervisor(
-        """
-        [servers.pool]
-        address = "tcp://127.0.0.1:0"
-        handler = "tests.handlers:LineEchoHandler"
-        mode = "prefork"
-        workers = 1
-        deny = ["127.0.0.2"]
-        banner_fail = "421 go away"
-        """
+        server_table(
+            "pool",
+            "LineEchoHandler",
+            mode="prefork",
+            workers=1,
+            deny=["127.0.0.2"],
+            banner_fail="421 go away",
+        )
     )
     address = supervisor.inet("pool")
     for _ in range(3):
@@ -472,14 +409,7 @@ def test_prefork_workers_check_allow_and_deny_themselves(
 def test_a_timed_out_child_counts_as_killed_even_if_it_exits_cleanly(
     start_supervisor: StartSupervisor,
 ) -> None:
-    supervisor = start_supervisor(
-        """
-        [servers.graceful]
-        address = "tcp://127.0.0.1:0"
-        handler = "tests.handlers:GracefulHandler"
-        request_timeout = 0.2
-        """
-    )
+    supervisor = start_supervisor(server_table("graceful", "GracefulHandler", request_timeout=0.2))
     with connect(supervisor.inet("graceful")) as sock:
         pid = int(readline(sock))
         assert sock.recv(1) == b""
@@ -494,12 +424,7 @@ def test_a_timed_out_child_counts_as_killed_even_if_it_exits_cleanly(
 @needs_ipv6
 def test_max_per_source_with_ipv6_clients(start_supervisor: StartSupervisor) -> None:
     supervisor = start_supervisor(
-        """
-        [servers.pids]
-        address = "tcp://[::1]:0"
-        handler = "tests.handlers:PidHandler"
-        max_per_source = 1
-        """
+        server_table("pids", "PidHandler", address="tcp://[::1]:0", max_per_source=1)
     )
     address = supervisor.inet("pids")
     with connect(address) as held:
@@ -513,14 +438,11 @@ def test_max_per_source_with_ipv6_clients(start_supervisor: StartSupervisor) -> 
 def test_a_reload_onto_a_unix_socket_gives_the_server_a_unix_guard(
     start_supervisor: StartSupervisor, sockdir: object
 ) -> None:
-    tcp = """
-        [servers.pids]
-        address = "tcp://127.0.0.1:0"
-        handler = "tests.handlers:PidHandler"
-        max_per_source = 1
-        """
-    supervisor = start_supervisor(tcp)
-    reload(supervisor, tcp.replace("tcp://127.0.0.1:0", f"unix://{sockdir}/pids.sock"))
+    supervisor = start_supervisor(server_table("pids", "PidHandler", max_per_source=1))
+    reload(
+        supervisor,
+        server_table("pids", "PidHandler", address=f"unix://{sockdir}/pids.sock", max_per_source=1),
+    )
     path = f"{sockdir}/pids.sock"
     with connect(path) as held:  # the source is now the peer's uid
         assert int(readline(held)) > 0

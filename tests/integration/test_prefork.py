@@ -9,15 +9,13 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.configs import TomlValue, server_table, supervisor_table
 from tests.conftest import StartSupervisor, Supervisor, connect, exchange, readline
 
-PREFORK = """
-[servers.pids]
-address = "tcp://127.0.0.1:0"
-handler = "tests.handlers:PidHandler"
-mode = "prefork"
-{settings}
-"""
+
+def prefork(**settings: TomlValue) -> str:
+    """The `pids` server, in prefork mode with `settings`."""
+    return server_table("pids", "PidHandler", mode="prefork", **settings)
 
 
 def ask_pid(supervisor: Supervisor) -> int:
@@ -53,7 +51,7 @@ def settled_value(supervisor: Supervisor, name: str, expected: float) -> float:
 def test_workers_serve_many_requests_each_and_report_every_one(
     start_supervisor: StartSupervisor,
 ) -> None:
-    supervisor = start_supervisor(PREFORK.format(settings="workers = 2"))
+    supervisor = start_supervisor(prefork(workers=2))
     supervisor.wait_for_log(r"pids: listening on .* \(prefork, .*workers=2, max_children=40\)")
     workers = {child.pid for child in supervisor.live_children()}
     assert len(workers) == 2
@@ -70,13 +68,7 @@ def test_workers_serve_many_requests_each_and_report_every_one(
 
 def test_a_burst_of_requests_is_counted_exactly(start_supervisor: StartSupervisor) -> None:
     supervisor = start_supervisor(
-        """
-        [servers.echo]
-        address = "tcp://127.0.0.1:0"
-        handler = "tests.handlers:LineEchoHandler"
-        mode = "prefork"
-        workers = 2
-        """
+        server_table("echo", "LineEchoHandler", mode="prefork", workers=2)
     )
     address = supervisor.inet("echo")
     with ThreadPoolExecutor(max_workers=16) as pool:  # busy workers: reports go in batches
@@ -88,9 +80,7 @@ def test_a_burst_of_requests_is_counted_exactly(start_supervisor: StartSuperviso
 
 
 def test_a_worker_is_recycled_after_max_requests(start_supervisor: StartSupervisor) -> None:
-    supervisor = start_supervisor(
-        PREFORK.format(settings="workers = 1\nmax_requests = 3\nmax_requests_jitter = 0")
-    )
+    supervisor = start_supervisor(prefork(workers=1, max_requests=3, max_requests_jitter=0))
     served_by = [ask_pid(supervisor) for _ in range(7)]
     first, second, third = dict.fromkeys(served_by)  # three workers, in order
     assert served_by == [first] * 3 + [second] * 3 + [third]
@@ -101,9 +91,7 @@ def test_a_worker_is_recycled_after_max_requests(start_supervisor: StartSupervis
 
 
 def test_a_dead_worker_is_replaced_at_once(start_supervisor: StartSupervisor) -> None:
-    supervisor = start_supervisor(
-        '[supervisor]\nlog_level = "debug"\n' + PREFORK.format(settings="workers = 1")
-    )
+    supervisor = start_supervisor(supervisor_table(log_level="debug") + prefork(workers=1))
     (victim,) = (child.pid for child in supervisor.live_children())
     supervisor.wait_for_log(rf"pids: worker {victim} ready")
     psutil.Process(victim).kill()
@@ -122,7 +110,7 @@ def test_a_hangup_meant_for_the_supervisor_leaves_workers_alone(
     start_supervisor: StartSupervisor,
 ) -> None:
     # `killall -HUP supervisor` signals the workers too: they share its name.
-    supervisor = start_supervisor(PREFORK.format(settings="workers = 1"))
+    supervisor = start_supervisor(prefork(workers=1))
     (worker,) = supervisor.live_children()
     with connect(supervisor.inet("pids")) as held:
         assert int(readline(held)) == worker.pid  # mid-request
@@ -137,16 +125,8 @@ def test_workers_that_die_at_start_are_replaced_with_a_back_off(
     start_supervisor: StartSupervisor,
 ) -> None:
     supervisor = start_supervisor(
-        """
-        [supervisor]
-        log_level = "debug"
-
-        [servers.broken]
-        address = "tcp://127.0.0.1:0"
-        handler = "tests.dying_workers:Handler"
-        mode = "prefork"
-        workers = 2
-        """
+        supervisor_table(log_level="debug")
+        + server_table("broken", "tests.dying_workers:Handler", mode="prefork", workers=2)
     )
     supervisor.wait_for_log(
         r"broken: workers die before they are ready; starting the next in 0\.8s"
@@ -160,23 +140,11 @@ def test_workers_that_die_at_start_are_replaced_with_a_back_off(
 def test_reload_replaces_the_workers_and_lets_the_old_ones_finish(
     start_supervisor: StartSupervisor,
 ) -> None:
-    toml = """
-        [supervisor]
-        log_level = "debug"
-
-        [servers.greet]
-        address = "tcp://127.0.0.1:0"
-        handler = "tests.handlers:{handler}"
-        mode = "prefork"
-        workers = 2
-
-        [servers.pids]
-        address = "tcp://127.0.0.1:0"
-        handler = "tests.handlers:PidHandler"
-        mode = "prefork"
-        workers = 1
-        """
-    supervisor = start_supervisor(toml.format(handler="GreetingHandler"))
+    supervisor = start_supervisor(
+        supervisor_table(log_level="debug")
+        + server_table("greet", "GreetingHandler", mode="prefork", workers=2)
+        + prefork(workers=1)
+    )
     old_workers = {child.pid for child in supervisor.live_children()}
     with connect(supervisor.inet("pids")) as held:
         old = int(readline(held))  # an old worker is in the middle of a request
@@ -198,7 +166,7 @@ def test_reload_replaces_the_workers_and_lets_the_old_ones_finish(
 
 
 def test_stop_lets_the_workers_finish_their_requests(start_supervisor: StartSupervisor) -> None:
-    supervisor = start_supervisor(PREFORK.format(settings="workers = 2"))
+    supervisor = start_supervisor(prefork(workers=2))
     address = supervisor.inet("pids")
     with connect(address) as held:
         readline(held)
@@ -217,7 +185,7 @@ def test_stop_lets_the_workers_finish_their_requests(start_supervisor: StartSupe
 
 
 def test_workers_do_not_outlive_a_killed_supervisor(start_supervisor: StartSupervisor) -> None:
-    supervisor = start_supervisor(PREFORK.format(settings="workers = 3"))
+    supervisor = start_supervisor(prefork(workers=3))
     workers = supervisor.live_children()
     supervisor.process.kill()  # SIGKILL: no chance to stop them
     supervisor.wait()
@@ -229,15 +197,7 @@ def test_workers_do_not_outlive_a_killed_supervisor(start_supervisor: StartSuper
 def test_a_prefork_server_on_a_unix_socket(
     start_supervisor: StartSupervisor, sockdir: Path
 ) -> None:
-    supervisor = start_supervisor(
-        f"""
-        [servers.pids]
-        address = "unix://{sockdir}/pids.sock"
-        handler = "tests.handlers:PidHandler"
-        mode = "prefork"
-        workers = 2
-        """
-    )
+    supervisor = start_supervisor(prefork(address=f"unix://{sockdir}/pids.sock", workers=2))
     with connect(supervisor.unix_path("pids")) as client:
         pid = int(readline(client))
         client.sendall(b"x\n")

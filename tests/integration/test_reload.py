@@ -13,6 +13,7 @@ import pytest
 
 from supervisor.errors import ConfigError
 from supervisor.reload import prepare
+from tests.configs import server_table, supervisor_table
 from tests.conftest import StartSupervisor, Supervisor, connect, exchange, readline
 
 
@@ -34,21 +35,17 @@ def reload(supervisor: Supervisor, toml: str, outcome: str = "reloaded: ") -> st
     return line
 
 
-STABLE = """
-    [servers.stable]
-    address = "tcp://127.0.0.1:0"
-    handler = "tests.handlers:LineEchoHandler"
-
-    [servers.stable-udp]
-    address = "udp://127.0.0.1:0"
-    handler = "tests.handlers:DatagramEchoHandler"
-    mode = "thread"
-
-    [servers.stable-unix]
-    address = "unix://{sockdir}/stable.sock"
-    handler = "tests.handlers:LineEchoHandler"
-    mode = "thread"
-"""
+def stable_servers(sockdir: Path) -> str:
+    """Three servers the reloads in these tests leave alone: TCP, UDP and unix."""
+    return (
+        server_table("stable", "LineEchoHandler")
+        + server_table(
+            "stable-udp", "DatagramEchoHandler", address="udp://127.0.0.1:0", mode="thread"
+        )
+        + server_table(
+            "stable-unix", "LineEchoHandler", address=f"unix://{sockdir}/stable.sock", mode="thread"
+        )
+    )
 
 
 class Datagram:
@@ -111,26 +108,21 @@ class Clients:
 
 @pytest.fixture
 def stable(start_supervisor: StartSupervisor, sockdir: Path) -> Supervisor:
-    return start_supervisor(STABLE.format(sockdir=sockdir))
+    return start_supervisor(stable_servers(sockdir))
 
 
 def test_many_reloads_under_load_lose_no_connection(stable: Supervisor, sockdir: Path) -> None:
-    base = STABLE.format(sockdir=sockdir)
+    base = stable_servers(sockdir)
     variants = [
+        base + server_table("flip", "GreetingHandler"),
         base
-        + """
-        [servers.flip]
-        address = "tcp://127.0.0.1:0"
-        handler = "tests.handlers:GreetingHandler"
-        """,
-        base
-        + f"""
-        [servers.flip]
-        address = "unix://{sockdir}/flip.sock"
-        handler = "tests.handlers:OtherGreetingHandler"
-        mode = "thread"
-        max_children = 3
-        """,
+        + server_table(
+            "flip",
+            "OtherGreetingHandler",
+            address=f"unix://{sockdir}/flip.sock",
+            mode="thread",
+            max_children=3,
+        ),
         base + "\n[servers.broken\n",  # a TOML syntax error: rejected, nothing changes
     ]
     addresses: list[tuple[str, int] | str | Datagram] = [
@@ -151,26 +143,19 @@ def test_many_reloads_under_load_lose_no_connection(stable: Supervisor, sockdir:
 def test_a_burst_of_hups_ends_in_the_state_of_the_last_file(
     stable: Supervisor, sockdir: Path
 ) -> None:
-    base = STABLE.format(sockdir=sockdir)
+    base = stable_servers(sockdir)
     for number in range(10):
         write(
             stable.config,
             base
-            + f"""
-            [servers.v{number}]
-            address = "unix://{sockdir}/v{number}.sock"
-            handler = "tests.handlers:LineEchoHandler"
-            """,
+            + server_table(
+                f"v{number}", "LineEchoHandler", address=f"unix://{sockdir}/v{number}.sock"
+            ),
         )
         stable.signal(signal.SIGHUP)
     write(
         stable.config,
-        base
-        + f"""
-        [servers.final]
-        address = "unix://{sockdir}/final.sock"
-        handler = "tests.handlers:GreetingHandler"
-        """,
+        base + server_table("final", "GreetingHandler", address=f"unix://{sockdir}/final.sock"),
     )
     stable.signal(signal.SIGHUP)
     stable.wait_for_log(r"final: listening on")
@@ -182,26 +167,12 @@ def test_a_burst_of_hups_ends_in_the_state_of_the_last_file(
 def test_one_reload_adds_removes_moves_and_changes_servers(
     start_supervisor: StartSupervisor, sockdir: Path
 ) -> None:
+    keeper_table = server_table("keeper", "PidHandler", max_children=1)
     supervisor = start_supervisor(
-        f"""
-        [servers.keeper]
-        address = "tcp://127.0.0.1:0"
-        handler = "tests.handlers:PidHandler"
-        max_children = 1
-
-        [servers.gone]
-        address = "unix://{sockdir}/gone.sock"
-        handler = "tests.handlers:PidHandler"
-
-        [servers.mover]
-        address = "unix://{sockdir}/mover-a.sock"
-        handler = "tests.handlers:GreetingHandler"
-
-        [servers.changer]
-        address = "tcp://127.0.0.1:0"
-        handler = "tests.handlers:PidHandler"
-        max_children = 3
-        """
+        keeper_table
+        + server_table("gone", "PidHandler", address=f"unix://{sockdir}/gone.sock")
+        + server_table("mover", "GreetingHandler", address=f"unix://{sockdir}/mover-a.sock")
+        + server_table("changer", "PidHandler", max_children=3)
     )
     keeper, changer = supervisor.inet("keeper"), supervisor.inet("changer")
     keeper_held, queued = connect(keeper), connect(keeper)
@@ -212,26 +183,18 @@ def test_one_reload_adds_removes_moves_and_changes_servers(
             assert int(readline(sock)) > 0  # all running; `queued` waits in keeper's queue
         line = reload(
             supervisor,
-            f"""
-            [servers.keeper]
-            address = "tcp://127.0.0.1:0"
-            handler = "tests.handlers:PidHandler"
-            max_children = 1
-
-            [servers.mover]
-            address = "unix://{sockdir}/mover-b.sock"
-            handler = "tests.handlers:GreetingHandler"
-
-            [servers.changer]
-            address = "tcp://{changer[0]}:{changer[1]}"
-            handler = "tests.handlers:GreetingHandler"
-            mode = "thread"
-            max_children = 1
-
-            [servers.newbie]
-            address = "unix://{sockdir}/newbie.sock"
-            handler = "tests.handlers:OtherGreetingHandler"
-            """,
+            keeper_table
+            + server_table("mover", "GreetingHandler", address=f"unix://{sockdir}/mover-b.sock")
+            + server_table(
+                "changer",
+                "GreetingHandler",
+                address=f"tcp://{changer[0]}:{changer[1]}",
+                mode="thread",
+                max_children=1,
+            )
+            + server_table(
+                "newbie", "OtherGreetingHandler", address=f"unix://{sockdir}/newbie.sock"
+            ),
         )
         assert line == "reloaded: added newbie; removed gone; changed mover, changer"
         # added
@@ -281,15 +244,9 @@ def test_a_handler_module_edited_on_disk_is_imported_again(
         """
     )
     module.write_text(source)
-    toml = """
-        [supervisor]
-        path = ["handlers_dir"]
-
-        [servers.versioned]
-        address = "tcp://127.0.0.1:0"
-        handler = "versioned:Handler"
-        mode = "thread"
-    """
+    toml = supervisor_table(path=["handlers_dir"]) + server_table(
+        "versioned", "versioned:Handler", mode="thread"
+    )
     supervisor = start_supervisor(toml)
     address = supervisor.inet("versioned")
     with connect(address) as running:
@@ -323,7 +280,7 @@ def test_a_handler_module_edited_on_disk_is_imported_again(
 def test_a_rejected_reload_changes_nothing(
     stable: Supervisor, sockdir: Path, broken: str, error: str
 ) -> None:
-    line = reload(stable, STABLE.format(sockdir=sockdir) + broken, "reload failed")
+    line = reload(stable, stable_servers(sockdir) + broken, "reload failed")
     assert line == (
         f"reload failed, still running the previous configuration: {stable.config}: "
         + line.split(f"{stable.config}: ", 1)[1]
@@ -341,16 +298,9 @@ def test_a_reload_that_cannot_bind_closes_what_it_bound(stable: Supervisor, sock
         port = taken.getsockname()[1]
         line = reload(
             stable,
-            STABLE.format(sockdir=sockdir)
-            + f"""
-            [servers.first]
-            address = "unix://{sockdir}/first.sock"
-            handler = "tests.handlers:GreetingHandler"
-
-            [servers.second]
-            address = "tcp://127.0.0.1:{port}"
-            handler = "tests.handlers:GreetingHandler"
-            """,
+            stable_servers(sockdir)
+            + server_table("first", "GreetingHandler", address=f"unix://{sockdir}/first.sock")
+            + server_table("second", "GreetingHandler", address=f"tcp://127.0.0.1:{port}"),
             "reload failed",
         )
     assert line.endswith(
@@ -368,17 +318,14 @@ def test_a_datagram_server_moves_away_and_back(stable: Supervisor, sockdir: Path
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind(("127.0.0.1", 0))
         second = probe.getsockname()[1]
-    base = STABLE.format(sockdir=sockdir)
+    base = stable_servers(sockdir)
     for port in (first, second, first, second):
         reload(
             stable,
             base
-            + f"""
-            [servers.mover]
-            address = "udp://127.0.0.1:{port}"
-            handler = "tests.handlers:DatagramEchoHandler"
-            mode = "inline"
-            """,
+            + server_table(
+                "mover", "DatagramEchoHandler", address=f"udp://127.0.0.1:{port}", mode="inline"
+            ),
         )
         assert Datagram(("127.0.0.1", port)).exchange(b"here") == b"echo here"
 
@@ -388,14 +335,10 @@ def test_names_for_one_address_cannot_share_a_socket(
 ) -> None:
     """localhost and 127.0.0.1 pass the configuration check: the server that did not change
     keeps its socket, and the newcomer's bind is refused."""
-    base = STABLE.format(sockdir=sockdir).replace("tcp://127.0.0.1:0", "tcp://localhost:0")
+    base = stable_servers(sockdir).replace("tcp://127.0.0.1:0", "tcp://localhost:0")
     supervisor = start_supervisor(base)
     host, port = supervisor.inet("stable")
-    intruder = f"""
-        [servers.intruder]
-        address = "tcp://127.0.0.1:{port}"
-        handler = "tests.handlers:GreetingHandler"
-    """
+    intruder = server_table("intruder", "GreetingHandler", address=f"tcp://127.0.0.1:{port}")
     line = reload(supervisor, intruder + base, "reload failed")
     assert line.endswith(f"cannot bind tcp://127.0.0.1:{port} (Address already in use)")
     assert exchange((host, port), b"x\n").endswith(b" x\n")
@@ -406,10 +349,10 @@ def test_a_changed_log_file_applies_at_once(
     start_supervisor: StartSupervisor, tmp_path: Path, sockdir: Path
 ) -> None:
     first, second = tmp_path / "first.log", tmp_path / "second.log"
-    toml = STABLE.format(sockdir=sockdir)
-    supervisor = start_supervisor(f'[supervisor]\nlog_file = "{first}"\n' + toml, ready=False)
+    toml = stable_servers(sockdir)
+    supervisor = start_supervisor(supervisor_table(log_file=str(first)) + toml, ready=False)
     wait_in_file(first, "ready: ")
-    write(supervisor.config, f'[supervisor]\nlog_file = "{second}"\n' + toml)
+    write(supervisor.config, supervisor_table(log_file=str(second)) + toml)
     supervisor.signal(signal.SIGHUP)
     wait_in_file(second, "log_file changed: reopened")  # the log goes to the new file
     assert "reloaded: no server changed" in first.read_text()
@@ -437,9 +380,9 @@ def test_a_rejected_reload_leaves_the_imported_modules_as_they_were(
     (handlers_dir / "rb_second.py").write_text(source.format(1))
     config = tmp_path / "sv.toml"
     config.write_text(
-        '[supervisor]\npath = ["hd"]\n'
-        '[servers.a]\naddress = "tcp://127.0.0.1:0"\nhandler = "rb_first:H"\n'
-        '[servers.b]\naddress = "tcp://127.0.0.1:0"\nhandler = "rb_second:H"\n'
+        supervisor_table(path=["hd"])
+        + server_table("a", "rb_first:H")
+        + server_table("b", "rb_second:H")
     )
     running = prepare(str(config))
     try:

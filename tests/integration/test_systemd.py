@@ -20,7 +20,6 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -31,6 +30,7 @@ from typing import Protocol
 import psutil
 import pytest
 
+from tests.configs import metrics_table, server_table, supervisor_table
 from tests.conftest import READY, STOP_TIMEOUT, LoggedProcess, StartSupervisor, exchange
 
 SYSTEMD_VARIABLES = (
@@ -45,26 +45,10 @@ DEADLINE = 10.0  # seconds to wait for any one event
 WATCHDOG_USEC = 200_000  # a WATCHDOG=1 is due every 0.1 s
 ATTEMPTS = 3  # tries with fresh ports when systemd-socket-activate cannot bind its addresses
 
-TWO_SERVERS = """
-[servers.echo]
-address = "tcp://127.0.0.1:0"
-handler = "tests.handlers:LineEchoHandler"
-mode = "thread"
-
-[servers.echo-udp]
-address = "udp://127.0.0.1:0"
-handler = "tests.handlers:DatagramEchoHandler"
-mode = "thread"
-"""
-THREE_SERVERS = (
-    TWO_SERVERS
-    + """
-[servers.base]
-address = "tcp://127.0.0.1:0"
-handler = "tests.handlers:BaseEchoHandler"
-mode = "inline"
-"""
+TWO_SERVERS = server_table("echo", "LineEchoHandler", mode="thread") + server_table(
+    "echo-udp", "DatagramEchoHandler", address="udp://127.0.0.1:0", mode="thread"
 )
+THREE_SERVERS = TWO_SERVERS + server_table("base", "BaseEchoHandler", mode="inline")
 
 
 @pytest.fixture(autouse=True)
@@ -375,45 +359,29 @@ def pick_ports() -> Ports:
 def activated_config(ports: Ports, echo: bool = True, late: bool = False) -> str:
     # systemd-socket-activate passes on no environment (SUPERVISOR_ALLOW_ROOT included): the
     # suite runs as root, and so do these handlers.
-    servers = ["[supervisor]\nallow_root = true\n"]
+    tables = [supervisor_table(allow_root=True)]
     if echo:
-        servers.append(
-            f"""
-            [servers.echo]
-            address = "tcp://127.0.0.1:{ports.tcp}"
-            handler = "tests.handlers:LineEchoHandler"
-            mode = "thread"
-            """
+        tables.append(
+            server_table(
+                "echo", "LineEchoHandler", address=f"tcp://127.0.0.1:{ports.tcp}", mode="thread"
+            )
         )
-    servers.append(
-        f"""
-        [servers.echo-udp]
-        address = "udp://127.0.0.1:{ports.udp}"
-        handler = "tests.handlers:DatagramEchoHandler"
-        mode = "thread"
-
-        [servers.byname]
-        address = "tcp://127.0.0.1:0"
-        handler = "tests.handlers:LineEchoHandler"
-        mode = "thread"
-
-        [servers.local]
-        address = "tcp://127.0.0.1:0"
-        handler = "tests.handlers:LineEchoHandler"
-        """
-    )
+    tables += [
+        server_table(
+            "echo-udp", "DatagramEchoHandler", address=f"udp://127.0.0.1:{ports.udp}", mode="thread"
+        ),
+        server_table("byname", "LineEchoHandler", mode="thread"),
+        server_table("local", "LineEchoHandler"),
+    ]
     if late:
-        servers.append(
-            f"""
-            [servers.late]
-            address = "tcp://127.0.0.1:{ports.extra}"
-            handler = "tests.handlers:LineEchoHandler"
-            mode = "thread"
-            """
+        tables.append(
+            server_table(
+                "late", "LineEchoHandler", address=f"tcp://127.0.0.1:{ports.extra}", mode="thread"
+            )
         )
     # No metrics endpoint: the test accounts for every socket the supervisor listens on.
-    servers.append("[metrics]\nenabled = false\n")
-    return "\n".join(textwrap.dedent(server) for server in servers)
+    tables.append(metrics_table(enabled=False))
+    return "".join(tables)
 
 
 @dataclass
