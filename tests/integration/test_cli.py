@@ -9,6 +9,7 @@ import pytest
 
 import supervisor
 from supervisor import config
+from tests.configs import ECHO, server_table, supervisor_table
 from tests.conftest import ROOT, one_line_error, run_cli
 
 EX_USAGE = 64
@@ -22,33 +23,20 @@ def write_config(tmp_path: Path, toml: str, name: str = "supervisor.toml") -> Pa
     return path
 
 
-def server(name: str, address: str, handler: str = "tests.handlers:BaseEchoHandler") -> str:
-    return f'\n[servers.{name}]\naddress = "{address}"\nhandler = "{handler}"\n'
-
-
 # --- check --------------------------------------------------------------------------------
 
 
 def test_check_prints_one_line_per_server(tmp_path: Path) -> None:
     path = write_config(
         tmp_path,
-        """
-        [servers.echo]
-        address = "tcp://127.0.0.1:0"
-        handler = "tests.handlers:LineEchoHandler"
-        max_children = 3
-        backlog = 16
-
-        [servers.udp]
-        address = "udp://[::1]:0"
-        handler = "tests.handlers:DatagramEchoHandler"
-        mode = "thread"
-
-        [servers.local]
-        address = "unix:///tmp/sv-cli-check/local.sock"
-        handler = "tests.handlers:BaseEchoHandler"
-        mode = "inline"
-        """,
+        server_table("echo", "LineEchoHandler", max_children=3, backlog=16)
+        + server_table("udp", "DatagramEchoHandler", address="udp://[::1]:0", mode="thread")
+        + server_table(
+            "local",
+            "BaseEchoHandler",
+            address="unix:///tmp/sv-cli-check/local.sock",
+            mode="inline",
+        ),
     )
     result = run_cli("check", "-c", str(path))
     assert (result.returncode, result.stderr) == (0, "")
@@ -76,7 +64,7 @@ def test_check_without_config_validates_the_bundled_example() -> None:
 
 
 def test_check_with_relative_path_names_the_file_as_given(tmp_path: Path) -> None:
-    path = write_config(tmp_path, server("echo", "tcp://127.0.0.1:0"))
+    path = write_config(tmp_path, ECHO)
     relative = os.path.relpath(path, ROOT)
     result = run_cli("check", "--config", relative)
     assert result.returncode == 0, result.stderr
@@ -84,8 +72,6 @@ def test_check_with_relative_path_names_the_file_as_given(tmp_path: Path) -> Non
 
 
 # --- configuration errors -----------------------------------------------------------------
-
-ECHO = server("echo", "tcp://127.0.0.1:0")
 
 CONFIG_ERRORS = [
     pytest.param(
@@ -124,30 +110,32 @@ CONFIG_ERRORS = [
         id="bad-choice",
     ),
     pytest.param(
-        server("echo", "tcp://127.0.0.1"),
+        server_table("echo", "BaseEchoHandler", address="tcp://127.0.0.1"),
         "servers.echo.address: malformed address 'tcp://127.0.0.1': expected HOST:PORT",
         id="missing-port",
     ),
     pytest.param(
-        server("echo", "tcp://127.0.0.1:99999"),
+        server_table("echo", "BaseEchoHandler", address="tcp://127.0.0.1:99999"),
         "servers.echo.address: malformed address 'tcp://127.0.0.1:99999': "
         "port 99999 is out of range 0-65535",
         id="port-too-large",
     ),
     pytest.param(
-        server("echo", "tcp://::1:7007"),
+        server_table("echo", "BaseEchoHandler", address="tcp://::1:7007"),
         "servers.echo.address: malformed address 'tcp://::1:7007': "
         "an IPv6 address goes in brackets, as in tcp://[::1]:7007",
         id="ipv6-without-brackets",
     ),
     pytest.param(
-        server("a", "unix:///tmp/sv-dup.sock") + server("b", "unixgram:///tmp/sv-dup.sock"),
+        server_table("a", "BaseEchoHandler", address="unix:///tmp/sv-dup.sock")
+        + server_table("b", "BaseEchoHandler", address="unixgram:///tmp/sv-dup.sock"),
         "servers.b.address: unixgram:///tmp/sv-dup.sock is already used by servers.a"
         " (unix:///tmp/sv-dup.sock)",
         id="same-unix-path",
     ),
     pytest.param(
-        server("a", "tcp://127.0.0.1:7007") + server("b", "tcp://127.0.0.1:7007"),
+        server_table("a", "BaseEchoHandler", address="tcp://127.0.0.1:7007")
+        + server_table("b", "BaseEchoHandler", address="tcp://127.0.0.1:7007"),
         "servers.b.address: tcp://127.0.0.1:7007 is already used by servers.a"
         " (tcp://127.0.0.1:7007)",
         id="same-tcp-address",
@@ -159,34 +147,35 @@ CONFIG_ERRORS = [
     ),
     pytest.param("[supervisor]\n", "servers: at least one server is required", id="no-servers"),
     pytest.param(
-        server("echo", "udp://127.0.0.1:0") + "backlog = 5\n",
+        server_table("echo", "BaseEchoHandler", address="udp://127.0.0.1:0", backlog=5),
         "servers.echo.backlog: only applies to stream addresses (tcp://, unix://)",
         id="backlog-on-udp",
     ),
     pytest.param(
-        server("bad name", "tcp://127.0.0.1:0").replace("bad name", '"bad name"'),
+        server_table('"bad name"', "BaseEchoHandler"),
         """servers."bad name": a server name is 1-64 letters, digits, '_', '.' or '-'""",
         id="bad-server-name",
     ),
     pytest.param(
-        server("echo", "tcp://127.0.0.1:0", "tests.handlers.LineEchoHandler"),
+        '[servers.echo]\naddress = "tcp://127.0.0.1:0"\n'
+        'handler = "tests.handlers.LineEchoHandler"\n',
         "servers.echo.handler: must be 'module:Class', got 'tests.handlers.LineEchoHandler'",
         id="bad-handler-spec",
     ),
     pytest.param(
-        server("echo", "tcp://127.0.0.1:0", "sv_cli_no_such_module:Handler"),
+        server_table("echo", "sv_cli_no_such_module:Handler"),
         "servers.echo.handler: cannot import 'sv_cli_no_such_module' "
         "(ModuleNotFoundError: No module named 'sv_cli_no_such_module')",
         id="handler-import-failure",
     ),
     pytest.param(
-        server("echo", "tcp://127.0.0.1:0", "tests.handlers:NotAHandler"),
+        server_table("echo", "NotAHandler"),
         "servers.echo.handler: tests.handlers:NotAHandler is not a "
         "socketserver.BaseRequestHandler subclass",
         id="not-a-handler",
     ),
     pytest.param(
-        server("echo", "udp://127.0.0.1:0", "tests.handlers:LineEchoHandler"),
+        server_table("echo", "LineEchoHandler", address="udp://127.0.0.1:0"),
         "servers.echo.handler: tests.handlers:LineEchoHandler is a StreamRequestHandler "
         "but udp://127.0.0.1:0 is a datagram address",
         id="stream-handler-on-udp",
@@ -213,7 +202,7 @@ def test_handler_module_raising_at_import_on_config_path(tmp_path: Path) -> None
     )
     path = write_config(
         tmp_path,
-        '[supervisor]\npath = ["lib"]\n' + server("echo", "tcp://127.0.0.1:0", "sv_cli_broken:H"),
+        supervisor_table(path=["lib"]) + server_table("echo", "sv_cli_broken:H"),
     )
     result = run_cli("check", "-c", str(path))
     assert "Traceback" not in result.stderr
@@ -230,7 +219,7 @@ def test_handler_found_through_config_path(tmp_path: Path) -> None:
     )
     path = write_config(
         tmp_path,
-        '[supervisor]\npath = ["lib"]\n' + server("echo", "tcp://127.0.0.1:0", "sv_cli_ok:H"),
+        supervisor_table(path=["lib"]) + server_table("echo", "sv_cli_ok:H"),
     )
     result = run_cli("check", "-c", str(path))
     assert (result.returncode, result.stderr) == (0, "")
@@ -304,7 +293,10 @@ def test_run_with_a_port_in_use(tmp_path: Path, scheme: str, kind: socket.Socket
         if kind == socket.SOCK_STREAM:
             held.listen()
         port = held.getsockname()[1]
-        path = write_config(tmp_path, server("busy", f"{scheme}://127.0.0.1:{port}"))
+        path = write_config(
+            tmp_path,
+            server_table("busy", "BaseEchoHandler", address=f"{scheme}://127.0.0.1:{port}"),
+        )
         result = run_cli("run", "-c", str(path))
     assert one_line_error(result, EX_OSERR) == (
         f"{path}: servers.busy: cannot bind {scheme}://127.0.0.1:{port} (Address already in use)"
@@ -319,7 +311,8 @@ def test_run_bind_failure_releases_what_was_bound(tmp_path: Path, sockdir: Path)
         port = held.getsockname()[1]
         path = write_config(
             tmp_path,
-            server("first", f"unix://{first}") + server("busy", f"tcp://127.0.0.1:{port}"),
+            server_table("first", "BaseEchoHandler", address=f"unix://{first}")
+            + server_table("busy", "BaseEchoHandler", address=f"tcp://127.0.0.1:{port}"),
         )
         result = run_cli("run", "-c", str(path))
     assert one_line_error(result, EX_OSERR) == (
@@ -331,7 +324,9 @@ def test_run_bind_failure_releases_what_was_bound(tmp_path: Path, sockdir: Path)
 def test_run_on_a_unix_path_that_is_a_regular_file(tmp_path: Path, sockdir: Path) -> None:
     occupied = sockdir / "occupied.sock"
     occupied.write_text("not a socket\n")
-    path = write_config(tmp_path, server("local", f"unix://{occupied}"))
+    path = write_config(
+        tmp_path, server_table("local", "BaseEchoHandler", address=f"unix://{occupied}")
+    )
     assert one_line_error(run_cli("run", "-c", str(path)), EX_OSERR) == (
         f"{path}: servers.local: cannot bind unix://{occupied} "
         f"({occupied} exists and is not a socket)"
@@ -344,7 +339,9 @@ def test_run_on_a_unix_path_someone_listens_on(tmp_path: Path, sockdir: Path) ->
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as held:
         held.bind(str(taken))
         held.listen()
-        path = write_config(tmp_path, server("local", f"unix://{taken}"))
+        path = write_config(
+            tmp_path, server_table("local", "BaseEchoHandler", address=f"unix://{taken}")
+        )
         result = run_cli("run", "-c", str(path))
         assert one_line_error(result, EX_OSERR) == (
             f"{path}: servers.local: cannot bind unix://{taken} (Address already in use)"
@@ -353,7 +350,7 @@ def test_run_on_a_unix_path_someone_listens_on(tmp_path: Path, sockdir: Path) ->
 
 
 def test_check_shows_a_dotted_server_name_whole(tmp_path: Path) -> None:
-    path = write_config(tmp_path, server('"echo.v2"', "tcp://127.0.0.1:0"))
+    path = write_config(tmp_path, server_table('"echo.v2"', "BaseEchoHandler"))
     result = run_cli("check", "-c", str(path))
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[0].startswith("echo.v2  tcp://127.0.0.1:0  ")

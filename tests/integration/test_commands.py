@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 from supervisor import control
-from tests.configs import ECHO, FAILING, METRICS_ANY_PORT
+from tests.configs import ECHO, FAILING, METRICS_ANY_PORT, TomlValue, server_table, supervisor_table
 from tests.conftest import (
     CLI_ENV,
     CLI_TIMEOUT,
@@ -40,21 +40,13 @@ EX_OSERR = 71
 EX_CONFIG = 78
 NOBODY = 65534
 
-HELD = """
-[servers.held]
-address = "tcp://127.0.0.1:0"
-handler = "tests.handlers:PidHandler"
-max_children = 5
-"""
-EXTRA = """
-[servers.extra]
-address = "tcp://127.0.0.1:0"
-handler = "tests.handlers:BaseEchoHandler"
-"""
+HELD = server_table("held", "PidHandler", max_children=5)
+EXTRA = server_table("extra", "BaseEchoHandler")
 
 
-def config_text(sockdir: Path, servers: str = ECHO, settings: str = "") -> str:
-    return f'[supervisor]\npidfile = "{sockdir}/sv.pid"\n{settings}\n{servers}{METRICS_ANY_PORT}'
+def config_text(sockdir: Path, servers: str = ECHO, **settings: TomlValue) -> str:
+    """`servers` under a supervisor with its pidfile (and control socket) in `sockdir`."""
+    return supervisor_table(pidfile=f"{sockdir}/sv.pid", **settings) + servers + METRICS_ANY_PORT
 
 
 @contextlib.contextmanager
@@ -124,9 +116,8 @@ def test_status_shows_servers_traffic_and_children(
             ECHO
             + FAILING
             + HELD
-            + f'[servers.local]\naddress = "{local}"\n'
-            + 'handler = "tests.handlers:BaseEchoHandler"\nmode = "inline"\n',
-            'log_level = "debug"',
+            + server_table("local", "BaseEchoHandler", address=local, mode="inline"),
+            log_level="debug",
         )
     )
     for _ in range(3):
@@ -275,7 +266,10 @@ def test_reload_onto_an_address_in_use_is_rejected_and_changes_nothing(
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
         supervisor.config.write_text(
-            config_text(sockdir, ECHO + EXTRA.replace("127.0.0.1:0", f"127.0.0.1:{port}"))
+            config_text(
+                sockdir,
+                ECHO + server_table("extra", "BaseEchoHandler", address=f"tcp://127.0.0.1:{port}"),
+            )
         )
         message = (
             f"{path}: servers.extra: cannot bind tcp://127.0.0.1:{port} (Address already in use)"
@@ -325,7 +319,7 @@ def test_stop_waits_for_the_supervisor_to_exit(
 def test_stop_fast_terminates_requests_at_once(
     start_supervisor: StartSupervisor, sockdir: Path
 ) -> None:
-    supervisor = start_supervisor(config_text(sockdir, HELD, "shutdown_timeout = 600"))
+    supervisor = start_supervisor(config_text(sockdir, HELD, shutdown_timeout=600))
     with connect(supervisor.inet("held")) as held:
         child = psutil.Process(int(readline(held)))
         with cli_process("stop", "--fast", "-c", str(supervisor.config)) as stop:

@@ -22,7 +22,7 @@ import psutil
 import pytest
 
 from supervisor import control
-from tests.configs import ECHO, FAILING, METRICS_ANY_PORT
+from tests.configs import ECHO, FAILING, METRICS_ANY_PORT, supervisor_table
 from tests.conftest import LISTENING, ROOT, cli_command, exchange, run_cli, with_env
 
 PR_SET_CHILD_SUBREAPER = 36
@@ -37,12 +37,9 @@ POLL = 0.02  # how often a log file is re-read while waiting for a line
 def write_config(
     path: Path, pidfile: Path | str | None, log_file: Path | str | None, servers: str = ECHO
 ) -> Path:
-    lines = ["[supervisor]"]
-    if pidfile is not None:
-        lines.append(f'pidfile = "{pidfile}"')
-    if log_file is not None:
-        lines.append(f'log_file = "{log_file}"')
-    path.write_text("\n".join(lines) + "\n" + textwrap.dedent(servers) + METRICS_ANY_PORT)
+    settings = {"pidfile": pidfile, "log_file": log_file}
+    given = {key: str(value) for key, value in settings.items() if value is not None}
+    path.write_text(supervisor_table(**given) + textwrap.dedent(servers) + METRICS_ANY_PORT)
     return path
 
 
@@ -238,8 +235,11 @@ def test_an_error_after_detaching_reaches_the_caller(
         pytest.skip("no user namespaces here")
     config = tmp_path / "sv.toml"
     config.write_text(
-        f'[supervisor]\nuser = "root"\npidfile = "{tmp_path}/run/sv.pid"\n'
-        f'log_file = "{tmp_path}/sv.log"\n' + ECHO + METRICS_ANY_PORT
+        supervisor_table(
+            user="root", pidfile=f"{tmp_path}/run/sv.pid", log_file=f"{tmp_path}/sv.log"
+        )
+        + ECHO
+        + METRICS_ANY_PORT
     )
     result = subprocess.run(
         [

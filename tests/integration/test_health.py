@@ -7,22 +7,15 @@ from pathlib import Path
 
 from supervisor import health
 from supervisor.addresses import Address
-from tests.configs import ECHO
+from tests.configs import ECHO, metrics_table, server_table, supervisor_table
 from tests.conftest import StartSupervisor, connect, one_line_error, readline, run_cli
 
 EX_CONFIG = 78
-HOLD = """
-[supervisor]
-shutdown_timeout = 10
-
-[servers.hold]
-address = "tcp://127.0.0.1:0"
-handler = "tests.handlers:PidHandler"
-"""
+HOLD = supervisor_table(shutdown_timeout=10) + server_table("hold", "PidHandler")
 
 
 def metrics_on(path: Path) -> str:
-    return f'\n[metrics]\naddress = "unix://{path}"\n'
+    return metrics_table(address=f"unix://{path}")
 
 
 def test_health_of_a_running_supervisor(start_supervisor: StartSupervisor, sockdir: Path) -> None:
@@ -97,11 +90,11 @@ def test_health_asks_a_wildcard_endpoint_on_loopback(start_supervisor: StartSupe
 
 def test_health_needs_an_endpoint_it_can_ask(tmp_path: Path) -> None:
     config = tmp_path / "supervisor.toml"
-    config.write_text(ECHO + "\n[metrics]\nenabled = false\n")
+    config.write_text(ECHO + metrics_table(enabled=False))
     assert one_line_error(run_cli("health", "-c", str(config)), EX_CONFIG) == (
         f"{config}: metrics: the endpoint is disabled: no /healthz to ask"
     )
-    config.write_text(ECHO + '\n[metrics]\naddress = "tcp://127.0.0.1:0"\n')
+    config.write_text(ECHO + metrics_table(address="tcp://127.0.0.1:0"))
     assert one_line_error(run_cli("health", "-c", str(config)), EX_CONFIG) == (
         f"{config}: metrics.address: port 0 is not a port that can be asked"
     )
@@ -114,7 +107,7 @@ def test_the_configuration_comes_from_the_environment_unless_given(tmp_path: Pat
     from_env = tmp_path / "from-env.toml"
     from_env.write_text(textwrap.dedent(ECHO))
     given = tmp_path / "given.toml"
-    given.write_text(textwrap.dedent(ECHO + ECHO.replace("echo", "echo2")))
+    given.write_text(textwrap.dedent(ECHO + server_table("echo2", "BaseEchoHandler")))
     env = {"SUPERVISOR_CONFIG": str(from_env)}
     assert run_cli("check", env=env).stdout.endswith(f"{from_env}: ok, 1 servers\n")
     assert run_cli("check", "-c", str(given), env=env).stdout.endswith(f"{given}: ok, 2 servers\n")

@@ -27,7 +27,7 @@ from supervisor import __version__
 from supervisor.exporter import HttpServer
 from supervisor.responder import MAX_CONNECTIONS, REQUEST_TIMEOUT
 from supervisor.stats import OUTCOMES
-from tests.configs import METRICS_ANY_PORT
+from tests.configs import METRICS_ANY_PORT, metrics_table, server_table, supervisor_table
 from tests.conftest import (
     StartSupervisor,
     Supervisor,
@@ -221,16 +221,6 @@ def release(sock: socket.socket) -> None:
         assert sock.recv(1) == b""
 
 
-def server(name: str, handler: str, mode: str = "fork", extra: str = "") -> str:
-    return f"""
-        [servers.{name}]
-        address = "tcp://127.0.0.1:0"
-        handler = "tests.handlers:{handler}"
-        mode = "{mode}"
-        {extra}
-        """
-
-
 # -- the format ----------------------------------------------------------------------------
 
 
@@ -239,22 +229,16 @@ def test_promtool_finds_nothing_to_report_in_a_real_scrape(
     start_supervisor: StartSupervisor, sockdir: Path
 ) -> None:
     supervisor = start_supervisor(
-        server("forked", "LineEchoHandler")
-        + server("threaded", "LineEchoHandler", "thread")
-        + server("inline", "LineEchoHandler", "inline")
-        + server("failing", "FailingHandler")
-        + server("dying", "SelfKillingHandler")
-        + server("held", "PidHandler", extra="max_children = 1")
-        + f"""
-        [servers.datagrams]
-        address = "udp://127.0.0.1:0"
-        handler = "tests.handlers:DatagramEchoHandler"
-
-        [servers.unix]
-        address = "unix://{sockdir}/echo.sock"
-        handler = "tests.handlers:LineEchoHandler"
-        mode = "thread"
-        """
+        server_table("forked", "LineEchoHandler")
+        + server_table("threaded", "LineEchoHandler", mode="thread")
+        + server_table("inline", "LineEchoHandler", mode="inline")
+        + server_table("failing", "FailingHandler")
+        + server_table("dying", "SelfKillingHandler")
+        + server_table("held", "PidHandler", max_children=1)
+        + server_table("datagrams", "DatagramEchoHandler", address="udp://127.0.0.1:0")
+        + server_table(
+            "unix", "LineEchoHandler", address=f"unix://{sockdir}/echo.sock", mode="thread"
+        )
     )
     for _ in range(3):
         for name in ("forked", "threaded", "inline", "failing", "dying"):
@@ -288,7 +272,7 @@ def test_promtool_finds_nothing_to_report_in_a_real_scrape(
 def test_openmetrics_when_asked_for_it_else_the_text_format(
     start_supervisor: StartSupervisor,
 ) -> None:
-    supervisor = start_supervisor(server("echo", "LineEchoHandler"))
+    supervisor = start_supervisor(server_table("echo", "LineEchoHandler"))
     for _ in range(3):
         round_trip(supervisor.inet("echo"))
     address = supervisor.inet("metrics")
@@ -320,18 +304,11 @@ def test_gauges_at_rest_and_build_and_process_metrics(
     start_supervisor: StartSupervisor, sockdir: Path
 ) -> None:
     supervisor = start_supervisor(
-        server("forked", "LineEchoHandler", extra="max_children = 7")
-        + server("threaded", "LineEchoHandler", "thread", "max_children = 3")
-        + server("inline", "LineEchoHandler", "inline")
-        + f"""
-        [servers.datagrams]
-        address = "udp://127.0.0.1:0"
-        handler = "tests.handlers:DatagramEchoHandler"
-
-        [servers.unix]
-        address = "unix://{sockdir}/echo.sock"
-        handler = "tests.handlers:LineEchoHandler"
-        """
+        server_table("forked", "LineEchoHandler", max_children=7)
+        + server_table("threaded", "LineEchoHandler", mode="thread", max_children=3)
+        + server_table("inline", "LineEchoHandler", mode="inline")
+        + server_table("datagrams", "DatagramEchoHandler", address="udp://127.0.0.1:0")
+        + server_table("unix", "LineEchoHandler", address=f"unix://{sockdir}/echo.sock")
     )
     current = scrape(supervisor)
     names = {"forked", "threaded", "inline", "datagrams", "unix"}
@@ -392,7 +369,7 @@ def test_requests_exits_errors_and_durations_are_counted_exactly(
     start_supervisor: StartSupervisor, handler: str, mode: str, outcome: str | None, errors: int
 ) -> None:
     supervisor = start_supervisor(
-        server("measured", handler, mode) + server("bystander", "LineEchoHandler")
+        server_table("measured", handler, mode=mode) + server_table("bystander", "LineEchoHandler")
     )
     for _ in range(N):
         round_trip(supervisor.inet("measured"))
@@ -413,7 +390,7 @@ def test_requests_exits_errors_and_durations_are_counted_exactly(
 
 @pytest.mark.parametrize("mode", ["fork", "thread", "inline"])
 def test_durations_measure_the_request(start_supervisor: StartSupervisor, mode: str) -> None:
-    supervisor = start_supervisor(server("slow", "SleepHandler", mode))  # 0.02 s each
+    supervisor = start_supervisor(server_table("slow", "SleepHandler", mode=mode))  # 0.02 s each
     for _ in range(4):
         assert round_trip(supervisor.inet("slow")) == b"done\n"
     current = scrape_until(supervisor, idle("slow"))
@@ -431,13 +408,9 @@ def test_a_child_terminated_at_shutdown_counts_as_killed(
     start_supervisor: StartSupervisor,
 ) -> None:
     supervisor = start_supervisor(
-        """
-        [supervisor]
-        shutdown_timeout = 0.2
-        kill_grace = 60
-        """
-        + server("victim", "PidHandler")
-        + server("held", "PidHandler", "thread")  # keeps the supervisor draining
+        supervisor_table(shutdown_timeout=0.2, kill_grace=60)
+        + server_table("victim", "PidHandler")
+        + server_table("held", "PidHandler", mode="thread")  # keeps the supervisor draining
     )
     with connect(supervisor.inet("victim")) as victim, hold(supervisor.inet("held")) as held:
         pid = int(readline(victim))
@@ -457,7 +430,8 @@ def test_a_child_terminated_at_shutdown_counts_as_killed(
 
 def test_child_cpu_time_comes_from_reaped_children(start_supervisor: StartSupervisor) -> None:
     supervisor = start_supervisor(
-        server("forked", "CpuBurnHandler") + server("threaded", "CpuBurnHandler", "thread")
+        server_table("forked", "CpuBurnHandler")
+        + server_table("threaded", "CpuBurnHandler", mode="thread")
     )
     for name in ("forked", "forked", "threaded", "threaded"):
         assert round_trip(supervisor.inet(name)) == b"burned\n"
@@ -475,7 +449,9 @@ def test_child_cpu_time_comes_from_reaped_children(start_supervisor: StartSuperv
 
 
 def test_children_memory_while_a_child_is_held(start_supervisor: StartSupervisor) -> None:
-    supervisor = start_supervisor(server("hold", "PidHandler") + server("idle", "PidHandler"))
+    supervisor = start_supervisor(
+        server_table("hold", "PidHandler") + server_table("idle", "PidHandler")
+    )
     with connect(supervisor.inet("hold")) as sock:
         child = psutil.Process(int(readline(sock)))
         current = scrape(supervisor)
@@ -495,8 +471,8 @@ def test_saturation_while_held_at_max_children(
     start_supervisor: StartSupervisor, mode: str
 ) -> None:
     supervisor = start_supervisor(
-        server("full", "PidHandler", mode, "max_children = 2")
-        + server("other", "LineEchoHandler", extra="max_children = 1")
+        server_table("full", "PidHandler", mode=mode, max_children=2)
+        + server_table("other", "LineEchoHandler", max_children=1)
     )
     address = supervisor.inet("full")
 
@@ -529,7 +505,7 @@ def test_saturation_while_held_at_max_children(
 
 
 def test_saturation_follows_a_reloaded_max_children(start_supervisor: StartSupervisor) -> None:
-    supervisor = start_supervisor(server("full", "PidHandler", extra="max_children = 2"))
+    supervisor = start_supervisor(server_table("full", "PidHandler", max_children=2))
     original = supervisor.config.read_text()
 
     def reload(max_children: int) -> Scrape:
@@ -561,7 +537,7 @@ def test_saturation_follows_a_reloaded_max_children(start_supervisor: StartSuper
 def test_saturation_ends_when_a_reload_makes_the_server_inline(
     start_supervisor: StartSupervisor,
 ) -> None:
-    supervisor = start_supervisor(server("full", "PidHandler", extra="max_children = 2"))
+    supervisor = start_supervisor(server_table("full", "PidHandler", mode="fork", max_children=2))
     address = supervisor.inet("full")
     with hold(address) as first, hold(address) as second:
         assert scrape(supervisor).value("supervisor_saturated", server="full") == 1
@@ -585,7 +561,8 @@ def test_listen_queue_counts_connections_waiting_for_a_full_server(
     start_supervisor: StartSupervisor, mode: str
 ) -> None:
     supervisor = start_supervisor(
-        server("full", "PidHandler", mode, "max_children = 2") + server("other", "LineEchoHandler")
+        server_table("full", "PidHandler", mode=mode, max_children=2)
+        + server_table("other", "LineEchoHandler")
     )
     address = supervisor.inet("full")
     with contextlib.ExitStack() as stack:
@@ -616,7 +593,7 @@ def test_listen_queue_counts_connections_waiting_for_a_full_server(
 
 
 def test_reload_outcomes(start_supervisor: StartSupervisor) -> None:
-    supervisor = start_supervisor(server("echo", "LineEchoHandler"))
+    supervisor = start_supervisor(server_table("echo", "LineEchoHandler"))
     original = supervisor.config.read_text()
 
     def reload(text: str, outcome: str) -> Scrape:
@@ -638,14 +615,16 @@ def test_reload_outcomes(start_supervisor: StartSupervisor) -> None:
 
     at_start = scrape(supervisor)
     assert reloads(at_start) == (0, 0, 1)
-    added = reload(original + server("extra", "LineEchoHandler"), r"reloaded: added extra")
+    added = reload(original + server_table("extra", "LineEchoHandler"), r"reloaded: added extra")
     assert reloads(added) == (1, 0, 1)
     assert last_success(added) > last_success(at_start)
     assert added.value("supervisor_requests_total", server="extra") == 0
     failed = reload(original + "[servers.broken\n", r"reload failed, still running")
     assert reloads(failed) == (1, 1, 0)
     assert last_success(failed) == last_success(added)
-    failed_again = reload(original + server("x", "NotAHandler"), r"reload failed, still running")
+    failed_again = reload(
+        original + server_table("x", "NotAHandler"), r"reload failed, still running"
+    )
     assert reloads(failed_again) == (1, 2, 0)
     assert last_success(failed_again) == last_success(added)
     restored = reload(original, r"reloaded: removed extra")
@@ -657,10 +636,10 @@ def test_reload_outcomes(start_supervisor: StartSupervisor) -> None:
 def test_a_changed_metrics_table_applies_at_the_next_start(
     start_supervisor: StartSupervisor, sockdir: Path
 ) -> None:
-    supervisor = start_supervisor(server("echo", "LineEchoHandler"))
+    supervisor = start_supervisor(server_table("echo", "LineEchoHandler"))
     text = supervisor.config.read_text()
     assert text.endswith(METRICS_ANY_PORT)  # the fixture's [metrics] table
-    moved = f'\n[metrics]\naddress = "unix://{sockdir}/m.sock"\n'
+    moved = metrics_table(address=f"unix://{sockdir}/m.sock")
     start = len(supervisor.lines)
     supervisor.config.write_text(text.removesuffix(METRICS_ANY_PORT) + moved)
     supervisor.signal(signal.SIGHUP)
@@ -678,11 +657,7 @@ def test_healthz_is_ok_while_running_and_503_while_stopping(
     start_supervisor: StartSupervisor,
 ) -> None:
     supervisor = start_supervisor(
-        """
-        [supervisor]
-        shutdown_timeout = 60
-        """
-        + server("hold", "PidHandler")
+        supervisor_table(shutdown_timeout=60) + server_table("hold", "PidHandler")
     )
     address = supervisor.inet("metrics")
     assert get(address, "/healthz") == Answer(200, "text/plain; charset=utf-8", b"ok\n")
@@ -702,7 +677,7 @@ def test_healthz_is_ok_while_running_and_503_while_stopping(
 
 # -- requests the endpoint refuses ---------------------------------------------------------
 
-ECHO = server("echo", "LineEchoHandler")
+ECHO = server_table("echo", "LineEchoHandler")
 
 
 def assert_serving(supervisor: Supervisor) -> None:
@@ -821,7 +796,7 @@ def test_an_endless_header_is_refused(endpoint: Supervisor, length: int) -> None
 def test_a_client_that_does_not_read_a_large_answer_stalls_nothing(
     start_supervisor: StartSupervisor,
 ) -> None:
-    many = "".join(server(f"server-{i:02d}-{'x' * 40}", "LineEchoHandler") for i in range(40))
+    many = "".join(server_table(f"server-{i:02d}-{'x' * 40}", "LineEchoHandler") for i in range(40))
     supervisor = start_supervisor(ECHO + many)
     address = supervisor.inet("metrics")
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -865,7 +840,7 @@ def test_running_out_of_file_descriptors_does_not_spin_the_loop(
 ) -> None:
     """accept() failing with EMFILE leaves the connection pending, so the listener stays
     readable: the endpoint must pause (as the servers do, ACCEPT_BACKOFF), not retry at once."""
-    supervisor = start_supervisor(server("hold", "PidHandler", "thread"))
+    supervisor = start_supervisor(server_table("hold", "PidHandler", mode="thread"))
     process = psutil.Process(supervisor.pid)
     _, hard = process.rlimit(psutil.RLIMIT_NOFILE)
     open_fds = {int(fd) for fd in os.listdir(f"/proc/{supervisor.pid}/fd")}
@@ -912,7 +887,7 @@ def wait_closed(clients: list[socket.socket], count: int, deadline: float) -> se
 
 def test_a_unix_socket_endpoint(start_supervisor: StartSupervisor, sockdir: Path) -> None:
     path = sockdir / "metrics.sock"
-    supervisor = start_supervisor(ECHO + f'\n[metrics]\naddress = "unix://{path}"\n')
+    supervisor = start_supervisor(ECHO + metrics_table(address=f"unix://{path}"))
     assert supervisor.addresses["metrics"] == f"unix://{path}"
     assert round_trip(supervisor.inet("echo")).endswith(b"ping\n")
     current = scrape_until(supervisor, idle("echo"))
@@ -926,7 +901,7 @@ def test_a_unix_socket_endpoint(start_supervisor: StartSupervisor, sockdir: Path
 
 
 def test_metrics_disabled(start_supervisor: StartSupervisor) -> None:
-    supervisor = start_supervisor(ECHO + "\n[metrics]\nenabled = false\n")
+    supervisor = start_supervisor(ECHO + metrics_table(enabled=False))
     assert "metrics: listening" not in supervisor.log
     assert "metrics" not in supervisor.addresses
     listening = {
@@ -959,7 +934,7 @@ def test_a_metrics_address_in_use(
 ) -> None:
     address: str = request.getfixturevalue(taken)
     config = tmp_path / "supervisor.toml"
-    config.write_text(ECHO + f'\n[metrics]\naddress = "{address}"\n')
+    config.write_text(ECHO + metrics_table(address=address))
     result = run_cli("run", "-c", str(config))
     line = one_line_error(result, 71)
     assert line == f"{config}: metrics.address: cannot bind {address} (Address already in use)"

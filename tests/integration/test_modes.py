@@ -22,6 +22,7 @@ from typing import Any
 import psutil
 import pytest
 
+from tests.configs import server_table
 from tests.conftest import StartSupervisor, Supervisor, connect, exchange, readline
 from tests.handlers import BaseEchoHandler, DatagramEchoHandler, LineEchoHandler, PidHandler
 
@@ -85,17 +86,6 @@ class Hosted:
         return self.supervisor.inet(name)
 
 
-def server_table(
-    name: str, address: str, handler: type[socketserver.BaseRequestHandler], mode: str
-) -> str:
-    return (
-        f"[servers.{name}]\n"
-        f'address = "{address}"\n'
-        f'handler = "tests.handlers:{handler.__name__}"\n'
-        f'mode = "{mode}"\n'
-    )
-
-
 def config_for(mode: str, directory: Path) -> str:
     tables = []
     for prefix, (handler, families) in SERVERS.items():
@@ -104,8 +94,8 @@ def config_for(mode: str, directory: Path) -> str:
                 continue
             name = f"{prefix}-{family}"
             address = template.format(path=directory / f"{name}.sock")
-            tables.append(server_table(name, address, handler, mode))
-    tables.append(server_table("pid", "tcp://127.0.0.1:0", PidHandler, mode))
+            tables.append(server_table(name, handler.__name__, address=address, mode=mode))
+    tables.append(server_table("pid", PidHandler.__name__, mode=mode))
     return "\n".join(tables)
 
 
@@ -278,8 +268,10 @@ def test_sigterm_removes_unix_socket_files_and_exits_0(
     stream_path = sockdir / "stream.sock"
     datagram_path = sockdir / "datagram.sock"
     supervisor = start_supervisor(
-        server_table("stream", f"unix://{stream_path}", BaseEchoHandler, mode)
-        + server_table("datagram", f"unixgram://{datagram_path}", BaseEchoHandler, mode)
+        server_table("stream", "BaseEchoHandler", address=f"unix://{stream_path}", mode=mode)
+        + server_table(
+            "datagram", "BaseEchoHandler", address=f"unixgram://{datagram_path}", mode=mode
+        )
     )
     for path in (stream_path, datagram_path):
         assert stat.S_ISSOCK(os.lstat(path).st_mode)

@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.configs import METRICS_ANY_PORT
+from tests.configs import METRICS_ANY_PORT, TomlValue, server_table, supervisor_table
 from tests.conftest import (
     ALLOW_ROOT,
     FORK_SERVER_READY,
@@ -35,7 +35,12 @@ from tests.conftest import (
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (to switch users)")
 
 NOBODY = 65534
-LIMITS = "rlimit_as = 2048\nrlimit_cpu = 30\nrlimit_nofile = 100\nnice = 7\n"
+LIMITS: dict[str, TomlValue] = {
+    "rlimit_as": 2048,
+    "rlimit_cpu": 30,
+    "rlimit_nofile": 100,
+    "nice": 7,
+}
 EXPECTED_LIMITS = {
     resource.RLIMIT_AS: (2048 * 2**20, 2048 * 2**20),
     resource.RLIMIT_CPU: (30, 30),
@@ -46,15 +51,7 @@ PROC_LIMITS = {  # /proc/PID/limits row names
     resource.RLIMIT_CPU: "Max cpu time",
     resource.RLIMIT_NOFILE: "Max open files",
 }
-
-
-def pid_server(extra: str = "", name: str = "held", address: str = "tcp://127.0.0.1:0") -> str:
-    return f"""
-[servers.{name}]
-address = "{address}"
-handler = "tests.handlers:PidHandler"
-{extra}
-"""
+HELD = server_table("held", "PidHandler")
 
 
 class Identity:
@@ -111,11 +108,10 @@ def assert_nobody(identity: Identity) -> None:
 def test_children_run_as_their_servers_user_with_its_limits(
     start_supervisor: StartSupervisor, mode: str, fork_server: bool
 ) -> None:
-    extra = f'mode = "{mode}"\nuser = "nobody"\n{LIMITS}'
-    if mode == "prefork":
-        extra += "workers = 1\n"
+    workers = {"workers": 1} if mode == "prefork" else {}
     supervisor = start_supervisor(
-        f"[supervisor]\nfork_server = {str(fork_server).lower()}\n" + pid_server(extra)
+        supervisor_table(fork_server=fork_server)
+        + server_table("held", "PidHandler", mode=mode, user="nobody", **LIMITS, **workers)
     )
     sock, pid = held_child(supervisor)
     try:
@@ -139,7 +135,7 @@ def test_children_run_as_their_servers_user_with_its_limits(
 
 def test_limits_apply_without_a_user_switch(start_supervisor: StartSupervisor) -> None:
     """The child stays root (allowed for the suite), with its limits."""
-    supervisor = start_supervisor(pid_server(LIMITS))
+    supervisor = start_supervisor(server_table("held", "PidHandler", **LIMITS))
     sock, pid = held_child(supervisor)
     try:
         child = Identity(pid)
@@ -210,8 +206,9 @@ def dropped(world_readable_dir: Path, nobody_wrapper: list[str]) -> Iterator[Sup
     """A supervisor started as root with [supervisor] user = "nobody", serving."""
     config = world_readable_dir / "supervisor.toml"
     config.write_text(
-        '[supervisor]\nuser = "nobody"\n'
-        f'pidfile = "{world_readable_dir}/run/supervisor.pid"\n' + pid_server() + METRICS_ANY_PORT
+        supervisor_table(user="nobody", pidfile=f"{world_readable_dir}/run/supervisor.pid")
+        + HELD
+        + METRICS_ANY_PORT
     )
     supervisor = Supervisor(config, {ALLOW_ROOT: None}, wrapper=nobody_wrapper)
     try:
@@ -249,7 +246,7 @@ def test_the_supervisor_drops_to_its_user_and_still_serves_reloads_and_stops(
     start = len(dropped.lines)
     dropped.config.write_text(
         dropped.config.read_text().replace('user = "nobody"', 'user = "daemon"')
-        + pid_server(name="added")
+        + server_table("added", "PidHandler")
     )
     dropped.signal(signal.SIGHUP)
     dropped.wait_for_log(r"reloaded: added added", start=start)
@@ -280,8 +277,8 @@ def test_a_user_who_cannot_read_the_interpreter_gets_requests_forked_by_the_supe
     if nobody_can_run_python():
         pytest.skip(f"user nobody can run {sys.executable} here")
     config = world_readable_dir / "supervisor.toml"
-    server = pid_server().replace("tests.handlers:", "tests.plain_handler:")
-    config.write_text('[supervisor]\nuser = "nobody"\n' + server + METRICS_ANY_PORT)
+    server = server_table("held", "tests.plain_handler:PidHandler")
+    config.write_text(supervisor_table(user="nobody") + server + METRICS_ANY_PORT)
     supervisor = Supervisor(config, {ALLOW_ROOT: None})
     try:
         supervisor.wait_for_log(r"cannot start the fork server \(.*\); the supervisor forks")
@@ -319,7 +316,7 @@ def test_a_fork_that_fails_pauses_the_server_and_it_recovers_by_itself(
     with a line per pause rather than per client; once processes are free again it serves
     the clients that waited, by itself."""
     config = world_readable_dir / "supervisor.toml"
-    config.write_text('[supervisor]\nuser = "nobody"\n' + pid_server() + METRICS_ANY_PORT)
+    config.write_text(supervisor_table(user="nobody") + HELD + METRICS_ANY_PORT)
     wrapper = ["prlimit", f"--nproc={NPROC}:{NPROC}", "--", *nobody_wrapper]
     supervisor = Supervisor(config, {ALLOW_ROOT: None}, wrapper=wrapper)
     held: list[socket.socket] = []
@@ -367,7 +364,7 @@ def test_a_fork_that_fails_pauses_the_server_and_it_recovers_by_itself(
 
 def test_running_handlers_as_root_is_refused(tmp_path: Path) -> None:
     config = tmp_path / "supervisor.toml"
-    config.write_text(pid_server() + METRICS_ANY_PORT)
+    config.write_text(HELD + METRICS_ANY_PORT)
     line = one_line_error(run_cli("run", "-c", str(config), env={ALLOW_ROOT: None}), 78)
     assert line.startswith(f"{config}: supervisor.user: the handlers of servers.held would run")
     assert "allow_root = true" in line
@@ -376,11 +373,9 @@ def test_running_handlers_as_root_is_refused(tmp_path: Path) -> None:
 def test_allow_root_lets_them_and_a_reload_cannot_take_it_away_quietly(
     start_supervisor: StartSupervisor,
 ) -> None:
-    supervisor = start_supervisor(
-        "[supervisor]\nallow_root = true\n" + pid_server(), env={ALLOW_ROOT: None}
-    )
+    supervisor = start_supervisor(supervisor_table(allow_root=True) + HELD, env={ALLOW_ROOT: None})
     start = len(supervisor.lines)
-    supervisor.config.write_text(pid_server() + METRICS_ANY_PORT)
+    supervisor.config.write_text(HELD + METRICS_ANY_PORT)
     supervisor.signal(signal.SIGHUP)
     supervisor.wait_for_log(
         r"reload failed, still running the previous configuration: .*: supervisor.user: the "
@@ -415,12 +410,14 @@ def test_unix_socket_files_get_their_mode_owner_and_group_also_at_reload(
         'socket_mode = "0600"\n',
     )
     datagram_server = (
-        f'\n[servers.dgram]\naddress = "unixgram://{datagram}"\n'
-        'handler = "tests.handlers:DatagramEchoHandler"\nsocket_mode = 0o620\n'
+        server_table("dgram", "DatagramEchoHandler", address=f"unixgram://{datagram}")
+        + "socket_mode = 0o620\n"
     )
 
-    def config(extra: str) -> str:
-        return pid_server(extra, address=f"unix://{stream}") + datagram_server
+    def config(socket_keys: str) -> str:
+        """The server `held` with `socket_keys` (TOML lines), and the datagram server."""
+        held = server_table("held", "PidHandler", address=f"unix://{stream}")
+        return held + socket_keys + datagram_server
 
     supervisor = start_supervisor(config(files[0]))
     assert permissions(stream) == (0o660, NOBODY, NOBODY)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.configs import ECHO, METRICS_ANY_PORT
+from tests.configs import ECHO, METRICS_ANY_PORT, supervisor_table
 from tests.conftest import one_line_error, run_cli
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (to give files away)")
@@ -92,7 +92,7 @@ def test_a_directory_someone_else_made_first_is_refused(shared: Path, tmp_path: 
     target.write_text("root's data\n")
     (directory / "supervisor.pid").symlink_to(target)
     config = tmp_path / "supervisor.toml"
-    config.write_text(f'[supervisor]\npidfile = "{directory}/supervisor.pid"\n' + ECHO)
+    config.write_text(supervisor_table(pidfile=f"{directory}/supervisor.pid") + ECHO)
     config.write_text(config.read_text() + METRICS_ANY_PORT)
     expected = (
         f"{config}: supervisor.pidfile: {directory}: belongs to nobody (uid 65534), not to "
@@ -176,9 +176,7 @@ def test_a_link_someone_else_made_to_a_directory_of_theirs_is_refused(
     link.symlink_to(theirs)
     os.lchown(link, NOBODY, NOBODY)
     config = tmp_path / "supervisor.toml"
-    config.write_text(
-        f'[supervisor]\npidfile = "{link}/supervisor.pid"\n' + ECHO + METRICS_ANY_PORT
-    )
+    config.write_text(supervisor_table(pidfile=f"{link}/supervisor.pid") + ECHO + METRICS_ANY_PORT)
     expected = (
         f"{config}: supervisor.pidfile: the symlink {link} could be pointed elsewhere by nobody "
         "(uid 65534)"

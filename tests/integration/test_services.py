@@ -24,6 +24,7 @@ import pytest
 from supervisor_services.chargen import ChargenHandler
 from supervisor_services.qotd import quote_of_the_day
 
+from tests.configs import server_table
 from tests.conftest import Supervisor
 
 CLIENT_TIMEOUT = 20.0  # seconds any client subprocess may run
@@ -67,9 +68,13 @@ def services() -> Iterator[Services]:
     directory = Path(tempfile.mkdtemp(prefix="sv-", dir="/tmp"))
     config = directory / "supervisor.toml"
     config.write_text(
-        "\n".join(
-            f'[servers.{name}]\naddress = "{address.format(dir=directory)}"\n'
-            f'handler = "supervisor_services.{handler}"\nmode = "{mode}"\n'
+        "".join(
+            server_table(
+                name,
+                f"supervisor_services.{handler}",
+                address=address.format(dir=directory),
+                mode=mode,
+            )
             for name, (address, handler, mode) in SERVICES.items()
         )
     )
