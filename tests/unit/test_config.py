@@ -15,13 +15,10 @@ from supervisor import addresses, config
 from supervisor.addresses import Address
 from supervisor.config import Credentials, Limits, Mode, Peer, SocketFile
 from supervisor.errors import ConfigError, shown
+from tests.configs import server_table
 
 SOURCE = "etc/supervisor.toml"
-ECHO = """
-[servers.echo]
-address = "tcp://127.0.0.1:7007"
-handler = "tests.handlers:LineEchoHandler"
-"""
+ECHO = server_table("echo", "LineEchoHandler", address="tcp://127.0.0.1:7007")
 
 
 def parse(toml: str, source: str = SOURCE) -> config.Config:
@@ -38,12 +35,8 @@ def error_of(toml: str, source: str = SOURCE) -> str:
 
 
 def server(address: str, extra: str = "", name: str = "echo") -> str:
-    return f"""
-    [servers.{name}]
-    address = "{address}"
-    handler = "tests.handlers:BaseEchoHandler"
-    {extra}
-    """
+    """A server table with `extra`, the TOML lines under test, written as they are."""
+    return server_table(name, "BaseEchoHandler", address=address) + extra + "\n"
 
 
 # --- happy path ---------------------------------------------------------------------------

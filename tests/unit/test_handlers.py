@@ -10,6 +10,7 @@ import pytest
 
 from supervisor import config, handlers
 from supervisor.errors import ConfigError
+from tests.configs import server_table, supervisor_table
 from tests.handlers import BaseEchoHandler, DatagramEchoHandler, LineEchoHandler
 
 SOURCE = "etc/supervisor.toml"
@@ -31,7 +32,7 @@ def load(toml: str, source: str = SOURCE) -> config.Config:
 
 
 def one_server(address: str, handler: str, name: str = "echo") -> config.Config:
-    return load(f'[servers.{name}]\naddress = "{address}"\nhandler = "{handler}"\n')
+    return load(server_table(name, handler, address=address))
 
 
 def import_error(loaded: config.Config) -> str:
@@ -73,20 +74,10 @@ def test_import_handler_follows_dotted_attributes(
 
 def test_import_all_maps_server_names_to_classes() -> None:
     loaded = load(
-        """
-        [servers.a]
-        address = "tcp://127.0.0.1:0"
-        handler = "tests.handlers:LineEchoHandler"
-        [servers.b]
-        address = "udp://127.0.0.1:0"
-        handler = "tests.handlers:DatagramEchoHandler"
-        [servers.c]
-        address = "unixgram:///run/c.sock"
-        handler = "tests.handlers:BaseEchoHandler"
-        [servers.d]
-        address = "tcp://127.0.0.1:0"
-        handler = "tests.handlers:BaseEchoHandler"
-        """
+        server_table("a", "tests.handlers:LineEchoHandler")
+        + server_table("b", "tests.handlers:DatagramEchoHandler", address="udp://127.0.0.1:0")
+        + server_table("c", "tests.handlers:BaseEchoHandler", address="unixgram:///run/c.sock")
+        + server_table("d", "tests.handlers:BaseEchoHandler")
     )
     assert handlers.import_all(loaded) == {
         "a": LineEchoHandler,
@@ -198,14 +189,8 @@ def test_datagram_handler_on_a_stream_address(address: str) -> None:
 
 def test_the_failing_server_is_named() -> None:
     loaded = load(
-        """
-        [servers.good]
-        address = "tcp://127.0.0.1:0"
-        handler = "tests.handlers:LineEchoHandler"
-        [servers.bad]
-        address = "tcp://127.0.0.1:0"
-        handler = "tests.handlers:NotAHandler"
-        """
+        server_table("good", "tests.handlers:LineEchoHandler")
+        + server_table("bad", "tests.handlers:NotAHandler")
     )
     assert import_error(loaded) == (
         f"{SOURCE}: servers.bad.handler: tests.handlers:NotAHandler is not a "
@@ -226,14 +211,7 @@ def test_supervisor_path_makes_a_directory_importable(tmp_path: Path) -> None:
     )
     source = str(tmp_path / "conf" / "supervisor.toml")
     loaded = load(
-        """
-        [supervisor]
-        path = ["lib"]
-        [servers.echo]
-        address = "tcp://127.0.0.1:0"
-        handler = "sv_test_on_path:Handler"
-        """,
-        source,
+        supervisor_table(path=["lib"]) + server_table("echo", "sv_test_on_path:Handler"), source
     )
     classes = handlers.import_all(loaded)
     assert classes["echo"].__module__ == "sv_test_on_path"

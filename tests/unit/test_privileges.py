@@ -18,14 +18,11 @@ from supervisor.addresses import Address, Scheme
 from supervisor.config import SocketFile
 from supervisor.errors import ConfigError
 from supervisor.sockets import SocketFileError, apply_socket_file, bind
+from tests.configs import server_table
 
 SOURCE = "etc/supervisor.toml"
 NOBODY = 65534
-FORK = """
-[servers.echo]
-address = "tcp://127.0.0.1:0"
-handler = "tests.handlers:BaseEchoHandler"
-"""
+FORK = server_table("echo", "BaseEchoHandler")  # a fork-mode server
 
 
 def parse(toml: str) -> config.Config:
