@@ -4,7 +4,7 @@ max_per_source counts a request for its client until the request is done. Done m
 "the handler has returned", not "the child has exited" or "the thread has ended": a client that
 waited for the end of its answer connects again at once, and would overtake both. So:
 
-- a forked child writes a DONE record (forkserver.DONE: its forker's pid or 0, the fork
+- a forked child writes a DONE record (handling.DONE: its forker's pid or 0, the fork
   server's seq, its own pid) to a pipe just before its connection is shut down; the fork
   server's children inherit the write end as fd 5 (forkserver.DONE_FD);
 - a thread appends (server, source) to a deque at the same point.
@@ -20,8 +20,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from supervisor import guards
-from supervisor.forkserver import DONE
 from supervisor.guards import Source
+from supervisor.handling import DONE, write_done
 
 
 class DonePipe:
@@ -33,8 +33,7 @@ class DonePipe:
 
     def child_done(self) -> None:
         """In a child the supervisor forked: its handler has returned."""
-        with contextlib.suppress(OSError):  # a full pipe: the source is released at the exit
-            os.write(self.write_fd, DONE.pack(0, 0, os.getpid()))
+        write_done(self.write_fd, 0, 0)
 
     def records(self) -> Iterator[tuple[int, int, int]]:
         """The children's DONE records written so far: (forker, seq, pid)."""

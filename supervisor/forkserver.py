@@ -16,16 +16,19 @@ its page faults were 0.3 ms of every child (a bare fork+exit from here: 0.55 ms 
 without). The child puts the hook back first thing, so a handler that forks again gets the
 standard behaviour.
 
-This file runs as a script (`python -S forkserver.py`) and imports only the standard library:
-the supervisor package's modules are for the supervisor. The protocol, on a SOCK_SEQPACKET
+This file runs as a script (`python -S -P forkserver.py`) and imports only the standard library:
+the supervisor package's modules are for the supervisor, but for handling.py, the request path
+its children share with the supervisor's own requests (stdlib-only too), which it loads by its
+location next to this file: not through sys.path, where handler modules would see the package's
+modules as top-level ones, and without the package's __init__. The protocol, on a SOCK_SEQPACKET
 socket pair (fd 3 here), each message a marshal'd tuple:
 
 - setup (fd 4, a file): sys.path, the log format and level, and per server its name, handler
   (`module:Class`) and the attributes its handlers see as `self.server`.
 - done (fd 5, the write end of a pipe the supervisor reads): a child of a server with
-  `max_per_source` writes DONE (this process's pid, the request's seq, its own pid) when its
-  handler has returned, before its connection is shut down, so that the supervisor stops
-  counting the request for its client before the client can see the answer end.
+  `max_per_source` writes handling.DONE (this process's pid, the request's seq, its own pid)
+  when its handler has returned, before its connection is shut down, so that the supervisor
+  stops counting the request for its client before the client can see the answer end.
 - supervisor -> here: ("R", [(name, seq, client_address), ...]) with the connections' fds in
   the same order (SCM_RIGHTS: one accept batch); ("K", signum) to signal every live child,
   reported or not; ("T", pid, signum) to signal one child if it is still ours (its request
@@ -56,20 +59,41 @@ import os
 import select
 import socket
 import socketserver
-import struct
 import sys
+from functools import partial
 
 MSG_CMSG_CLOEXEC = getattr(socket, "MSG_CMSG_CLOEXEC", 0)  # (Linux)
 TYPE_CHECKING = False  # `typing` (and the `re` it imports) is a megabyte of this small process
 if TYPE_CHECKING:
+    import logging
+    from collections.abc import Callable
     from typing import Any, NoReturn
+
+
+def _load_sibling(name: str) -> Any:
+    """Load supervisor/<name>.py by its location, for this file run as a script: under `-P` its
+    directory is not on sys.path, and must not be (handler modules would find the package's
+    modules there as top-level ones). Named as in the package, but not put in sys.modules: a
+    handler module that imports the supervisor package gets the package's own."""
+    import types  # noqa: PLC0415 (imported already, by enum)
+    from importlib.machinery import SourceFileLoader  # noqa: PLC0415 (only as a script)
+
+    path = os.path.join(os.path.dirname(__file__), f"{name}.py")
+    loader = SourceFileLoader(f"supervisor.{name}", path)  # (its bytecode cache too)
+    module = types.ModuleType(loader.name)
+    module.__file__, module.__loader__ = path, loader
+    loader.exec_module(module)
+    return module
+
+
+if TYPE_CHECKING or __package__:  # imported by the supervisor, as supervisor.forkserver
+    from supervisor import handling
+else:  # run as a script: handling.py, next to this file, by its location (see _load_sibling)
+    handling = _load_sibling("handling")
 
 CHANNEL_FD = 3
 SETUP_FD = 4
 DONE_FD = 5
-# A request's handler has returned: (the forking process's pid, or 0 for the supervisor; the
-# fork server's seq for the request; the child's pid). Written whole to a pipe (< PIPE_BUF).
-DONE = struct.Struct("=iqi")
 # Blocked here for good: see the module docstring. SIGINT is also ignored, as in the
 # supervisor's own children: a Ctrl-C to the group lets the supervisor drain the requests.
 HELD = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT, _signal.SIGUSR1)
@@ -101,8 +125,9 @@ class ServerView:
         self.max_packet_size: int = spec["max_packet_size"]
         # Limits and user for each child (privileges.child_setup); None: none, the common case.
         self.child_setup: Any = spec.get("child_setup")
-        self.report_done: bool = spec.get("report_done", False)  # (max_per_source: see DONE)
+        self.report_done: bool = spec.get("report_done", False)  # (max_per_source: see "done")
         self.timeout: float | None = None
+        self.socket_timeout: float | None = None  # (request_timeout: the supervisor kills)
         if "server_name" in spec:
             self.server_name: str = spec["server_name"]
             self.server_port: int = spec["server_port"]
@@ -116,17 +141,10 @@ class ServerView:
         self.socket.close()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        _logger(self.log_setup).exception(
-            "%s: error handling a request from %s", self.name, client_address
-        )
+        handling.handle_error(self, client_address, _view_logger)
 
     def shutdown_request(self, request: socket.socket) -> None:
-        # Not contextlib.suppress: this runs in every child, and costs it page faults.
-        try:  # noqa: SIM105
-            request.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-        request.close()
+        handling.shutdown_request(request)
 
     def close_request(self, request: socket.socket) -> None:
         request.close()
@@ -147,21 +165,16 @@ def _configure_logging(log_setup: tuple[str, str], force: bool = False) -> None:
     root.setLevel(log_setup[1])
 
 
-def _logger(log_setup: tuple[str, str]) -> Any:
+def _logger(log_setup: tuple[str, str]) -> logging.Logger:
     _configure_logging(log_setup)
     import logging  # noqa: PLC0415
 
     return logging.getLogger("supervisor")
 
 
-def _flush_output() -> None:
-    """A child's buffered stdout and stderr, before os._exit: one write each, so that
-    concurrent children's lines do not interleave in the log."""
-    for stream in (sys.stdout, sys.stderr):
-        try:  # noqa: SIM105 (per child: no suppress object)
-            stream.flush()
-        except (OSError, ValueError):
-            pass
+def _view_logger(server: ServerView) -> logging.Logger:
+    """The request path's logger for a server here (handling.handle: only for a line)."""
+    return _logger(server.log_setup)
 
 
 def apply_child_setup(setup: Any) -> None:
@@ -199,36 +212,13 @@ def set_up_child(name: str, setup: Any, log: Any) -> bool:
     return True
 
 
-def _handle(server: ServerView, fd: int, client_address: Any, done: bytes = b"") -> int:
-    """Run the handler on the connection, as the supervisor's Server.handle does; the exit
-    status (0 ok, 1 failed). `done`: a DONE record to write when the handler has returned."""
+def _handle(
+    server: ServerView, fd: int, client_address: Any, done: Callable[[], object] | None = None
+) -> int:
+    """Run the handler on the connection (handling.handle, as the supervisor's own requests);
+    the exit status (0 ok, 1 failed). `done`: called when the handler has returned."""
     request = socket.socket(server.address_family, server.socket_type, server.proto, fileno=fd)
-    try:
-        server.RequestHandlerClass(request, client_address, server)
-    except (ConnectionError, TimeoutError) as exc:
-        _logger(server.log_setup).warning(
-            "%s: connection with client %s lost (%s)",
-            server.name,
-            client_address,
-            exc.strerror or exc,
-        )
-        return 1
-    except BaseException:
-        _logger(server.log_setup).exception(
-            "%s: handler %s failed for client %s",
-            server.name,
-            server.handler_spec,
-            client_address or "(unnamed)",
-        )
-        return 1
-    finally:
-        if done:
-            try:  # noqa: SIM105 (a full pipe: the supervisor releases the source at the exit)
-                os.write(DONE_FD, done)
-            except OSError:
-                pass
-        server.shutdown_request(request)
-    return 0
+    return 0 if handling.handle(server, request, client_address, _view_logger, done) else 1
 
 
 class ForkServer:
@@ -372,14 +362,18 @@ class ForkServer:
             if server.child_setup is None or set_up_child(
                 server.name, server.child_setup, lambda: _logger(self.log_setup)
             ):
-                done = DONE.pack(os.getppid(), seq, os.getpid()) if server.report_done else b""
+                done = (
+                    partial(handling.write_done, DONE_FD, os.getppid(), seq)  # (see "done")
+                    if server.report_done
+                    else None
+                )
                 status = _handle(server, fd, client_address, done)
         except BaseException:
             _logger(self.log_setup).exception(
                 "%s: child %d failed outside its handler", server.name, os.getpid()
             )
         finally:
-            _flush_output()
+            handling.flush_output()
             os._exit(status)
 
     def signal_children(self, signum: int) -> None:
@@ -508,7 +502,7 @@ def main() -> None:
     with open(SETUP_FD, "rb") as setup_file:
         setup = marshal.loads(setup_file.read())  # noqa: S302 (the supervisor's)
     servers, failed = load(setup)
-    _flush_output()  # what the imports printed, once: not again from every child
+    handling.flush_output()  # what the imports printed, once: not again from every child
     server = ForkServer(servers, (setup["log_format"], setup["log_level"]))
     threads_ok = server.skip_threading_hook()
     server.out.extend(("failed", name, reason) for name, reason in failed.items())
@@ -530,7 +524,7 @@ class _Idle(socketserver.StreamRequestHandler):
 
 
 def warm_up() -> None:
-    """Run the standard library's part of a request (socket, request handler set-up and
+    """Run the request path (_handle, handling.handle: socket, request handler set-up and
     finish, shut-down) on a local socket pair until the interpreter has specialised its code:
     children then run that code without writing into it, which would copy its pages. No
     handler code runs here."""

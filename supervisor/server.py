@@ -5,7 +5,8 @@ A `Server` is what a handler sees as `self.server`: it has the attributes of a
 `address_family`, `socket_type`, `timeout`, `fileno()`, `handle_error()`; `server_name` and
 `server_port` for IP servers, as `http.server.HTTPServer`), so handlers written for the standard
 library run unchanged. Running a request (`handle`) follows socketserver's `finish_request` then
-`shutdown_request`, and never lets a handler's exception escape.
+`shutdown_request`, and never lets a handler's exception escape: it is handling.py's request
+path, the one the fork server's children run too.
 
 The parent reads through `listener.socket` only. A datagram handler gets its own blocking
 duplicate (`socket`, in `self.request` as in socketserver): whatever a handler does to it
@@ -20,7 +21,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from supervisor import privileges
+from supervisor import handling, privileges
 from supervisor.config import Mode, ServerConfig
 from supervisor.guards import Guard, RejectionLog, Source, peer_credentials
 from supervisor.handlers import HandlerClass
@@ -31,6 +32,11 @@ from supervisor.stats import ServerStats
 log = logging.getLogger("supervisor")
 
 Request = socket.socket | tuple[bytes, socket.socket]
+
+
+def _logger(server: "Server") -> logging.Logger:
+    """The request path's logger (handling.handle): the supervisor's."""
+    return log
 
 
 class Server:
@@ -59,6 +65,7 @@ class Server:
         it is read several times a request."""
         self.config = config
         self.RequestHandlerClass = handler
+        self.handler_spec = config.handler  # (`module:Class`, for the request path's log)
         self.max_packet_size = config.max_packet_size
         self.mode = config.mode
         limits = config.limits
@@ -159,54 +166,11 @@ class Server:
         """Run the handler on one request, then shut the request down; True if it succeeded.
         `done` is called once the handler has returned (or raised), before the connection is
         shut down: a client that waits for the end of its answer sees it only afterwards."""
-        try:
-            if self.socket_timeout is not None and isinstance(request, socket.socket):
-                request.settimeout(self.socket_timeout)
-            # A duck-typed socketserver.BaseServer: the attributes handlers use, no serve loop.
-            self.RequestHandlerClass(request, client_address, self)  # type: ignore[arg-type]
-        except (ConnectionError, TimeoutError) as exc:
-            if (
-                isinstance(exc, TimeoutError)
-                and self.socket_timeout is not None
-                and isinstance(request, socket.socket)
-                and request.gettimeout() == self.socket_timeout  # (not the handler's own)
-            ):
-                log.warning(
-                    "%s: client %s timed out (request_timeout %gs)",
-                    self.name,
-                    client_address,
-                    self.socket_timeout,
-                )
-                return False
-            log.warning(
-                "%s: connection with client %s lost (%s)",
-                self.name,
-                client_address,
-                exc.strerror or exc,
-            )
-            return False
-        except BaseException:
-            log.exception(
-                "%s: handler %s failed for client %s",
-                self.name,
-                self.config.handler,
-                client_address or "(unnamed)",
-            )
-            return False
-        finally:
-            if done is not None:
-                done()
-            self.shutdown_request(request)
-        return True
+        return handling.handle(self, request, client_address, _logger, done)
 
     def shutdown_request(self, request: Request) -> None:
         """Like socketserver: half-close a connection before closing it; datagrams need nothing."""
-        if isinstance(request, socket.socket):
-            try:  # noqa: SIM105 (per request in every mode: no suppress object)
-                request.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
-            request.close()
+        handling.shutdown_request(request)
 
     def admit(
         self,
@@ -257,7 +221,7 @@ class Server:
 
     def handle_error(self, request: Request, client_address: Any) -> None:
         """socketserver's hook, for handlers that call it: log the current exception."""
-        log.exception("%s: error handling a request from %s", self.name, client_address)
+        handling.handle_error(self, client_address, _logger)
 
     def server_close(self) -> None:
         """Close the sockets and remove the unix socket file (in the parent)."""

@@ -1,15 +1,21 @@
 """The fork server: fork mode's stream requests are forked from a small process, and nothing a
 user sees changes (status, metrics, signals, logs, reload, stop), also when it fails."""
 
+import array
+import marshal
+import os
 import signal
 import socket
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 
-from supervisor import control
+from supervisor import control, forking, forkserver, handling
 from tests.configs import TomlValue, server_table, supervisor_table
 from tests.conftest import StartSupervisor, Supervisor, connect, exchange, finish, readline
 from tests.integration.test_daemon import LogFile, wait_ready
@@ -430,3 +436,119 @@ def test_a_clean_stop_logs_no_error_about_the_fork_server(
     # It exits once told no more requests come; the final kill then finds it gone: that is
     # not worth an error line.
     assert " ERROR " not in supervisor.log, supervisor.log
+
+
+# Never in the fork server: `typing` and `re` (a megabyte), `logging` (until a line is logged),
+# site hooks (-S), the supervisor package (handling.py is loaded by its location).
+NOT_IMPORTED = ("typing", "re", "logging", "site", "supervisor")
+
+
+def imported(stderr: str) -> set[str]:
+    """The modules `-X importtime` lists as imported."""
+    names = set()
+    for line in stderr.splitlines():
+        if line.startswith("import time:") and "imported package" not in line:
+            names.add(line.rpartition("|")[2].strip())
+    return names
+
+
+def received(channel: socket.socket) -> list[tuple[Any, ...]]:
+    """The fork server's next report message."""
+    reports: list[tuple[Any, ...]] = marshal.loads(channel.recv(65536))  # noqa: S302 (ours)
+    return reports
+
+
+@pytest.fixture
+def bare_fork_server(tmp_path: Path) -> Iterator[tuple[int, socket.socket, int, Path]]:
+    """The fork server script started as the supervisor starts it (-S -P, fds 3 to 5), with
+    `-X importtime`, serving `plain` (socketserver's BaseRequestHandler, max_per_source):
+    its pid, our end of the channel, the read end of its done pipe, its stderr's file."""
+    spec = {
+        "name": "plain",
+        "handler": "socketserver:BaseRequestHandler",
+        "server_address": "",
+        "family": int(socket.AF_UNIX),
+        "type": int(socket.SOCK_STREAM),
+        "proto": 0,
+        "max_packet_size": 0,
+        "report_done": True,
+    }
+    setup = {
+        "path": list(sys.path),
+        "argv": ["supervisor"],
+        "locations": {},
+        "log_format": "%(message)s",
+        "log_level": "INFO",
+        "servers": [spec],
+    }
+    stderr = tmp_path / "stderr"
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    done_r, done_w = os.pipe()
+    fds = [forking._high_fd(theirs.fileno()), forking._high_fd(done_w)]
+    with open(stderr, "wb") as log:
+        fds.append(forking._high_fd(log.fileno()))
+    setup_fd = forking._setup_file(marshal.dumps(setup))
+    fds.append(forking._high_fd(setup_fd))
+    os.close(setup_fd)
+    command = ["-X", "importtime", *forking.interpreter_flags(), forking.SCRIPT]
+    try:
+        pid = os.posix_spawn(
+            sys.executable,
+            [sys.executable, *command],
+            os.environ,
+            file_actions=[
+                (os.POSIX_SPAWN_DUP2, fds[0], forkserver.CHANNEL_FD),
+                (os.POSIX_SPAWN_DUP2, fds[3], forkserver.SETUP_FD),
+                (os.POSIX_SPAWN_DUP2, fds[1], forkserver.DONE_FD),
+                (os.POSIX_SPAWN_DUP2, fds[2], 2),
+            ],
+            setsigmask=forkserver.HELD,
+        )
+    finally:
+        for fd in (*fds, done_w):
+            os.close(fd)
+        theirs.close()
+    ours.settimeout(10)
+    try:
+        yield pid, ours, done_r, stderr
+    finally:
+        ours.close()
+        os.close(done_r)
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0] == 0:  # (not reaped by the test: kill it)
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+
+
+def test_the_fork_server_and_its_children_import_no_typing_or_logging(
+    bare_fork_server: tuple[int, socket.socket, int, Path],
+) -> None:
+    """Under -S, with handling.py for the request path: neither the fork server (start, warm-up)
+    nor a child serving a request imports more than the standard library it needs."""
+    pid, channel, done_r, stderr = bare_fork_server
+    assert received(channel) == [("serves", "plain"), ("ready", True)]
+    client, connection = socket.socketpair()
+    with client, connection:
+        fds = array.array("i", [connection.fileno()])
+        channel.sendmsg(
+            [marshal.dumps(("R", [("plain", 7, "")]))],
+            [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)],
+        )
+        connection.close()
+        client.settimeout(10)
+        assert client.recv(1) == b""  # the request was shut down
+    reports: list[tuple[Any, ...]] = []
+    while not any(report[0] == "X" for report in reports):
+        reports.extend(received(channel))
+    (child,) = [report[2] for report in reports if report[0] == "F" and report[1] == 7]
+    assert [report[2] for report in reports if report[0] == "X"] == [0]  # its exit status
+    assert handling.DONE.unpack(os.read(done_r, handling.DONE.size)) == (pid, 7, child)
+    channel.shutdown(socket.SHUT_WR)  # no more requests: it exits
+    assert channel.recv(65536) == b""
+    assert os.waitpid(pid, 0)[1] == 0
+    names = imported(stderr.read_text())
+    assert "socketserver" in names  # (-X importtime lists what it imports)
+    unwanted = {name for name in names if name.partition(".")[0] in NOT_IMPORTED}
+    assert not unwanted, stderr.read_text()
