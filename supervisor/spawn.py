@@ -22,7 +22,6 @@ socketserver's ForkingMixIn does: it can never return into the parent's loop.
 
 import logging
 import os
-import sys
 from collections.abc import Callable, Iterable
 from functools import partial
 from typing import NoReturn
@@ -30,6 +29,7 @@ from typing import NoReturn
 from supervisor.children import ChildTable
 from supervisor.forkserver import set_up_child
 from supervisor.guards import Source
+from supervisor.handling import flush_output
 from supervisor.server import Server
 from supervisor.signals import block_signals, set_signal_mask
 
@@ -57,14 +57,6 @@ def close_runs(runs: Runs, keep: set[int]) -> None:
             os.closerange(start, kept)
             start = kept + 1
         os.closerange(start, high)
-
-
-def flush_standard_streams() -> None:
-    for stream in (sys.stdout, sys.stderr):
-        try:  # (not contextlib.suppress: this runs on every fork, in parent and child)
-            stream.flush()
-        except (OSError, ValueError):
-            continue
 
 
 class Spawner:
@@ -98,7 +90,7 @@ class Spawner:
         if self._runs is None:
             self._runs = descriptor_runs(set(self._sockets()) - {-1})
         mask = block_signals()
-        flush_standard_streams()  # or each child would write the parent's buffered output again
+        flush_output()  # or each child would write the parent's buffered output again
         try:
             child = partial(self._child, server, run, mask, self._runs, keep_listener)
             return self.children.spawn(server, child, source, keeper)
@@ -131,5 +123,5 @@ class Spawner:
         except BaseException:
             log.exception("%s: child %d failed outside its handler", server.name, os.getpid())
         finally:
-            flush_standard_streams()
+            flush_output()
             os._exit(status)
