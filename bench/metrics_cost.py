@@ -36,7 +36,7 @@ from bench.harness.machine import cpu_line, utc_now
 from bench.harness.report import write_atomically
 from supervisor import __version__, exposition, metrics
 from supervisor.core import State, Supervisor
-from supervisor.metrics import BUCKETS, OUTCOMES, ServerStats
+from supervisor.stats import BUCKETS, OUTCOMES, ServerStats
 from supervisor.reload import prepare
 
 RESULTS = Path(__file__).resolve().parent / "results" / "metrics_cost.txt"
@@ -183,7 +183,7 @@ def supervisor_with(count: int, rusage: resource.struct_rusage) -> Iterator[Supe
                 supervisor.state = State.RUNNING  # as after run() bound everything: up = 1
                 for index, server in enumerate(supervisor.servers.values()):
                     for outcome, duration in events(index):
-                        # What core.py does on accept and on reaping a child.
+                        # What admission.py and the modes do on accept and on reaping a child.
                         server.stats.requests += 1
                         server.stats.child_exited(outcome, rusage, duration)
                         if outcome in ("error", "signal"):
