@@ -112,11 +112,11 @@ class Admission:
         was_full = self._global_full()
         server.active += delta
         self.active += delta
+        self._update(server)
         if was_full != self._global_full():
             for each in self.servers.values():
-                self._update(each)
-        else:
-            self._update(server)
+                if each is not server:
+                    self._update(each)
 
     # -- accepting -------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from functools import partial
 from os import EX_SOFTWARE
 
-from supervisor import logs, monitoring, systemd
+from supervisor import config, logs, monitoring, systemd
 from supervisor.admission import Admission
 from supervisor.children import ChildTable, SystemCalls
 from supervisor.config import SupervisorConfig
@@ -132,10 +132,10 @@ class Supervisor(Admission):
             self._metrics = monitoring.serve_metrics(self, self._metrics_listener)
         self.state = State.RUNNING  # STARTING -> RUNNING
         _freeze_for_fork()
-        self.modes.start(self.servers.values())
         for server in self.servers.values():
             self._refresh(server)
             monitoring.log_listening(server, self.modes[server.mode])
+        self.modes.start(self.servers.values())  # (the loop has not run: no accept yet)
         for listener in self.spare:
             log.warning(
                 "inherited socket %s (name %r) matches no server", listener.bound, listener.fd_name
@@ -235,9 +235,15 @@ class Supervisor(Admission):
             mode.logs_reopened()
 
     def catch_up(self) -> None:
-        """Take note of what requests and workers have reported and the loop not read yet."""
+        """Take note of the requests whose handler has returned, which the loop has not read
+        about yet (before a client is turned away for max_per_source)."""
         for mode in self.modes:
             mode.catch_up()
+
+    def collect(self) -> None:
+        """Read what the workers have reported and the loop not yet (before a scrape)."""
+        for mode in self.modes:
+            mode.collect()
 
     # -- reloading -------------------------------------------------------------------------
 
@@ -272,11 +278,13 @@ class Supervisor(Admission):
 
     def _switch_to(self, prepared: Prepared) -> None:
         """The second half of a reload: everything is ready, switch to it (see _switch)."""
-        old = self.config
+        old, new = self.config, prepared.config
+        changes = str(config.diff(old, new))
         self._switch(prepared)
-        self.reloads.succeeded(old, prepared.config)
-        if prepared.config.supervisor.log_file not in (old.supervisor.log_file, None):
+        log.info("reloaded: %s", changes)
+        if new.supervisor.log_file not in (old.supervisor.log_file, None):
             self._reopen_logs("log_file changed")
+        self.reloads.succeeded(old, new, changes)
 
     def _switch(self, prepared: Prepared) -> None:
         """Run the prepared configuration: one step, nothing in it can fail (reload.switch)."""
@@ -302,6 +310,7 @@ class Supervisor(Admission):
     def _retire(self, server: Server, released: bool) -> None:
         """A server the new configuration removes: stop accepting, let its requests finish."""
         server.retired = True
+        self.modes[server.mode].retire(server)
         if released:
             self._release(server.listener)
         if not server.threads:

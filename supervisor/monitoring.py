@@ -1,8 +1,7 @@
 """What the supervisor shows of itself: `status`, systemd's STATUS= line, /metrics and /healthz.
 
 Everything here reads the supervisor's state through `Observed` (the supervisor implements it;
-this module never imports it) and changes nothing but the reports it asks the modes to catch
-up on before a scrape.
+this module never imports it); a scrape first has the workers' reports read (`collect`).
 """
 
 import logging
@@ -36,7 +35,7 @@ class Observed(Watched, Protocol):
 
     @property
     def state_name(self) -> str: ...
-    def catch_up(self) -> None: ...
+    def collect(self) -> None: ...
     def reload(self) -> ReloadResult: ...
 
 
@@ -115,7 +114,7 @@ def serve_metrics(observed: Observed, listener: Listener) -> HttpServer:
     rendered: dict[bool, tuple[int, bytes]] = {}  # format -> (loop turn, body)
 
     def scrape(accept: str) -> Response:
-        observed.catch_up()  # what workers have reported, even if not read yet
+        observed.collect()  # what workers have reported, even if not read yet
         openmetrics = exposition.wants_openmetrics(accept)
         content_type = exposition.OPENMETRICS if openmetrics else exposition.TEXT
         # Scrapes answered in one turn of the loop share one rendering: a flood of them

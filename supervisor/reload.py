@@ -53,7 +53,7 @@ class Reloads:
         self.last: ReloadResult | None = None
         self.stats = ReloadStats()
 
-    def failed(self, message: str, exit_status: int, switching: bool = False) -> ReloadResult:
+    def failed(self, message: str, exit_status: int, switching: bool = False) -> None:
         if switching:
             log.error("reload failed: %s", message)
         else:
@@ -61,12 +61,9 @@ class Reloads:
         self.last = ReloadResult(False, message, exit_status=exit_status)
         self.stats.failures += 1
         self.stats.last_ok = False
-        return self.last
 
-    def succeeded(self, old: Config, new: Config) -> ReloadResult:
-        """Record (and log) a reload from `old` to `new`, done."""
-        changes = str(config.diff(old, new))
-        log.info("reloaded: %s", changes)
+    def succeeded(self, old: Config, new: Config, changes: str) -> None:
+        """Record a reload from `old` to `new`, done; warn of what applies at the next start."""
         self.last = ReloadResult(True, changes)
         self.stats.successes += 1
         self.stats.last_ok = True
@@ -77,7 +74,6 @@ class Reloads:
             log.warning(  # (a process that dropped root cannot get it back)
                 "supervisor.user: changes to [supervisor] user and group apply at the next start"
             )
-        return self.last
 
 
 @dataclass

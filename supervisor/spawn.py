@@ -24,9 +24,9 @@ import logging
 import os
 from collections.abc import Callable, Iterable
 from functools import partial
-from typing import NoReturn
+from typing import NoReturn, Protocol
 
-from supervisor.children import ChildTable
+from supervisor.children import ChildTable, Reaped
 from supervisor.forkserver import set_up_child
 from supervisor.guards import Source
 from supervisor.handling import flush_output
@@ -59,6 +59,12 @@ def close_runs(runs: Runs, keep: set[int]) -> None:
         os.closerange(start, high)
 
 
+class Keeper(Protocol):
+    """Whoever starts a child (its server's mode): told of its exit."""
+
+    def child_exited(self, reaped: Reaped[Server]) -> None: ...
+
+
 class Spawner:
     """Forks the supervisor's children into its child table."""
 
@@ -80,9 +86,10 @@ class Spawner:
         self,
         server: Server,
         run: Callable[[], int],
+        *,
+        keeper: Keeper,
         source: Source = None,
         keep_listener: bool = False,
-        keeper: object = None,
     ) -> int:
         """Fork a child of `server` that runs `run` and exits with its status; its pid, in
         the child table with `source` and `keeper` (told of its exit). Raises OSError if
@@ -109,12 +116,12 @@ class Spawner:
         os._exit, whatever happens."""
         status = 1
         try:
-            for close in self._closers:
-                close()
             # Other servers' sockets by number (no handler can reach their objects); this
             # one's through its objects, which the handler sees as self.server.
             close_runs(runs, keep=server.own_descriptors())
             server.close_in_child(keep_listener)
+            for close in self._closers:
+                close()
             set_signal_mask(mask)
             if server.child_setup is None or set_up_child(
                 server.name, server.child_setup, lambda: log

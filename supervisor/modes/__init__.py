@@ -21,22 +21,20 @@ MODES: dict[Name, type[Mode]] = {
 }
 
 
-class Modes:
-    """One instance of every mode, for a supervisor; found by name, or all in turn."""
+class Modes(dict[Name, Mode]):
+    """One instance of every mode, for a supervisor: by name (a dict: looked up per request),
+    or all in turn."""
 
     def __init__(self, host: Host) -> None:
-        self._modes = {name: mode(host) for name, mode in MODES.items()}
+        super().__init__((name, mode(host)) for name, mode in MODES.items())
 
-    def __getitem__(self, name: Name) -> Mode:
-        return self._modes[name]
-
-    def __iter__(self) -> Iterator[Mode]:
-        return iter(self._modes.values())
+    def __iter__(self) -> Iterator[Mode]:  # type: ignore[override]  # (the modes, not names)
+        return iter(self.values())
 
     def start(self, servers: Iterable[Server]) -> None:
         """Tell each mode which servers are its now (at start, and after a reload)."""
-        mine: dict[Name, list[Server]] = {name: [] for name in self._modes}
+        mine: dict[Name, list[Server]] = {name: [] for name in self.keys()}
         for server in servers:
             mine[server.mode].append(server)
-        for name, mode in self._modes.items():
+        for name, mode in self.items():
             mode.start(mine[name])

@@ -85,8 +85,14 @@ class Mode:
     def batch_done(self, server: Server) -> None:
         """The accept batch on `server` is over."""
 
+    def retire(self, server: Server) -> None:
+        """A reload removed `server`: start nothing more for it; what runs may finish."""
+
     def catch_up(self) -> None:
-        """Take note now of what the mode's requests and workers have reported."""
+        """Take note now of the requests whose handler has returned (max_per_source)."""
+
+    def collect(self) -> None:
+        """Read now what the mode's workers have reported (before a scrape)."""
 
     def pending(self) -> int:
         """Children about to be, not in the child table yet (handed to a fork server)."""

@@ -5,10 +5,10 @@ per message, to the fork server (forking.py), a small process that forks them ch
 children are adopted into the child table, so max_children, stop, status and metrics see them
 as the supervisor's own. Until a fork server is ready, for the servers it cannot import, for a
 batch it could not be given, and for datagram servers, the supervisor forks the request itself
-(spawn.py), at most FORK_BATCH per accept batch (each fork holds the loop for most of a
-millisecond). A fork server is started at start and after every reload (the new handlers); the
-previous one takes no more requests and exits once its children are done; one that dies is
-replaced after a back-off (FORK_SERVER_RESTART).
+(spawn.py): a stream server's accept batch then takes at most FORK_BATCH requests (each fork
+holds the loop for most of a millisecond). A fork server is started at start and after every
+reload (the new handlers); the previous one takes no more requests and exits once its children
+are done; one that dies is replaced after a back-off (FORK_SERVER_RESTART).
 
 Children are counted from admission to exit. max_per_source stops counting a request when its
 handler has returned (finished.py's DONE records), request_timeout is deadlines.py's.
@@ -102,7 +102,7 @@ class Fork(Mode):
             return 0 if server.handle(handled, client_address, done) else 1
 
         try:
-            pid = self.host.spawner.spawn(server, run, source, keeper=self)
+            pid = self.host.spawner.spawn(server, run, keeper=self, source=source)
         except OSError as exc:
             server.close_request(request)
             self.host.start_failed(server, "process", client_address, exc.strerror or str(exc))

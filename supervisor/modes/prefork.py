@@ -4,7 +4,7 @@ The workers and their pools are prefork.py's; this is the mode the supervisor ca
 each prefork server, reopened after every reload with new workers running the new code (the old
 ones finish their request and exit), closed when the server leaves prefork mode or is removed.
 The supervisor never accepts on a prefork server's socket, and counts its workers, not its
-requests, as its children (max_children does not apply to a fixed set of workers).
+requests, as its children (a fixed set of workers is never "saturated").
 """
 
 import logging
@@ -34,8 +34,7 @@ class Prefork(Mode):
         close the pools of servers that are no longer prefork servers."""
         super().start(servers)
         for server in [server for server in self.pools if server not in servers]:
-            self.pools[server].close()
-            self._forget(server)
+            self.retire(server)  # (it left prefork mode, or was removed)
         if not self.host.running:
             return
         for server in servers:
@@ -46,6 +45,13 @@ class Prefork(Mode):
                 pool.retire_all()
             pool.closed = False
             pool.fill()
+
+    def retire(self, server: Server) -> None:
+        """Its workers finish their request and exit; the pool goes with the last of them."""
+        pool = self.pools.get(server)
+        if pool is not None:
+            pool.close()
+            self._forget(server)
 
     def _spawn(self, server: Server, run: Callable[[], int]) -> int | None:
         """A prefork worker, or None if fork failed (logged; the pool backs off)."""
@@ -72,7 +78,7 @@ class Prefork(Mode):
         if pool is not None and pool.closed and not pool.workers:
             del self.pools[server]
 
-    def catch_up(self) -> None:
+    def collect(self) -> None:
         for pool in self.pools.values():
             pool.collect_reports()  # what workers have written, even if not read yet
 
