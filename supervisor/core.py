@@ -144,7 +144,7 @@ class Supervisor(Admission):
         systemd.notify(f"READY=1\nSTATUS={monitoring.summary(self)}\nMAINPID={os.getpid()}")
         if self._readiness is not None:
             self._readiness.ready()
-        self._start_watchdog()
+        systemd.keep_watchdog(self.loop, partial(monitoring.summary, self))
         try:
             self.loop.run()
         finally:
@@ -204,35 +204,10 @@ class Supervisor(Admission):
         elif intent is Intent.REOPEN_LOGS:
             self._reopen_logs()
 
-    def _start_watchdog(self) -> None:
-        interval = systemd.watchdog_interval()
-        if interval is None:
-            return
-
-        def ping() -> None:
-            systemd.notify(f"WATCHDOG=1\nSTATUS={monitoring.summary(self)}")
-            self.loop.call_later(interval, ping)
-
-        ping()
-
     def _reopen_logs(self, reason: str = "SIGUSR1") -> None:
-        log_file = self.config.supervisor.log_file
-        if log_file is None:
-            log.info("%s: no log_file configured, nothing to reopen", reason)
-            return
-        try:
-            logs.reopen(log_file)
-        except OSError as exc:
-            log.error(
-                "%s: cannot open %s (%s); still logging to the previous file",
-                reason,
-                log_file,
-                exc.strerror or exc,
-            )
-            return
-        log.info("%s: reopened %s", reason, log_file)
-        for mode in self.modes:
-            mode.logs_reopened()
+        if logs.reopen_for(reason, self.settings.log_file):
+            for mode in self.modes:
+                mode.logs_reopened()
 
     def catch_up(self) -> None:
         """Take note of the requests whose handler has returned, which the loop has not read

@@ -53,6 +53,27 @@ def reopen(log_file: str) -> None:
     redirect(open_log(log_file))
 
 
+def reopen_for(reason: str, log_file: str | None) -> bool:
+    """Reopen `log_file` (for logrotate's SIGUSR1, or a new log_file); True if it was, else
+    the log says why (and goes on to the previous file)."""
+    log = logging.getLogger("supervisor")
+    if log_file is None:
+        log.info("%s: no log_file configured, nothing to reopen", reason)
+        return False
+    try:
+        reopen(log_file)
+    except OSError as exc:
+        log.error(
+            "%s: cannot open %s (%s); still logging to the previous file",
+            reason,
+            log_file,
+            exc.strerror or exc,
+        )
+        return False
+    log.info("%s: reopened %s", reason, log_file)
+    return True
+
+
 class Throttle:
     """At most one log line per key (a place, a server and reason) every `every` seconds, and a
     count of the lines left out: a flood of one event must not become a flood of lines."""

@@ -13,10 +13,11 @@ Small functions over the process environment, no state kept here. Invariants:
 import os
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from supervisor.addresses import Address
+from supervisor.loop import Loop
 from supervisor.sockets import Listener
 
 # The first inherited fd (SD_LISTEN_FDS_START): 0-2 are stdin, stdout and stderr.
@@ -64,6 +65,20 @@ def watchdog_interval(environ: Mapping[str, str] | None = None) -> float | None:
     if pid_text is not None and _positive_int(pid_text) != os.getpid():
         return None
     return usec / 2 / 1_000_000
+
+
+def keep_watchdog(loop: Loop, status: Callable[[], str]) -> None:
+    """Ping the service manager's watchdog from the loop, with a fresh STATUS=, if it has one
+    for us: a loop that stops turning stops the pings, and the service manager acts."""
+    interval = watchdog_interval()
+    if interval is None:
+        return
+
+    def ping() -> None:
+        notify(f"WATCHDOG=1\nSTATUS={status()}")
+        loop.call_later(interval, ping)
+
+    ping()
 
 
 @dataclass(frozen=True)
