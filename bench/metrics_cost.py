@@ -36,8 +36,8 @@ from bench.harness.machine import cpu_line, utc_now
 from bench.harness.report import write_atomically
 from supervisor import __version__, exposition, metrics
 from supervisor.core import State, Supervisor
-from supervisor.stats import BUCKETS, OUTCOMES, ServerStats
 from supervisor.reload import prepare
+from supervisor.stats import BUCKETS, OUTCOMES, ServerStats
 
 RESULTS = Path(__file__).resolve().parent / "results" / "metrics_cost.txt"
 EVENT_ROUNDS = 15
