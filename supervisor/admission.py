@@ -160,6 +160,13 @@ class Admission:
                     if rejected >= REJECT_BATCH:
                         return
                     continue
+            if server.verifies and not server.verify(request, client_address):
+                # (after the guards, as socketserver asks it before process_request)
+                guards.release(server.sources, source)
+                rejected += 1
+                if rejected >= REJECT_BATCH:
+                    return
+                continue
             admitted += 1
             server.stats.requests += 1
             take(server, request, client_address, source)

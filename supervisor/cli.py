@@ -155,13 +155,17 @@ def _stop_timeout(path: str | None) -> float:
 def check(path: str) -> int:
     """What `run` checks before it binds anything, as this user: the file, the privileges it
     asks for (see privileges.check), the handlers."""
-    from supervisor import config, handlers, privileges, rundir  # noqa: PLC0415
+    from supervisor import config, hosting, privileges, rundir  # noqa: PLC0415
     from supervisor.config import Mode  # noqa: PLC0415
 
     loaded = config.load(path)
     privileges.check(loaded, starting=True)
     rundir.secure_pidfile(loaded, create=False)
-    handlers.import_all(loaded)
+    codes = hosting.load_all(loaded)  # (the server objects too, adopted at their addresses)
+    try:
+        hosting.adopt_all(loaded, codes, {})
+    finally:
+        hosting.close_made(codes)
     for server in loaded.servers.values():
         limits = [] if server.mode is Mode.INLINE else [f"max_children={server.max_children}"]
         if server.mode is Mode.PREFORK:
@@ -170,7 +174,8 @@ def check(path: str) -> int:
             limits.append(f"backlog={server.backlog}")
         else:
             limits.append(f"max_packet_size={server.max_packet_size}")
-        fields = [server.name, str(server.address), server.handler, server.mode, *limits]
+        code = server.code if server.handler else f"server={server.server}"
+        fields = [server.name, str(server.address), code, server.mode, *limits]
         print("  ".join(fields))
     print(f"{path}: ok, {len(loaded.servers)} servers")
     return 0

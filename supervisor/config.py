@@ -150,7 +150,7 @@ class ServerConfig:
 
     name: str
     address: Address
-    handler: str
+    handler: str  # `module:Class`, or "" when `server` names a factory instead (hosting.py)
     mode: Mode = Mode.FORK
     max_children: int = 40
     backlog: int = 1024
@@ -166,6 +166,17 @@ class ServerConfig:
     # supervisor's own.
     credentials: Credentials | None = None
     socket_file: SocketFile = field(default_factory=SocketFile)
+    server: str = ""  # `module:callable` returning a socketserver server, or "" (handler given)
+
+    @property
+    def code(self) -> str:
+        """What serves the requests, as written: the handler class or the server factory."""
+        return self.server or self.handler
+
+    @property
+    def code_key(self) -> str:
+        """The key that names it: `handler` or `server`."""
+        return "server" if self.server else "handler"
 
 
 @dataclass(frozen=True)
@@ -432,6 +443,7 @@ def _server(name: str, table: "_Table", supervisor: SupervisorConfig) -> ServerC
     table.only(
         "address",
         "handler",
+        "server",
         "mode",
         "max_children",
         "backlog",
@@ -450,10 +462,12 @@ def _server(name: str, table: "_Table", supervisor: SupervisorConfig) -> ServerC
     mode = Mode(table.choice("mode", Mode.FORK.value, tuple(Mode)))
     _check_in_process(table, mode)
     max_children = table.integer("max_children", 40, minimum=1, maximum=MAX_CHILDREN)
+    handler, factory = _code(table)
     return ServerConfig(
         name=name,
         address=address,
-        handler=table.handler("handler"),
+        handler=handler,
+        server=factory,
         mode=mode,
         max_children=max_children,
         backlog=table.integer("backlog", 1024, minimum=1, maximum=65535),
@@ -463,6 +477,21 @@ def _server(name: str, table: "_Table", supervisor: SupervisorConfig) -> ServerC
         socket_file=_socket_file(table, address),
         **_prefork(table, mode, address, max_children),
     )
+
+
+def _code(table: "_Table") -> tuple[str, str]:
+    """(handler, server): exactly one of the two keys, each `module:name`."""
+    given = [key for key in ("handler", "server") if key in table.data]
+    if len(given) != 1:
+        choice = (
+            "handler = 'module:Class' (a request handler class) or server = 'module:callable' "
+            "(a function that returns a socketserver server)"
+        )
+        if given:
+            raise table.error("server", f"give either {choice}, not both")
+        raise table.error("handler", f"is required, or else server: give either {choice}")
+    spec = table.code(given[0])
+    return (spec, "") if given[0] == "handler" else ("", spec)
 
 
 def _limits(table: "_Table", inherited: Limits, address: Address | None) -> Limits:
@@ -930,8 +959,10 @@ class _Table:
         except ValueError as exc:
             raise self.error(key, f"malformed address {shown(text)}: {exc}") from exc
 
-    def handler(self, key: str) -> str:
+    def code(self, key: str) -> str:
+        """`module:Class` (handler) or `module:callable` (server)."""
         spec = self.string(key)
         if not _HANDLER_SPEC.fullmatch(spec):
-            raise self.error(key, f"must be 'module:Class', got {shown(spec)}")
+            shape = "module:Class" if key == "handler" else "module:callable"
+            raise self.error(key, f"must be '{shape}', got {shown(spec)}")
         return spec

@@ -83,7 +83,7 @@ class Supervisor(Admission):
             calls or SystemCalls(), reap_strangers=os.getpid() == 1
         )
         self.servers = {
-            name: Server(server, prepared.handlers[name], prepared.listeners[name])
+            name: Server(server, prepared.codes[name], prepared.listeners[name])
             for name, server in prepared.config.servers.items()
         }
         self.draining: set[Server] = set()  # removed by a reload, with requests still running
@@ -230,7 +230,8 @@ class Supervisor(Admission):
         log.info("reloading %s", self.config_path)
         current = {name: server.listener for name, server in self.servers.items()}
         try:
-            prepared = prepare(self.config_path, current, self.spare, reloading=True)
+            codes = {name: server.code for name, server in self.servers.items()}
+            prepared = prepare(self.config_path, current, self.spare, reloading=True, kept=codes)
         except SupervisorError as exc:
             self.reloads.failed(str(exc), exc.exit_status)
         except Exception as exc:  # a bug, or input nobody foresaw: prepare() changed nothing

@@ -77,7 +77,7 @@ def setup_for(servers: Iterable[Any], log_format: str, log_level: str) -> bytes:
         listening = server.listener.socket
         spec: dict[str, Any] = {
             "name": server.name,
-            "handler": server.config.handler,
+            "handler": server.handler_spec,
             "server_address": server.server_address,
             "family": int(listening.family),
             "type": int(listening.type),
@@ -88,6 +88,9 @@ def setup_for(servers: Iterable[Any], log_format: str, log_level: str) -> bytes:
             spec["child_setup"] = server.child_setup
         if server.config.limits.max_per_source:
             spec["report_done"] = True
+        if server.hosted is not None:  # (made and adopted there: forkserver.py)
+            spec["server"] = server.config.server
+            spec["reports_errors"] = server.reports_errors
         if hasattr(server, "server_name"):
             spec["server_name"], spec["server_port"] = server.server_name, server.server_port
         specs.append(spec)
@@ -108,11 +111,12 @@ def package_locations(servers: Iterable[Any]) -> dict[str, tuple[str, list[str] 
     location when sys.path alone does not find it."""
     locations = {}
     for server in servers:
-        top = server.RequestHandlerClass.__module__.partition(".")[0]
-        spec = getattr(sys.modules.get(top), "__spec__", None)
-        if spec is not None and spec.has_location and spec.origin:
-            search = spec.submodule_search_locations
-            locations[top] = (spec.origin, None if search is None else list(search))
+        modules = [server.RequestHandlerClass.__module__, server.config.server.partition(":")[0]]
+        for top in {module.partition(".")[0] for module in modules if module}:
+            spec = getattr(sys.modules.get(top), "__spec__", None)
+            if spec is not None and spec.has_location and spec.origin:
+                search = spec.submodule_search_locations
+                locations[top] = (spec.origin, None if search is None else list(search))
     return locations
 
 

@@ -24,7 +24,10 @@ modules as top-level ones, and without the package's __init__. The protocol, on 
 socket pair (fd 3 here), each message a marshal'd tuple:
 
 - setup (fd 4, a file): sys.path, the log format and level, and per server its name, handler
-  (`module:Class`) and the attributes its handlers see as `self.server`.
+  (`module:Class`) and the attributes its handlers see as `self.server`; or, for a hosted
+  server, its `server` callable (`module:callable`): the object is made here, once, and adopted
+  as in the supervisor (adoption.py, loaded like handling.py), so that children inherit it as
+  ForkingMixIn's do.
 - done (fd 5, the write end of a pipe the supervisor reads): a child of a server with
   `max_per_source` writes handling.DONE (this process's pid, the request's seq, its own pid)
   when its handler has returned, before its connection is shut down, so that the supervisor
@@ -87,9 +90,10 @@ def _load_sibling(name: str) -> Any:
 
 
 if TYPE_CHECKING or __package__:  # imported by the supervisor, as supervisor.forkserver
-    from supervisor import handling
+    from supervisor import adoption, handling
 else:  # run as a script: handling.py, next to this file, by its location (see _load_sibling)
     handling = _load_sibling("handling")
+    adoption = None  # (loaded only if a server is hosted: see load)
 
 CHANNEL_FD = 3
 SETUP_FD = 4
@@ -113,11 +117,15 @@ class ServerView:
     The listening socket is not in this process: `socket` is a closed socket of its family and
     type, as the supervisor's own children see theirs (they close it before the handler)."""
 
-    def __init__(self, spec: dict[str, Any], handler: type, log_setup: tuple[str, str]) -> None:
+    def __init__(
+        self, spec: dict[str, Any], handler: type, log_setup: tuple[str, str], hosted: Any = None
+    ) -> None:
         self.name: str = spec["name"]
         self.handler_spec: str = spec["handler"]
         self.log_setup = log_setup
         self.RequestHandlerClass = handler
+        self.hosted = hosted  # the hosted server object (`server =`): handlers see it instead
+        self.reports_errors: bool = spec.get("reports_errors", False)
         self.server_address = spec["server_address"]
         self.address_family = socket.AddressFamily(spec["family"])
         self.socket_type = socket.SocketKind(spec["type"])
@@ -477,18 +485,34 @@ def load(setup: dict[str, Any]) -> tuple[dict[str, ServerView], dict[str, str]]:
     if any(spec.get("child_setup") for spec in setup["servers"]):
         import resource  # noqa: F401, PLC0415 (here, once: not in every child; only if needed)
     for spec in setup["servers"]:
-        module_name, _, attribute = spec["handler"].partition(":")
         try:
-            found: Any = _import(module_name, setup["locations"])
-            for part in attribute.split("."):
-                found = getattr(found, part)
-            servers[spec["name"]] = ServerView(spec, found, log_setup)
+            servers[spec["name"]] = _view(spec, setup["locations"], log_setup)
         except BaseException as exc:
             reason = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
             failed[spec["name"]] = reason[:REASON_LIMIT]
     if "logging" in sys.modules:  # handler modules log: as the supervisor's children would
         _configure_logging(log_setup, force=True)
     return servers, failed
+
+
+def _view(
+    spec: dict[str, Any], locations: dict[str, tuple[str, list[str] | None]], log_setup: Any
+) -> ServerView:
+    """A server's view here: its handler class imported, or its object made and adopted."""
+    module_name, _, attribute = spec.get("server", spec["handler"]).partition(":")
+    found: Any = _import(module_name, locations)
+    for part in attribute.split("."):
+        found = getattr(found, part)
+    if "server" not in spec:
+        return ServerView(spec, found, log_setup)
+    global adoption  # noqa: PLW0603 (loaded once, on first use)
+    if adoption is None:
+        adoption = _load_sibling("adoption")
+    hosted = found()
+    family, kind, proto = spec["family"], spec["type"], spec["proto"]
+    adoption.adopt(hosted, spec["server_address"], family, kind, proto)
+    adoption.hand_socket(hosted, adoption.stand_in(family, kind, proto))
+    return ServerView(spec, hosted.RequestHandlerClass, log_setup, hosted)
 
 
 def main() -> None:

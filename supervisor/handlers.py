@@ -1,7 +1,9 @@
-"""Import the request handler classes a configuration names (`module:Class`).
+"""Import the code a configuration names: request handler classes (`module:Class`) and server
+factories (`module:callable`, hosting.py).
 
 A handler is any `socketserver.BaseRequestHandler` subclass, written exactly as for the standard
-library. Every failure becomes one ConfigError line naming `servers.NAME.handler` and the cause.
+library. Every failure is one line (ValueError or TypeError) that hosting.py turns into a
+ConfigError naming `servers.NAME.handler` (or `.server`).
 
 On a reload (`fresh=True`), a handler module whose source file changed on disk since we imported
 it is imported again as a new module object: new requests get the new classes, while requests
@@ -18,8 +20,8 @@ import sys
 from collections.abc import Iterable, Iterator
 from types import ModuleType
 
-from supervisor.config import Config, ServerConfig
-from supervisor.errors import ConfigError, describe
+from supervisor.config import ServerConfig
+from supervisor.errors import describe
 
 HandlerClass = type[socketserver.BaseRequestHandler]
 
@@ -44,26 +46,6 @@ def extend_path(entries: Iterable[str]) -> None:
     for entry in reversed(tuple(entries)):
         if entry not in sys.path:
             sys.path.insert(0, entry)
-
-
-def import_all(config: Config, fresh: bool = False) -> dict[str, HandlerClass]:
-    """Import every server's handler class; raise ConfigError on the first that fails.
-
-    With `fresh`, modules changed on disk since they were imported are imported again."""
-    extend_path(config.supervisor.path)
-    classes = {}
-    refreshed: set[str] = set()
-    for name, server in config.servers.items():
-        try:
-            module_name = server.handler.partition(":")[0]
-            if fresh and module_name not in refreshed:
-                refresh_if_changed(module_name)
-                refreshed.add(module_name)
-            classes[name] = import_handler(server.handler)
-            check_fits(classes[name], server)
-        except (ValueError, TypeError) as exc:
-            raise ConfigError(config.source, f"servers.{name}.handler", str(exc)) from exc
-    return classes
 
 
 def _stamp(module: ModuleType) -> tuple[int, int] | None:
@@ -101,6 +83,19 @@ def _import_error(module_name: str, exc: BaseException) -> ValueError:
 
 def import_handler(spec: str) -> HandlerClass:
     """Import `module:Class`; raise ValueError or TypeError with a one-line reason."""
+    found = import_object(spec)
+    try:
+        fits = isinstance(found, type) and issubclass(found, socketserver.BaseRequestHandler)
+    except BaseException:
+        fits = False
+    if not fits:
+        raise TypeError(f"{spec} is not a socketserver.BaseRequestHandler subclass")
+    return found  # type: ignore[return-value]
+
+
+def import_object(spec: str) -> object:
+    """Import `module:name` (a dotted name in the module); raise ValueError with a one-line
+    reason."""
     module_name, _, attribute = spec.partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -117,22 +112,17 @@ def import_handler(spec: str) -> HandlerClass:
             found = getattr(found, part)
         except BaseException as exc:  # (a module's __getattr__ may raise anything)
             raise ValueError(f"module {module_name!r} has no attribute {attribute!r}") from exc
-    try:
-        fits = isinstance(found, type) and issubclass(found, socketserver.BaseRequestHandler)
-    except BaseException:
-        fits = False
-    if not fits:
-        raise TypeError(f"{spec} is not a socketserver.BaseRequestHandler subclass")
-    return found  # type: ignore[return-value]
+    return found
 
 
-def check_fits(handler: HandlerClass, server: ServerConfig) -> None:
-    """Refuse a stream-only handler on a datagram address, and the reverse."""
+def check_fits(handler: HandlerClass, server: ServerConfig, spec: str) -> None:
+    """Refuse a stream-only handler on a datagram address, and the reverse (`spec`: how the
+    handler is named in messages)."""
     if issubclass(handler, socketserver.StreamRequestHandler) and not server.address.is_stream:
         raise ValueError(
-            f"{server.handler} is a StreamRequestHandler but {server.address} is a datagram address"
+            f"{spec} is a StreamRequestHandler but {server.address} is a datagram address"
         )
     if issubclass(handler, socketserver.DatagramRequestHandler) and server.address.is_stream:
         raise ValueError(
-            f"{server.handler} is a DatagramRequestHandler but {server.address} is a stream address"
+            f"{spec} is a DatagramRequestHandler but {server.address} is a stream address"
         )

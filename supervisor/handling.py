@@ -46,6 +46,10 @@ if TYPE_CHECKING:
         def RequestHandlerClass(self) -> Callable[[Any, Any, Any], object]: ...  # noqa: N802
         @property
         def socket_timeout(self) -> float | None: ...  # request_timeout on the socket, or None
+        @property
+        def hosted(self) -> Any: ...  # the hosted socketserver server (`server =`), or None
+        @property
+        def reports_errors(self) -> bool: ...  # the hosted object's class has a handle_error
 
     ServerT = TypeVar("ServerT", bound=Hosted)
 
@@ -63,29 +67,70 @@ def handle(
 ) -> bool:
     """Run the server's handler on one request, then shut the request down; True if the
     handler returned. `logger(server)` gives the logger, only for a line to log; `done` is
-    called once the handler has returned (or raised), before the connection is shut down."""
+    called once the handler has returned (or raised), before the connection is shut down.
+
+    A hosted server's own hooks run as socketserver's `process_request` runs them: its
+    `finish_request` makes the handler, its `handle_error` (if its class has one) is called
+    for an exception, after the supervisor's own line, and its `shutdown_request` ends it."""
+    hosted = server.hosted
     try:
         timeout = server.socket_timeout
         if timeout is not None and isinstance(request, socket.socket):
             request.settimeout(timeout)
-        # A duck-typed socketserver.BaseServer: the attributes handlers use, no serve loop.
-        server.RequestHandlerClass(request, client_address, server)
+        if hosted is None:
+            # A duck-typed socketserver.BaseServer: the attributes handlers use, no serve loop.
+            server.RequestHandlerClass(request, client_address, server)
+        else:
+            hosted.finish_request(request, client_address)
     except (ConnectionError, TimeoutError) as exc:
         _log_lost(server, request, client_address, exc, logger(server))
+        if server.reports_errors:
+            _hosted_error(server, request, client_address, logger)
         return False
-    except BaseException:
+    except BaseException as exc:
         logger(server).exception(
             "%s: handler %s failed for client %s",
             server.name,
             server.handler_spec,
             client_address or "(unnamed)",
         )
+        if server.reports_errors and isinstance(exc, Exception):
+            _hosted_error(server, request, client_address, logger)
         return False
     finally:
         if done is not None:
             done()
-        shutdown_request(request)
+        if hosted is None:
+            shutdown_request(request)
+        else:
+            shutdown_hosted(server, request, logger)
     return True
+
+
+def _hosted_error(
+    server: ServerT,
+    request: Request,
+    client_address: Any,
+    logger: Callable[[ServerT], logging.Logger],
+) -> None:
+    """The hosted object's own handle_error, in the handler's exception; never raises."""
+    try:
+        server.hosted.handle_error(request, client_address)
+    except BaseException:
+        logger(server).exception(
+            "%s: handle_error failed for client %s", server.name, client_address
+        )
+
+
+def shutdown_hosted(
+    server: ServerT, request: Request, logger: Callable[[ServerT], logging.Logger]
+) -> None:
+    """The hosted object's shutdown_request (which calls its close_request); never raises."""
+    try:
+        server.hosted.shutdown_request(request)
+    except BaseException:
+        logger(server).exception("%s: shutdown_request failed", server.name)
+        shutdown_request(request)
 
 
 def _log_lost(

@@ -176,7 +176,7 @@ def _server_metrics(servers: list[Server], supervisor: Watched) -> Iterator[Metr
     rejected = counter(
         "supervisor_rejected",
         "Clients turned away before being served, by reason: denied (allow/deny), per_source "
-        "(max_per_source), source_rate, rate.",
+        "(max_per_source), source_rate, rate, verify_request (a hosted server's own).",
     )
     for server in servers:
         name, stats, labels = server.name, server.stats, {"server": server.name}

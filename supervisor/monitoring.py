@@ -55,11 +55,12 @@ def log_listening(server: Server, mode: Mode) -> None:
     if not mode.listens:
         limit = f", workers={server.config.workers}{limit}"
     log.info(
-        "%s: listening on %s (%s, handler %s%s)",
+        "%s: listening on %s (%s, %s %s%s)",
         server.name,
         server.listener.bound,
         server.mode,
-        server.config.handler,
+        server.config.code_key,
+        server.config.code,
         limit,
     )
 

@@ -29,6 +29,7 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from supervisor.guards import RejectionLog
 from supervisor.loop import Loop, Timer
@@ -41,6 +42,9 @@ REPORT = struct.Struct("=?d")  # succeeded, duration in seconds: written atomica
 READY = REPORT.pack(True, -1.0)
 TURNED_AWAY = -2.0  # the duration of a report for a client the worker's guard rejected
 REJECTED = REPORT.pack(False, TURNED_AWAY)
+NOT_VERIFIED = -3.0  # ... for one its hosted server's verify_request refused
+REFUSED = REPORT.pack(False, NOT_VERIFIED)
+SERVICE_INTERVAL = 0.5  # seconds between a hosted server's service_actions (as serve_forever)
 BATCH = 32  # reports a busy worker holds before it writes them
 BATCH_BYTES = BATCH * REPORT.size
 BACKOFF_FIRST = 0.1
@@ -70,33 +74,54 @@ def serve(server: Server, stop_fd: int, report_fd: int) -> int:
     served = 0
     stop = select.poll()
     stop.register(stop_fd, select.POLLIN)
+    # A hosted server's service_actions, in each worker (its own copy of the object), about
+    # every SERVICE_INTERVAL: after a request or a wait, as serve_forever's loop calls it.
+    wait = SERVICE_INTERVAL if server.services else None
+    due = time.monotonic() + SERVICE_INTERVAL
     try:
         while True:
+            if wait is not None and time.monotonic() >= due:
+                server.service()
+                due = time.monotonic() + SERVICE_INTERVAL
             try:
                 fd, client_address = listener._accept()  # type: ignore[attr-defined]
             except (BlockingIOError, InterruptedError):
                 _flush(report_fd, reports)
-                if stop_fd in select.select([listen_fd, stop_fd], [], [])[0]:
+                if stop_fd in select.select([listen_fd, stop_fd], [], [], wait)[0]:
                     return 0
                 continue
             except OSError as exc:
                 if _accept_failed(server, exc, stop_fd):
                     return 0
                 continue
-            # (allow / deny only: config.py refuses the other guards in prefork mode)
-            if server.guard is not None and server.admit(fd, client_address, rejections)[0]:
-                reports += REJECTED
-            else:
-                started = time.monotonic()
-                ok = server.handle(socket.socket(family, kind, proto, fileno=fd), client_address)
-                reports += REPORT.pack(ok, time.monotonic() - started)
-                served += 1
+            report = _run(server, fd, client_address, rejections, (family, kind, proto))
+            reports += report
+            served += report is not REJECTED and report is not REFUSED
             if len(reports) >= BATCH_BYTES:
                 _flush(report_fd, reports)
             if _stop_requested(stop) or _recycled(server, served, limit):
                 return 0
     finally:
         _flush(report_fd, reports)
+
+
+def _run(
+    server: Server,
+    fd: int,
+    client_address: Any,
+    rejections: RejectionLog,
+    kind: tuple[int, int, int],
+) -> bytes:
+    """Admit and run one accepted connection; its report."""
+    # (allow / deny only: config.py refuses the other guards in prefork mode)
+    if server.guard is not None and server.admit(fd, client_address, rejections)[0]:
+        return REJECTED
+    request = socket.socket(*kind, fileno=fd)
+    if server.verifies and not server.verify(request, client_address):
+        return REFUSED
+    started = time.monotonic()
+    ok = server.handle(request, client_address)
+    return REPORT.pack(ok, time.monotonic() - started)
 
 
 def _prepare(server: Server, stop_fd: int) -> int:
@@ -278,6 +303,8 @@ class Pool:
                 stats.request_done(ok, duration)
             elif duration == TURNED_AWAY:
                 stats.rejected["denied"] += 1
+            elif duration == NOT_VERIFIED:
+                stats.rejected["verify_request"] += 1
             elif not worker.ready:
                 worker.ready = True
                 self.failures = 0  # a worker got as far as its loop: the handler is fine

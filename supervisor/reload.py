@@ -1,13 +1,15 @@
 """Preparing a configuration to run: every step that can fail, done before anything changes.
 
-`prepare()` loads and validates the file, imports the handlers (afresh on a reload) and finds a
+`prepare()` loads and validates the file, imports the handlers (afresh on a reload) and makes
+the hosted servers' objects (hosting.py: only those whose table or module changed), finds a
 listening socket for every server: the very socket it already has when its address did not
 change, an inherited one (systemd socket activation) whose name or address matches, or one bound
 now. The privilege checks (privileges.py) come first: their answers depend on the user the
 process runs as, so every start and every reload makes them. A unix socket file that a server
 keeps gets its new permissions last (those already changed are put back if one fails). If any
-step fails, the sockets bound here are closed again and the error is raised, so the running
-configuration is untouched. Start-up is the same with nothing to reuse.
+step fails, the sockets bound here are closed again (and the objects made here) and the error
+is raised, so the running configuration is untouched. Start-up is the same with nothing to
+reuse.
 """
 
 import contextlib
@@ -16,10 +18,10 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from supervisor import addresses, config, handlers, privileges
+from supervisor import addresses, config, handlers, hosting, privileges
 from supervisor.config import Config, ServerConfig, SocketFile
 from supervisor.errors import BindError, describe
-from supervisor.handlers import HandlerClass
+from supervisor.hosting import Code
 from supervisor.server import Server
 from supervisor.sockets import Listener, SocketFileError, apply_socket_file, bind
 from supervisor.stats import ReloadStats
@@ -29,10 +31,11 @@ log = logging.getLogger("supervisor")
 
 @dataclass(frozen=True)
 class Prepared:
-    """A validated configuration with its handler classes and a listener for every server."""
+    """A validated configuration with its code (handler classes, hosted objects adopted) and a
+    listener for every server."""
 
     config: Config
-    handlers: Mapping[str, HandlerClass]
+    codes: Mapping[str, Code]
     listeners: Mapping[str, Listener]
 
 
@@ -92,28 +95,37 @@ def prepare(
     current: Mapping[str, Listener] | None = None,
     spare: Iterable[Listener] = (),
     reloading: bool = False,
+    kept: Mapping[str, Code] = {},
 ) -> Prepared:
     """Everything a (re)start needs; raises ConfigError or BindError and then changes nothing.
 
     `source` is the configuration file (or one already loaded); `current` maps the running
     servers' names to their listeners; `spare` are inherited sockets no server uses now;
     `reloading`: the handlers are imported afresh, and the process already runs as the user
-    it will keep (a changed [supervisor] user applies at the next start)."""
+    it will keep (a changed [supervisor] user applies at the next start); `kept`: the running
+    servers' code, whose hosted objects are kept where nothing changed."""
     loaded = config.load(source) if isinstance(source, str) else source
     privileges.check(loaded, starting=not reloading)
     with handlers.rollback_on_error():
-        classes = handlers.import_all(loaded, fresh=reloading)
+        codes = hosting.load_all(loaded, fresh=reloading, kept=kept)
         spare = list(spare)
-        listeners = _listeners(loaded, current or {}, spare)
+        try:
+            listeners = _listeners(loaded, current or {}, spare)
+        except BaseException:
+            hosting.close_made(codes)
+            raise
         try:
             _apply_socket_files(loaded, listeners)
+            sockets = {name: listener.socket for name, listener in listeners.items()}
+            codes = hosting.adopt_all(loaded, codes, sockets)
         except BaseException:
-            kept = [*(current or {}).values(), *spare]
+            hosting.close_made(codes)
+            old = [*(current or {}).values(), *spare]
             for listener in listeners.values():
-                if not _among(listener, kept):
+                if not _among(listener, old):
                     listener.close()  # bound for this configuration: not to be kept
             raise
-        return Prepared(loaded, classes, listeners)
+        return Prepared(loaded, codes, listeners)
 
 
 def _apply_socket_files(loaded: Config, listeners: Mapping[str, Listener]) -> None:
@@ -213,16 +225,16 @@ def switch(current: Mapping[str, Server], prepared: Prepared) -> Switch:
     in_use = {id(listener) for listener in prepared.listeners.values()}
     done = Switch({}, [], [], [], in_use)
     for name, server_config in prepared.config.servers.items():
-        handler, listener = prepared.handlers[name], prepared.listeners[name]
+        code, listener = prepared.codes[name], prepared.listeners[name]
         existing = current.get(name)
         if existing is None:
-            done.servers[name] = Server(server_config, handler, listener)
+            done.servers[name] = Server(server_config, code, listener)
             done.moved.append(name)
             continue
         previous = existing.listener
         if previous is not listener:
             done.moved.append(name)
-        existing.reconfigure(server_config, handler, listener)
+        existing.reconfigure(server_config, code, listener)
         existing.close_old_sockets()
         if id(previous) not in in_use:
             done.unused.append(previous)

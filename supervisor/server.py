@@ -1,17 +1,23 @@
 """One hosted server: its listening socket, handler class, mode and limits.
 
-A `Server` is what a handler sees as `self.server`: it has the attributes of a
-`socketserver.BaseServer` that handlers use (`server_address`, `socket`, `RequestHandlerClass`,
-`address_family`, `socket_type`, `timeout`, `fileno()`, `handle_error()`; `server_name` and
-`server_port` for IP servers, as `http.server.HTTPServer`), so handlers written for the standard
-library run unchanged. Running a request (`handle`) follows socketserver's `finish_request` then
-`shutdown_request`, and never lets a handler's exception escape: it is handling.py's request
-path, the one the fork server's children run too.
+For a `handler =` table, a `Server` is what a handler sees as `self.server`: it has the
+attributes of a `socketserver.BaseServer` that handlers use (`server_address`, `socket`,
+`RequestHandlerClass`, `address_family`, `socket_type`, `timeout`, `fileno()`, `handle_error()`;
+`server_name` (`socket.getfqdn(host)`) and `server_port` for IP servers, as
+`http.server.HTTPServer`), so handlers written for the standard library run unchanged. For a
+`server =` table, handlers see the hosted object instead (`hosted`, hosting.py), and its hooks
+run where socketserver calls them: `verify_request` (`verify`), `finish_request`,
+`handle_error` and `shutdown_request` (handling.py), `service_actions` (`service`). Running a
+request (`handle`) never lets a handler's exception escape: it is handling.py's request path,
+the one the fork server's children run too.
 
-The parent reads through `listener.socket` only. A datagram handler gets its own blocking
-duplicate (`socket`, in `self.request` as in socketserver): whatever a handler does to it
-(`settimeout`, `setblocking`) cannot make the parent's reads block, since those use
-`MSG_DONTWAIT`.
+The listening socket is the supervisor's alone: the parent reads through `listener.socket`
+only, and handlers never get it. A stream server's `socket`, as handlers see it, is a closed
+socket of the same kind (as in a forked child), and `server_close()` / `shutdown()` from a
+handler change nothing. A datagram handler gets a blocking duplicate (`socket`, in
+`self.request` as in socketserver; a hosted object has one of its own): whatever a handler does
+to it (`settimeout`, `setblocking`, `close`) cannot make the parent's reads block, since those
+use `MSG_DONTWAIT`.
 """
 
 import logging
@@ -21,10 +27,10 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from supervisor import handling, privileges
+from supervisor import adoption, handling, hosting, privileges
 from supervisor.config import Mode, ServerConfig
 from supervisor.guards import Guard, RejectionLog, Source, peer_credentials
-from supervisor.handlers import HandlerClass
+from supervisor.hosting import Code
 from supervisor.loop import Timer
 from supervisor.sockets import Listener
 from supervisor.stats import ServerStats
@@ -42,11 +48,14 @@ def _logger(server: "Server") -> logging.Logger:
 class Server:
     """A server hosted by the supervisor, shaped like a socketserver server."""
 
-    def __init__(self, config: ServerConfig, handler: HandlerClass, listener: Listener) -> None:
+    def __init__(self, config: ServerConfig, code: Code, listener: Listener) -> None:
         self.name = config.name
         self.sources: Counter[Source] = Counter()  # requests running per source (guards.py)
         self.guard: Guard | None = None
-        self._use(config, handler)
+        self.code = code
+        self.hosted: Any = None  # the hosted socketserver server (`server =`), or None
+        self._retired_code: list[Code] = []  # hosted objects replaced by a reload
+        self._use(config, code)
         self.timeout: float | None = None
         self.active = 0  # live children (fork) or busy threads (thread)
         self.threads = 0  # busy threads: they may be answering on a datagram handler socket
@@ -59,13 +68,21 @@ class Server:
         self._old_sockets: list[socket.socket] = []  # handler sockets of replaced listeners
         self.listener = listener
         self.socket = self._attach(listener)
+        self._host(code)
 
-    def _use(self, config: ServerConfig, handler: HandlerClass) -> None:
-        """Take a configuration and its handler class. `mode` is an attribute, not a property:
-        it is read several times a request."""
+    def _use(self, config: ServerConfig, code: Code) -> None:
+        """Take a configuration and its code. `mode` is an attribute, not a property: it is
+        read several times a request."""
         self.config = config
+        handler = code.handler
         self.RequestHandlerClass = handler
-        self.handler_spec = config.handler  # (`module:Class`, for the request path's log)
+        # (`module:Class`, for the request path's log)
+        self.handler_spec = config.handler or f"{handler.__module__}:{handler.__qualname__}"
+        # The hosted object's hooks that run (handling.py, admission.py, core.py); False for
+        # a `handler =` server.
+        self.verifies = code.verifies
+        self.reports_errors = code.reports_errors
+        self.services = code.services
         self.max_packet_size = config.max_packet_size
         self.mode = config.mode
         limits = config.limits
@@ -87,23 +104,49 @@ class Server:
         self.child_setup = privileges.child_setup(config)
 
     def _attach(self, listener: Listener) -> socket.socket:
-        """Take `listener`; return the socket handlers see (a blocking dup for datagrams)."""
+        """Take `listener`; return the socket handlers see: a closed one of its kind for a
+        stream server, a blocking dup for datagrams (see the module docstring)."""
         self.listener = listener
-        self.address_family = listener.socket.family
-        self.socket_type = listener.socket.type
-        self.server_address: Any = listener.socket.getsockname()
+        sock = listener.socket
+        self.address_family = sock.family
+        self.socket_type = sock.type
+        self.server_address: Any = sock.getsockname()
+        self._fqdn: str | None = None
         if not listener.address.is_unix:
-            self.server_name = listener.bound.host
             self.server_port = listener.bound.port
-        return listener.socket if listener.address.is_stream else listener.socket.dup()
+        if listener.address.is_stream:
+            return adoption.stand_in(sock.family, sock.type, sock.proto)
+        return sock.dup()
 
-    def reconfigure(self, config: ServerConfig, handler: HandlerClass, listener: Listener) -> None:
+    @property
+    def server_name(self) -> str:
+        """As http.server.HTTPServer sets it: socket.getfqdn() of the bound host (once)."""
+        if self.listener.address.is_unix:
+            raise AttributeError("server_name")  # (HTTPServer has none for a unix socket)
+        if self._fqdn is None:
+            self._fqdn = socket.getfqdn(self.server_address[0])
+        return self._fqdn
+
+    def _host(self, code: Code) -> None:
+        """Take the hosted object of `code`, if it is a new one: give it its socket (its own
+        dup, for a datagram server); the one it replaces is closed once no thread runs it."""
+        if code.hosted is self.hosted:
+            self.code = code
+            return
+        if self.hosted is not None:
+            self._retired_code.append(self.code)
+        self.code, self.hosted = code, code.hosted
+        if code.hosted is not None and not self.listener.address.is_stream:
+            adoption.hand_socket(code.hosted, self.listener.socket.dup())
+
+    def reconfigure(self, config: ServerConfig, code: Code, listener: Listener) -> None:
         """Apply a new configuration; requests already running keep what they have."""
-        self._use(config, handler)
+        self._use(config, code)
         if listener is not self.listener:
             if self.socket is not self.listener.socket:
                 self._old_sockets.append(self.socket)  # a thread may still be answering on it
             self.socket = self._attach(listener)
+        self._host(code)
         if config.address.is_stream and not listener.inherited:
             listener.socket.listen(config.backlog)  # the backlog may have changed
             # (an inherited socket keeps the Backlog= its service manager gave it)
@@ -114,12 +157,15 @@ class Server:
         return self._old_sockets
 
     def close_old_sockets(self) -> None:
-        """Close the handler sockets of replaced listeners once no thread can be using them
-        (forked children have their own copies)."""
+        """Close the handler sockets of replaced listeners, and let replaced hosted objects
+        close, once no thread can be using them (forked children have their own copies)."""
         if not self.threads:
             for old in self._old_sockets:
                 old.close()
             self._old_sockets.clear()
+            for code in self._retired_code:
+                hosting.close(code)
+            self._retired_code.clear()
 
     def __repr__(self) -> str:
         return f"<Server {self.name} {self.listener.bound}>"
@@ -144,6 +190,8 @@ class Server:
         data, client_address = self.listener.socket.recvfrom(
             self.config.max_packet_size, socket.MSG_DONTWAIT
         )
+        if self.socket.fileno() < 0:  # a handler closed it: the next ones need one
+            self.socket = self.listener.socket.dup()
         return (data, self.socket), client_address
 
     def accept_fd(self) -> tuple[int, Any]:
@@ -219,23 +267,61 @@ class Server:
         elif isinstance(request, socket.socket):
             request.close()
 
+    def verify(self, request: Request | int, client_address: Any) -> bool:
+        """Ask the hosted object's verify_request (the caller checked `verifies`; such a
+        server's connections are never bare descriptors); a refusal, or an exception (logged),
+        is counted, and the request shut down its way."""
+        assert not isinstance(request, int)  # noqa: S101 (see modes/fork.py: bare)
+        try:
+            if self.hosted.verify_request(request, client_address):
+                return True
+        except Exception:
+            log.exception("%s: verify_request failed for client %s", self.name, client_address)
+        self.stats.rejected["verify_request"] += 1
+        handling.shutdown_hosted(self, request, _logger)
+        return False
+
+    def service(self) -> None:
+        """Run the hosted object's service_actions (the caller checked `services`); what it
+        raises is logged, once until it succeeds again."""
+        try:
+            self.hosted.service_actions()
+        except Exception:
+            if not self.service_failing:
+                log.exception("%s: service_actions failed", self.name)
+            self.service_failing = True
+        else:
+            self.service_failing = False
+
+    service_failing = False
+    _hosted_closed = False
+
     def handle_error(self, request: Request, client_address: Any) -> None:
         """socketserver's hook, for handlers that call it: log the current exception."""
         handling.handle_error(self, client_address, _logger)
 
     def server_close(self) -> None:
-        """Close the sockets and remove the unix socket file (in the parent)."""
-        self.close_handler_socket()
-        self.listener.close()
+        """socketserver's, for a handler that calls it: nothing (the listening socket is the
+        supervisor's; a reload or stop closes it)."""
+
+    def shutdown(self) -> None:
+        """socketserver's, for a handler that calls it: nothing (no serve_forever to stop;
+        `supervisor stop` or a reload that removes the server stops it)."""
 
     def close_handler_socket(self) -> None:
-        """Close the datagram handlers' duplicate of the listening socket, and older ones (when
-        no thread can be using them any more)."""
-        if self.socket is not self.listener.socket:
-            self.socket.close()
+        """Close the datagram handlers' duplicate of the listening socket, and older ones, and
+        let the hosted object close (when no thread can be using them any more)."""
+        self.socket.close()
         for old in self._old_sockets:
             old.close()
         self._old_sockets.clear()
+        for code in self._retired_code:
+            hosting.close(code)
+        self._retired_code.clear()
+        if self.hosted is not None and not self._hosted_closed:
+            self._hosted_closed = True
+            hosting.close(self.code)
+            self.hosted.socket.close()  # (its own dup, if its server_close() did not)
 
     def close_in_child(self, keep_listener: bool) -> None:
         """In a forked child serving this server: close the parent's sockets of it (the
@@ -248,6 +334,7 @@ class Server:
             old.close()
 
     def own_descriptors(self) -> set[int]:
-        """The descriptors `close_in_child` takes care of, with the handler socket it keeps."""
+        """The descriptors `close_in_child` takes care of, with the handler sockets it keeps."""
         sockets = [self.listener.socket, self.socket, *self._old_sockets]
+        sockets += [code.hosted.socket for code in [self.code, *self._retired_code] if code.hosted]  # type: ignore[attr-defined]
         return {sock.fileno() for sock in sockets} - {-1}

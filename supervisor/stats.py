@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 # Seconds. Fork-per-request latencies start around a millisecond; long requests are minutes.
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 OUTCOMES = ("ok", "error", "signal", "killed")
-REJECT_REASONS = ("denied", "per_source", "source_rate", "rate")  # (guards.py)
+# guards.py's, and a hosted server's verify_request (hosting.py)
+REJECT_REASONS = ("denied", "per_source", "source_rate", "rate", "verify_request")
 
 
 class Histogram:

@@ -19,13 +19,14 @@ from typing import Any, ClassVar, Protocol
 from supervisor.children import Child, ChildTable, Reaped
 from supervisor.config import SupervisorConfig
 from supervisor.guards import Source
-from supervisor.loop import Loop
+from supervisor.loop import Loop, Timer
 from supervisor.server import Request, Server
 from supervisor.spawn import Spawner
 
 log = logging.getLogger("supervisor")
 
 ACCEPT_BATCH = 16  # requests taken per readiness event, so one busy server cannot starve others
+SERVICE_INTERVAL = 0.5  # seconds between a hosted server's service_actions (serve_forever's poll)
 
 
 class Host(Protocol):
@@ -58,14 +59,31 @@ class Mode:
     listens: ClassVar[bool] = True  # the supervisor accepts (prefork: the workers do)
     limited: ClassVar[bool] = True  # max_children and the global cap apply (not inline)
     saturates: ClassVar[bool] = True  # at max_children means saturated (not prefork's workers)
+    services: ClassVar[bool] = True  # hosted objects' service_actions run here (prefork: workers)
 
     def __init__(self, host: Host) -> None:
         self.host = host
         self.debug = False  # logging at DEBUG (asked once per configuration: see start)
+        self._serviced: list[Server] = []  # hosted servers with their own service_actions
+        self._service_timer: Timer | None = None
 
     def start(self, servers: list[Server]) -> None:
         """At start and after every reload: `servers` are this mode's now (maybe none)."""
         self.debug = log.isEnabledFor(logging.DEBUG)
+        self._serviced = [server for server in servers if server.services and self.services]
+        if self._serviced and self._service_timer is None:
+            self._service_timer = self.host.loop.call_later(SERVICE_INTERVAL, self._service)
+
+    def _service(self) -> None:
+        """socketserver's serve_forever calls service_actions once per poll (0.5 s): here a
+        timer does, only while a server of this mode has its own (no idle wake-up else)."""
+        self._service_timer = None
+        if not self.host.running:
+            return
+        for server in self._serviced:
+            server.service()
+        if self._serviced:
+            self._service_timer = self.host.loop.call_later(SERVICE_INTERVAL, self._service)
 
     def batch(self, server: Server) -> int:
         """An accept batch on `server` begins: how many requests it may admit."""

@@ -57,7 +57,10 @@ class Fork(Mode):
     # -- requests --------------------------------------------------------------------------
 
     def bare(self, server: Server) -> bool:
-        return server.config.address.is_stream  # (only the child needs a socket object)
+        # Only the child needs a socket object, and the fork server forks it; but a hosted
+        # server whose own hooks run in the forking process (verify_request, service_actions)
+        # is forked here, from the object those hooks ran on, as ForkingMixIn does.
+        return server.config.address.is_stream and not (server.verifies or server.services)
 
     def batch(self, server: Server) -> int:
         fork_server = self.fork_server
@@ -65,7 +68,7 @@ class Fork(Mode):
             self._batch_to = fork_server
             return ACCEPT_BATCH
         self._batch_to = None
-        return FORK_BATCH if self.bare(server) else ACCEPT_BATCH
+        return FORK_BATCH if server.config.address.is_stream else ACCEPT_BATCH
 
     def take(
         self, server: Server, request: Request | int, client_address: Any, source: Source

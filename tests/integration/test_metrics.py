@@ -326,7 +326,7 @@ def test_gauges_at_rest_and_build_and_process_metrics(
     # An accept queue exists only for TCP listeners.
     assert current.servers("supervisor_listen_queue") == {"forked": 0, "threaded": 0, "inline": 0}
     # Every reason of every server, before anything is rejected (test_guards.py counts them).
-    reasons = ("denied", "per_source", "source_rate", "rate")
+    reasons = ("denied", "per_source", "source_rate", "rate", "verify_request")
     rejected = current.families["supervisor_rejected"]
     assert rejected.type == "counter"
     assert rejected.documentation.startswith("Clients turned away before being served, by reason")

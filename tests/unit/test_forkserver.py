@@ -94,7 +94,7 @@ def test_a_failing_import_is_reported_on_one_line(tmp_path: Path) -> None:
 def test_package_locations_name_the_top_level_package() -> None:
     from tests.handlers import LineEchoHandler  # noqa: PLC0415
 
-    server = SimpleNamespace(RequestHandlerClass=LineEchoHandler)
+    server = SimpleNamespace(RequestHandlerClass=LineEchoHandler, config=SimpleNamespace(server=""))
     locations = forking.package_locations([server])
     origin, search = locations["tests"]
     assert origin == str(Path(__file__).parent.parent / "__init__.py")

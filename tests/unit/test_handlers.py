@@ -1,4 +1,4 @@
-"""handlers.import_handler and import_all: every failure is one ConfigError line."""
+"""handlers.import_handler and hosting.load_all: every failure is one ConfigError line."""
 
 import sys
 import textwrap
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor import config, handlers
+from supervisor import config, handlers, hosting
 from supervisor.errors import ConfigError
 from tests.configs import server_table, supervisor_table
 from tests.handlers import BaseEchoHandler, DatagramEchoHandler, LineEchoHandler
@@ -37,7 +37,7 @@ def one_server(address: str, handler: str, name: str = "echo") -> config.Config:
 
 def import_error(loaded: config.Config) -> str:
     with pytest.raises(ConfigError) as caught:
-        handlers.import_all(loaded)
+        hosting.load_all(loaded)
     message = str(caught.value)
     assert "\n" not in message
     assert caught.value.where.startswith("servers.")
@@ -79,7 +79,8 @@ def test_import_all_maps_server_names_to_classes() -> None:
         + server_table("c", "tests.handlers:BaseEchoHandler", address="unixgram:///run/c.sock")
         + server_table("d", "tests.handlers:BaseEchoHandler")
     )
-    assert handlers.import_all(loaded) == {
+    codes = hosting.load_all(loaded)
+    assert {name: code.handler for name, code in codes.items()} == {
         "a": LineEchoHandler,
         "b": DatagramEchoHandler,
         "c": BaseEchoHandler,
@@ -133,7 +134,7 @@ def test_module_that_exits_at_import_time(tmp_path: Path, monkeypatch: pytest.Mo
 def test_import_error_cause_is_chained() -> None:
     loaded = one_server("tcp://127.0.0.1:0", "sv_test_no_such_module:Handler")
     with pytest.raises(ConfigError) as caught:
-        handlers.import_all(loaded)
+        hosting.load_all(loaded)
     assert isinstance(caught.value.__cause__, ValueError)
     assert isinstance(caught.value.__cause__.__cause__, ModuleNotFoundError)
 
@@ -213,7 +214,7 @@ def test_supervisor_path_makes_a_directory_importable(tmp_path: Path) -> None:
     loaded = load(
         supervisor_table(path=["lib"]) + server_table("echo", "sv_test_on_path:Handler"), source
     )
-    classes = handlers.import_all(loaded)
+    classes = {name: code.handler for name, code in hosting.load_all(loaded).items()}
     assert classes["echo"].__module__ == "sv_test_on_path"
     assert classes["echo"].__name__ == "Handler"
     assert sys.path[0] == str(tmp_path / "conf" / "lib")

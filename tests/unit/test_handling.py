@@ -52,6 +52,8 @@ class Hosted:
     name: str = "test"
     handler_spec: str = "tests.unit:Handler"
     done: list[bytes] = field(default_factory=list)
+    hosted: Any = None
+    reports_errors: bool = False
 
 
 def logger(server: Hosted) -> logging.Logger:

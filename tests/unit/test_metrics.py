@@ -319,10 +319,11 @@ def test_process_metrics_agree_with_prometheus_clients_collector() -> None:
 
 # -- supervisor_rejected_total -------------------------------------------------------------
 
-REASONS = ("denied", "per_source", "source_rate", "rate")  # the guards' (guards.py)
+# the guards' (guards.py), and a hosted server's verify_request (hosting.py)
+REASONS = ("denied", "per_source", "source_rate", "rate", "verify_request")
 REJECTED_HELP = (
     "Clients turned away before being served, by reason: denied (allow/deny), per_source "
-    "(max_per_source), source_rate, rate."
+    "(max_per_source), source_rate, rate, verify_request (a hosted server's own)."
 )
 
 
@@ -399,8 +400,10 @@ def test_rejected_clients_counted_in_the_stats_are_exported(openmetrics: bool) -
         ("echo", "per_source"): 0,
         ("echo", "source_rate"): 0,
         ("echo", "rate"): 2,
+        ("echo", "verify_request"): 0,
         ("web", "denied"): 0,
         ("web", "per_source"): 1,
         ("web", "source_rate"): 40,
         ("web", "rate"): 0,
+        ("web", "verify_request"): 0,
     }
