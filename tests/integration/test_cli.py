@@ -142,7 +142,9 @@ CONFIG_ERRORS = [
     ),
     pytest.param(
         '[servers.echo]\naddress = "tcp://127.0.0.1:0"\n',
-        "servers.echo.handler: is required, or else server: give either handler = 'module:Class' (a request handler class) or server = 'module:callable' (a function that returns a socketserver server)",
+        "servers.echo.handler: is required, or else server: give either "
+        "handler = 'module:Class' (a request handler class) or "
+        "server = 'module:callable' (a function that returns a socketserver server)",
         id="missing-handler",
     ),
     pytest.param("[supervisor]\n", "servers: at least one server is required", id="no-servers"),

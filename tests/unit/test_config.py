@@ -480,7 +480,12 @@ def test_addresses_that_do_not_overlap(first: str, second: str) -> None:
             '[servers.echo]\nhandler = "tests.handlers:BaseEchoHandler"\n',
             "servers.echo.address: is required",
         ),
-        ('[servers.echo]\naddress = "tcp://127.0.0.1:0"\n', "servers.echo.handler: is required, or else server: give either handler = 'module:Class' (a request handler class) or server = 'module:callable' (a function that returns a socketserver server)"),
+        (
+            '[servers.echo]\naddress = "tcp://127.0.0.1:0"\n',
+            "servers.echo.handler: is required, or else server: give either "
+            "handler = 'module:Class' (a request handler class) or "
+            "server = 'module:callable' (a function that returns a socketserver server)",
+        ),
         ("", "servers: at least one server is required"),
         ("[supervisor]\n[servers]\n", "servers: at least one server is required"),
     ],
