@@ -3,7 +3,10 @@
 A contender that cannot start (a missing package, or a supervisor that rejects its
 configuration) is remembered as unavailable with the reason, and the run goes on without it.
 Keys: `sv-MODE` (a supervisor), `many-SIZE-MODE` (a supervisor with SIZE servers, load on one),
-`std-*` (the standard library's servers), `c-*`, `xinetd`, `tcpserver` and `floor`.
+`std-*` (the standard library's servers), `c-*`, `xinetd`, `tcpserver` and `floor`; for scenario
+9, `sv-wsgi-MODE` and `sv-hello-handler|server-MODE` (a supervisor hosting bench.hosted_apps's
+code) and `std-wsgi-*` (the standard library's WSGI servers, bench/wsgi_server.py), HTTP
+servers whose readiness is any `200 OK` reply.
 """
 
 import os
@@ -18,7 +21,7 @@ from bench.harness.contenders import (
     start_xinetd,
 )
 from bench.harness.load import Sample, fork_floor, load
-from bench.harness.network import wait_serving
+from bench.harness.network import Expected, http_ok, is_reply, wait_serving
 from bench.harness.places import BENCH, PYTHON
 from bench.harness.processes import Processes
 from bench.harness.supervisors import SupervisorSpec, start_supervisor
@@ -40,6 +43,12 @@ LABELS: Mapping[str, str] = {
     "c-fork": "C accept+fork (ceiling)",
     "c-inline": "C accept loop, inline (ceiling)",
     "floor": "CPython fork floor (fork+_exit+waitpid)",
+    "std-wsgi-plain": "wsgiref WSGIServer",
+    "std-wsgi-plain-q": "wsgiref WSGIServer, backlog 1024",
+    "std-wsgi-thread": "ThreadingMixIn + WSGIServer",
+    "std-wsgi-thread-q": "ThreadingMixIn + WSGIServer, backlog 1024",
+    "std-wsgi-fork": "ForkingMixIn + WSGIServer",
+    "std-wsgi-fork-q": "ForkingMixIn + WSGIServer, backlog 1024",
 }
 
 STDLIB: Mapping[str, tuple[str, ...]] = {  # bench/stdlib_server.py's arguments
@@ -48,6 +57,28 @@ STDLIB: Mapping[str, tuple[str, ...]] = {  # bench/stdlib_server.py's arguments
     "std-thread": ("threading",),
     "std-thread-q": ("threading", "1024"),
     "std-plain": ("plain",),
+}
+
+WSGI_PEERS: Mapping[str, tuple[str, ...]] = {  # bench/wsgi_server.py's arguments
+    "std-wsgi-plain": ("plain",),
+    "std-wsgi-plain-q": ("plain", "1024"),
+    "std-wsgi-thread": ("threading",),
+    "std-wsgi-thread-q": ("threading", "1024"),
+    "std-wsgi-fork": ("forking",),
+    "std-wsgi-fork-q": ("forking", "1024"),
+}
+
+HOSTED_MODES = ("fork", "thread", "inline", "prefork")
+# What serves scenario 9's `bench`: bench.hosted_apps's code, through `handler =` or `server =`.
+HOSTED_CODE: Mapping[str, str] = {
+    "wsgi": 'server = "bench.hosted_apps:wsgi_server"',
+    "hello-handler": 'handler = "bench.hosted_apps:QuietHello"',
+    "hello-server": 'server = "bench.hosted_apps:hello_server"',
+}
+HOSTED_LABELS: Mapping[str, str] = {
+    "wsgi": "server = wsgi_server",
+    "hello-handler": "handler = QuietHello",
+    "hello-server": "server = hello_server",
 }
 
 SUPERVISOR_MODES: Mapping[str, str] = {
@@ -62,12 +93,32 @@ def many_key(size: int, mode: str) -> str:
     return f"sv-{mode}" if size == 1 else f"many-{size}-{mode}"
 
 
+def hosted_key(code: str, mode: str) -> str:
+    """The key of a scenario 9 supervisor running `code` (a key of HOSTED_CODE) in `mode`."""
+    return f"sv-{code}-{mode}"
+
+
+def hosted_parts(key: str) -> tuple[str, str] | None:
+    """A scenario 9 supervisor's code (a key of HOSTED_CODE) and mode; None for the others."""
+    code, _, mode = key.removeprefix("sv-").rpartition("-")
+    return (code, mode) if code in HOSTED_CODE and mode in HOSTED_MODES else None
+
+
+def expected_reply(key: str) -> Expected:
+    """What a contender's reply is checked against before it is loaded."""
+    return http_ok if key in WSGI_PEERS or hosted_parts(key) else is_reply
+
+
 def supervisor_spec(key: str) -> SupervisorSpec | None:
     """The configuration of a supervisor contender; None for the others."""
     if key in SUPERVISOR_MODES:
         return SupervisorSpec(SUPERVISOR_MODES[key])
     if key == "sv-prefork":
         return SupervisorSpec("prefork", extra=f"workers = {PREFORK_WORKERS}")
+    if parts := hosted_parts(key):
+        code, mode = parts
+        workers = f"workers = {PREFORK_WORKERS}" if mode == "prefork" else ""
+        return SupervisorSpec(mode, code=HOSTED_CODE[code], extra=workers)
     if key.startswith("many-"):
         _, size, mode = key.split("-")
         return SupervisorSpec(mode, idle=int(size) - 1)
@@ -90,6 +141,10 @@ class Pool:
         if key.startswith("many-"):
             _, size, mode = key.split("-")
             return f"supervisor {mode}, {size} servers"
+        if parts := hosted_parts(key):
+            code, mode = parts
+            workers = f" ({PREFORK_WORKERS} workers)" if mode == "prefork" else ""
+            return f"supervisor {mode}{workers}, {HOSTED_LABELS[code]}"
         return LABELS[key]
 
     def get(self, key: str) -> Contender | None:
@@ -100,7 +155,9 @@ class Pool:
         print(f"  starting {self.label(key)} ...", flush=True)
         try:
             contender = self._start(key)
-            if contender.proc is not None and not wait_serving(contender.port):
+            if contender.proc is not None and not wait_serving(
+                contender.port, expected=expected_reply(key)
+            ):
                 reason = "does not answer the exchange"
                 if contender.proc.tail:
                     reason += f": {contender.proc.tail[-1]}"
@@ -119,6 +176,9 @@ class Pool:
             return start_supervisor(self.procs, self.workdir, key, self.label(key), spec)
         if key in STDLIB:
             argv = [PYTHON, str(BENCH / "stdlib_server.py"), *STDLIB[key]]
+            return start_printing_port(self.procs, key, self.label(key), argv)
+        if key in WSGI_PEERS:
+            argv = [PYTHON, str(BENCH / "wsgi_server.py"), *WSGI_PEERS[key]]
             return start_printing_port(self.procs, key, self.label(key), argv)
         if key == "floor":
             return Contender(key, self.label(key), None)

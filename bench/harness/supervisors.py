@@ -1,7 +1,8 @@
 """The supervisor as a contender: its configuration, the process started, its ports read.
 
-The loaded server is `bench` (bench.handler:Handler), on port 0 like the metrics endpoint; the
-ports are read from the `listening on` log lines, up to the `ready:` line.
+The loaded server is `bench` (bench.handler:Handler, unless the spec names other code), on port
+0 like the metrics endpoint; the ports are read from the `listening on` log lines, up to the
+`ready:` line.
 """
 
 import os
@@ -25,6 +26,7 @@ class SupervisorSpec:
 
     mode: str
     idle: int = 0
+    code: str = 'handler = "bench.handler:Handler"'  # what serves `bench` (or `server = ...`)
     extra: str = ""  # more keys for `bench`
     servers: str = ""  # more [servers.*] tables
 
@@ -40,7 +42,7 @@ class SupervisorSpec:
             "",
             "[servers.bench]",
             f'address = "tcp://{LOOPBACK}:0"',
-            'handler = "bench.handler:Handler"',
+            self.code,
             f'mode = "{self.mode}"',
             self.extra,
             "",
