@@ -87,14 +87,16 @@ def run_scenario(scenario: Scenario, context: Context, output: Output) -> None:
 def run_scenarios(
     selected: Sequence[int], procs: Processes, pool: Pool, config: Settings, output: Output
 ) -> None:
-    """The throughput rounds of the selected scenarios 1-4, then every selected section."""
+    """The throughput rounds of the selected scenarios 1-4 and 9, then every selected
+    section."""
     scenarios = [SCENARIOS[number] for number in selected]
     cells = unique_cells(
         cell for scenario in scenarios if scenario.cells for cell in scenario.cells(config)
     )
     samples: dict[Cell, list[Sample]] = {}
     if cells:
-        print("Scenarios 1-4 (throughput): starting the contenders", flush=True)
+        throughput = [str(number) for number in selected if SCENARIOS[number].throughput]
+        print(f"Throughput scenarios {','.join(throughput)}: starting the contenders", flush=True)
         samples = run_matrix(pool, cells, config)
     context = Context(pool, procs, pool.workdir, samples, config)
     for scenario in scenarios:

@@ -1,4 +1,4 @@
-"""The throughput loads of scenarios 1-4, interleaved, and what their tables show.
+"""The throughput loads of scenarios 1-4 and 9, interleaved, and what their tables show.
 
 Every cell (a contender at a concurrency) is loaded once per round, in the same order each
 round (A B C A B C ... for several rounds), after a short unrecorded warm-up; a table shows the

@@ -1,7 +1,7 @@
 """What a scenario is, and what it works with.
 
 A scenario is a title, a function that returns its section (text lines) and its targets, and,
-for the throughput scenarios (1-4), the cells it wants loaded in the shared interleaved rounds
+for the throughput scenarios (1-4, 9), the cells it wants loaded in the shared interleaved rounds
 (bench/harness/rounds.py), measured before any scenario's section is made.
 """
 
@@ -32,7 +32,7 @@ class Context:
 
 @dataclass(frozen=True)
 class Scenario:
-    """A scenario: its title, what makes its section, and the cells it has loaded (1-4)."""
+    """A scenario: its title, what makes its section, and the cells it has loaded (1-4, 9)."""
 
     title: str
     run: Callable[[Context], Section]

@@ -1,7 +1,8 @@
 """The scenarios of bench/compare.py, one module each, by number (`--only` picks them).
 
-Scenarios 1-4 (throughput) name the cells they want loaded: all the selected ones are measured
-together in interleaved rounds before their tables are made. Scenarios 5-8 run alone, in turn.
+The throughput scenarios (1-4 and 9) name the cells they want loaded: all the selected ones are
+measured together in interleaved rounds before their tables are made. Scenarios 5-8 run alone,
+in turn.
 """
 
 from collections.abc import Mapping
@@ -9,6 +10,7 @@ from collections.abc import Mapping
 from bench.harness.scenario import Scenario
 from bench.scenarios import (
     fork,
+    hosted,
     isolation,
     many_servers,
     memory,
@@ -27,4 +29,5 @@ SCENARIOS: Mapping[int, Scenario] = {
     6: reload.SCENARIO,
     7: memory.SCENARIO,
     8: scrape.SCENARIO,
+    9: hosted.SCENARIO,
 }
