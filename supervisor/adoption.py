@@ -93,7 +93,8 @@ def unbound(obj: Any) -> bool:
 
 def adopt(obj: socketserver.BaseServer, address: Any, family: int, kind: int, proto: int) -> None:
     """Run the object's server_bind / server_activate against the bound `address`; raises
-    Refused, or whatever its hooks raise. The caller then gives it its socket (`hand_socket`)."""
+    Refused, or whatever its hooks raise. Either way the object's socket is then a closed one
+    of the listener's kind (`stand_in`), so that its server_close() has nothing to harm."""
     own = getattr(obj, "socket", None)
     binding = Binding(address, family, kind, proto)
     obj.address_family = binding.family  # type: ignore[attr-defined]  # (IPv6, unix: as bound)
@@ -106,6 +107,7 @@ def adopt(obj: socketserver.BaseServer, address: Any, family: int, kind: int, pr
     finally:
         if isinstance(own, socket.socket):
             own.close()  # (the unbound socket it was built with: never used)
+        obj.socket = stand_in(family, kind, proto)  # type: ignore[attr-defined]
     if binding.refused is not None:
         raise Refused(f"server_bind() or server_activate() calls socket.{binding.refused}()")
     # BaseServer.shutdown() waits for serve_forever to end: there is none here.

@@ -148,6 +148,9 @@ class ServerView:
     def server_close(self) -> None:
         self.socket.close()
 
+    def shutdown(self) -> None:
+        """Nothing to stop here: serving is the supervisor's (as server.py's Server)."""
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         handling.handle_error(self, client_address, _view_logger)
 
@@ -511,7 +514,6 @@ def _view(
     hosted = found()
     family, kind, proto = spec["family"], spec["type"], spec["proto"]
     adoption.adopt(hosted, spec["server_address"], family, kind, proto)
-    adoption.hand_socket(hosted, adoption.stand_in(family, kind, proto))
     return ServerView(spec, hosted.RequestHandlerClass, log_setup, hosted)
 
 

@@ -198,7 +198,6 @@ def adopt(code: Code, listener: socket.socket | None) -> Code:
         raise
     except BaseException as exc:
         raise ValueError(f"{type(obj).__name__}.server_bind() raised {describe(exc)}") from exc
-    adoption.hand_socket(obj, adoption.stand_in(family, kind, proto))
     return Code(code.handler, obj, code.config, code.module, adopted=True)
 
 

@@ -69,3 +69,11 @@ def metrics_table(**keys: TomlValue) -> str:
 ECHO = server_table("echo", "BaseEchoHandler")
 FAILING = server_table("failing", "FailingHandler")
 METRICS_ANY_PORT = metrics_table(address=ANY_PORT)  # tests may run beside a real supervisor
+
+
+def hosted_table(name: str, factory: str, **keys: TomlValue) -> str:
+    """The `[servers.NAME]` table of a hosted server: `server = factory` instead of a handler
+    (a name alone is a function of tests/hooked.py)."""
+    address = keys.pop("address", ANY_PORT)
+    spec = factory if ":" in factory else f"tests.hooked:{factory}"
+    return table(f"servers.{name}", {"address": address, "server": spec, **keys})

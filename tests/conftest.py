@@ -145,9 +145,13 @@ class Supervisor(LoggedProcess):
         self.config = config
         self.addresses: dict[str, str] = {}
 
-    def wait_ready(self, timeout: float = 20.0) -> "Supervisor":
+    def wait_ready(self, timeout: float = 20.0, fork_server: bool | None = None) -> "Supervisor":
+        """Wait for the ready line and, when the fork server is used (as the configuration
+        implies, unless `fork_server` says), for the fork server too."""
         self.wait_for_log(READY, timeout)
-        if uses_fork_server(self.config):  # ready a little later: then requests go through it
+        if fork_server is None:
+            fork_server = uses_fork_server(self.config)
+        if fork_server:  # ready a little later: then requests go through it
             self.wait_for_log(FORK_SERVER_READY, timeout)
         with self._changed:
             for line in self.lines:
@@ -240,6 +244,7 @@ def start_supervisor(tmp_path: Path) -> Iterator[StartSupervisor]:
         ready: bool = True,
         name: str = "supervisor.toml",
         env: Env | None = None,
+        fork_server: bool | None = None,
     ) -> Supervisor:
         config = tmp_path / name
         toml = textwrap.dedent(toml)
@@ -248,7 +253,7 @@ def start_supervisor(tmp_path: Path) -> Iterator[StartSupervisor]:
         config.write_text(toml)
         supervisor = Supervisor(config, env)
         started.append(supervisor)
-        return supervisor.wait_ready() if ready else supervisor
+        return supervisor.wait_ready(fork_server=fork_server) if ready else supervisor
 
     yield start
     for supervisor in started:
