@@ -14,6 +14,7 @@ import struct
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from xmlrpc.client import ServerProxy
 
 import pytest
 
@@ -61,6 +62,10 @@ def datagram(
     return reply
 
 
+def host(address: tuple[str, int]) -> str:
+    return f"{address[0]}:{address[1]}"
+
+
 def daytime_stamp(reply: bytes) -> int:
     assert reply.endswith(b"\r\n")
     text = reply[:-2].decode("ascii")
@@ -82,6 +87,8 @@ def requests(supervisor: Supervisor, sockdir: Path) -> dict[str, Callable[[], by
         "time-udp": lambda: datagram(socket.AF_INET, inet("time-udp")),
         "hello": lambda: exchange(inet("hello"), b"GET /example HTTP/1.0\r\n\r\n"),
         "hello-prefork": lambda: exchange(inet("hello-prefork"), b"GET /pre HTTP/1.0\r\n\r\n"),
+        "xmlrpc": lambda: str(ServerProxy(f"http://{host(inet('xmlrpc'))}").add(2, 3)).encode(),
+        "wsgi": lambda: exchange(inet("wsgi"), b"GET /hi HTTP/1.0\r\n\r\n"),
         "echo-unix": lambda: exchange(unix("echo-unix"), b"unix\n"),
         "daytime-unixgram": lambda: datagram(
             socket.AF_UNIX, unix("daytime-unixgram"), sockdir / "client.sock"
@@ -124,6 +131,15 @@ def test_example_serves_every_server_then_stops(example: Supervisor, sockdir: Pa
     served = re.fullmatch(rb"Hello from hello-prefork \(pid (\d+)\): /pre\n", body)
     assert served is not None
     assert int(served[1]) in {child.pid for child in example.live_children()}  # a worker
+
+    assert replies["xmlrpc"] == b"5"
+    head, _, body = replies["wsgi"].partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200 OK\r\n")
+    assert b"\r\nServer: WSGIServer/0.2 " in head  # wsgiref's own, as its server_bind set it up
+    wsgi = re.fullmatch(rb"hello from WSGIServer/[\d.]+ at (\S+):7083/hi, pid (\d+)\n", body)
+    assert wsgi is not None, body
+    assert wsgi[1].decode() == socket.getfqdn("127.0.0.1")  # SERVER_NAME, as wsgiref sets it
+    assert int(wsgi[2]) in {child.pid for child in example.live_children()}  # a worker
 
     unix_paths = [example.unix_path(name) for name in ("echo-unix", "daytime-unixgram")]
     assert all(os.path.exists(path) for path in unix_paths)

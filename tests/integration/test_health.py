@@ -113,7 +113,7 @@ def test_the_configuration_comes_from_the_environment_unless_given(tmp_path: Pat
     assert run_cli("check", "-c", str(given), env=env).stdout.endswith(f"{given}: ok, 2 servers\n")
     # Empty counts as unset: the bundled example.
     assert run_cli("check", env={"SUPERVISOR_CONFIG": ""}).stdout.endswith(
-        "etc/supervisor.toml: ok, 13 servers\n"
+        "etc/supervisor.toml: ok, 15 servers\n"
     )
 
 
