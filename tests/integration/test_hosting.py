@@ -222,6 +222,16 @@ def test_check_refuses_in_one_line(
     assert expected in line
 
 
+def test_start_refuses_in_one_line(start_supervisor: StartSupervisor) -> None:
+    supervisor = start_supervisor(hosted_table("bad", "binds"), ready=False)
+    assert supervisor.wait() == 78
+    (line,) = supervisor.log.splitlines()
+    assert line.endswith(
+        "servers.bad.server: tests.hooked:binds() returned a TCPServer that binds in __init__: "
+        "build it with bind_and_activate=False"
+    )
+
+
 def test_a_refused_reload_keeps_the_running_object(
     start_supervisor: StartSupervisor, tmp_path: Path
 ) -> None:
