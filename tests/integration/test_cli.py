@@ -57,7 +57,8 @@ def test_check_without_config_validates_the_bundled_example() -> None:
     assert (result.returncode, result.stderr) == (0, "")
     lines = result.stdout.splitlines()
     assert [line.split("  ")[:3] for line in lines[:-1]] == [
-        [name, str(server.address), server.handler] for name, server in bundled.servers.items()
+        [name, str(server.address), server.handler or f"server={server.server}"]
+        for name, server in bundled.servers.items()
     ]
     # (the example's real path, which its relative paths are relative to)
     assert lines[-1] == f"{ROOT / 'etc' / 'supervisor.toml'}: ok, {len(bundled.servers)} servers"
