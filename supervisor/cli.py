@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from supervisor import __version__, signals
+from supervisor import __version__, logs, signals
 from supervisor.errors import SupervisorError, UsageError
 
 CONFIG_ENV = "SUPERVISOR_CONFIG"
@@ -95,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             signals.release()
         return _dispatch(args)
     except SupervisorError as exc:
-        print(exc, file=sys.stderr)
+        print(logs.error_line(str(exc)), file=sys.stderr)
         return exc.exit_status
     except BrokenPipeError:
         # `supervisor status | head -3`: whoever reads stopped; no traceback. stdout goes to

@@ -17,7 +17,7 @@ from typing import Any
 
 import psutil
 
-from supervisor import config, control, pidfile, rundir
+from supervisor import config, control, logs, pidfile, rundir
 from supervisor.errors import ConfigError, SupervisorError, UsageError, describe
 
 
@@ -72,15 +72,13 @@ def find_pidfile(config_path: str, given: str | None) -> Target:
 
 
 def _pidfile_of_broken(config_path: str, error: ConfigError) -> str | None:
-    """`supervisor reload` must still find the instance when the new file is rejected: the
-    pidfile as written, if the file is TOML at all and the value a usable path."""
+    """`supervisor reload` must still find the instance when the new file is rejected, even
+    for a TOML syntax error: the pidfile as written, if it can be read there."""
     try:
-        document = config.read_document(config_path)
+        value = config.pidfile_as_written(config_path)
     except ConfigError:
         raise error from None
-    table = document.get("supervisor")
-    value = table.get("pidfile") if isinstance(table, dict) else None
-    if not isinstance(value, str) or not value or "\0" in value:
+    if not value or "\0" in value:
         raise error
     return os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(config_path)), value))
 
@@ -151,7 +149,8 @@ def reload(target: Target) -> int:
     if answer.get("ok"):
         print(f"reloaded: {answer.get('message')}")
         return 0
-    print(f"reload rejected: {answer.get('message') or answer.get('error')}", file=sys.stderr)
+    rejected = f"reload rejected: {answer.get('message') or answer.get('error')}"
+    print(logs.error_line(rejected), file=sys.stderr)
     status = answer.get("exit_status")
     return status if isinstance(status, int) and status > 0 else 1
 

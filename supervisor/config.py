@@ -241,9 +241,47 @@ def _base(source: str) -> str:
 
 
 def read_document(path: str) -> dict[str, Any]:
-    """The TOML document in the regular file at `path`, of at most MAX_FILE_SIZE bytes. Opened
-    without blocking (a FIFO would wait for a writer) and checked before it is read (a device
-    such as /dev/zero never ends)."""
+    """The TOML document in the regular file at `path`, of at most MAX_FILE_SIZE bytes."""
+    return _decode(path, read_bytes(path))
+
+
+def pidfile_as_written(path: str) -> str | None:
+    """The `[supervisor] pidfile` value as written in the file at `path`, also when the file is
+    not TOML because of a mistake elsewhere in it: the control commands must still find the
+    running instance, to have it reject the file and say why. A value only a TOML parser
+    could read (escapes, a multi-line string) counts as none. Raises ConfigError if the file
+    cannot be read."""
+    data = read_bytes(path)
+    try:
+        document = _decode(path, data)
+    except ConfigError:
+        return _scan_pidfile(data.decode("utf-8", "replace"))
+    table = document.get("supervisor")
+    value = table.get("pidfile") if isinstance(table, dict) else None
+    return value if isinstance(value, str) else None
+
+
+_PIDFILE_LINE = re.compile(
+    r"""[ \t]*pidfile[ \t]*=[ \t]*(?:"([^"\\\x00-\x1f]*)"|'([^'\x00-\x1f]*)')[ \t]*(?:#.*)?"""
+)
+
+
+def _scan_pidfile(text: str) -> str | None:
+    """`pidfile = "..."` in the [supervisor] table, line by line (see pidfile_as_written)."""
+    table = ""
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("["):
+            table = stripped.split("#", 1)[0].strip()
+        elif table == "[supervisor]" and (match := _PIDFILE_LINE.fullmatch(line)):
+            return match[1] if match[1] is not None else match[2]
+    return None
+
+
+def read_bytes(path: str) -> bytes:
+    """The content of the regular file at `path`, at most MAX_FILE_SIZE bytes. Opened without
+    blocking (a FIFO would wait for a writer) and checked before it is read (a device such as
+    /dev/zero never ends)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except (OSError, ValueError) as exc:  # (ValueError: a NUL byte in the path)
@@ -261,7 +299,7 @@ def read_document(path: str) -> dict[str, Any]:
         os.close(fd)
     if len(data) > MAX_FILE_SIZE:  # (it grew while being read)
         raise ConfigError(path, "", f"larger than {MAX_FILE_SIZE // 2**20} MiB")
-    return _decode(path, data)
+    return data
 
 
 def _file_kind(mode: int) -> str:

@@ -71,6 +71,12 @@ def to_journal() -> bool:
     return (stat.st_dev, stat.st_ino) == (int(device), int(inode))
 
 
+def error_line(text: str) -> str:
+    """A command's one-line error for stderr: with the journal's error priority when stderr is
+    the journal (`systemctl reload` runs `supervisor reload` there, as ExecReload=)."""
+    return f"<3>{text}" if to_journal() else text
+
+
 def journal_pid() -> int:
     """The supervisor's pid when its lines go to the journal (for the fork server's), else 0."""
     formatter = None if _handler is None else _handler.formatter

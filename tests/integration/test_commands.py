@@ -224,17 +224,16 @@ def test_reload_of_a_broken_file_is_rejected_and_changes_nothing(
     path = str(supervisor.config)
     supervisor.config.write_text(config_text(sockdir, BROKEN[case]))
     expected = one_line_error(run_cli("check", "-c", path), EX_CONFIG)
-    # A file that is not TOML at all does not even name its pidfile: say where it is.
-    where = ["--pidfile", str(sockdir / "sv.pid")] if case == "toml syntax" else []
+    # (a file that is not TOML still names its pidfile, on a line of its own: it is found)
 
-    result = run_cli("reload", "-c", path, *where)
+    result = run_cli("reload", "-c", path)
 
     assert one_line_error(result, EX_CONFIG) == f"reload rejected: {expected}"
     supervisor.wait_for_log(
         "reload failed, still running the previous configuration: " + re.escape(expected) + "$"
     )
     assert exchange(supervisor.inet("echo"), b"ping") == b"base ping"
-    status = run_cli("status", *where, "-c", path)
+    status = run_cli("status", "-c", path)
     assert status.returncode == 0, status.stderr
     assert re.fullmatch(
         r"last reload: FAILED at \d{4}-\d\d-\d\d \d\d:\d\d:\d\d: " + re.escape(expected),
@@ -242,14 +241,18 @@ def test_reload_of_a_broken_file_is_rejected_and_changes_nothing(
     ), status.stdout
 
 
-def test_reload_of_a_file_that_is_not_toml_reports_the_syntax_error(
+def test_reload_of_a_file_whose_pidfile_cannot_be_read_reports_the_syntax_error(
     start_supervisor: StartSupervisor, sockdir: Path
 ) -> None:
-    """Without --pidfile the instance cannot be found from such a file: the error is reported
-    as `check` reports it, and the running configuration is untouched."""
+    """The syntax error is on the pidfile's own line: the instance cannot be found from the
+    file; the error is reported as `check` reports it, and the running configuration is
+    untouched."""
     supervisor = start_supervisor(config_text(sockdir))
     path = str(supervisor.config)
-    supervisor.config.write_text(config_text(sockdir, BROKEN["toml syntax"]))
+    text = supervisor.config.read_text()
+    broken = re.sub(r'(?m)^pidfile = "(.*)"$', r'pidfile = "\1', text)
+    assert broken != text
+    supervisor.config.write_text(broken)
     expected = one_line_error(run_cli("check", "-c", path), EX_CONFIG)
 
     result = run_cli("reload", "-c", path)

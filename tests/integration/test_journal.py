@@ -5,9 +5,11 @@ be; tests/systemd/ checks the same under a real journal."""
 
 import re
 import signal
+import subprocess
+from pathlib import Path
 
 from tests.configs import server_table
-from tests.conftest import StartSupervisor, exchange
+from tests.conftest import StartSupervisor, cli_command, exchange, with_env
 from tests.integration.test_reload import reload
 
 # Sets JOURNAL_STREAM to the device and inode of the supervisor's stderr, then runs it.
@@ -58,3 +60,20 @@ def test_another_stream_keeps_the_text_format(start_supervisor: StartSupervisor)
     assert re.fullmatch(
         rf"\d{{4}}-\d\d-\d\d [\d:,]+ INFO supervisor\[{supervisor.pid}\]: ready: .*", ready
     )
+
+
+def test_a_commands_error_carries_the_error_priority(tmp_path: Path) -> None:
+    """`systemctl reload` runs `supervisor reload` with its stderr in the journal too."""
+    config = tmp_path / "supervisor.toml"
+    config.write_text("[servers.broken\n")
+    result = subprocess.run(
+        [*AS_JOURNAL, *cli_command("check", "-c", str(config))],
+        capture_output=True,
+        text=True,
+        env=with_env(None),
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 78
+    assert result.stderr.startswith(f"<3>{config}: TOML syntax error: ")
+    assert result.stderr.count("\n") == 1

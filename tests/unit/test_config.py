@@ -1286,3 +1286,24 @@ def test_a_server_name_is_all_allowed_characters(name: str, where: str) -> None:
 def test_a_handler_spec_with_a_trailing_newline_is_refused() -> None:
     toml = '[servers.echo]\naddress = "tcp://127.0.0.1:1"\nhandler = "a:B\\n"\n'
     assert error_of(toml) == f"{SOURCE}: servers.echo.handler: must be 'module:Class', got 'a:B\\n'"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('[supervisor]\npidfile = "/run/sv.pid"\n', "/run/sv.pid"),
+        # Not TOML (a mistake elsewhere): the line is still read, in its table only.
+        ('[supervisor]\npidfile = "/run/sv.pid"  # here\n[servers.echo\n', "/run/sv.pid"),
+        ("[servers.x\n[supervisor] # the settings\n  pidfile = 'run/sv.pid'\n", "run/sv.pid"),
+        ('[servers.x\npidfile = "/elsewhere.pid"\n', None),
+        ('[servers.x\n[supervisor]\npidfile = "/run/\\u0073v.pid"\n', None),  # (an escape)
+        ('[supervisor]\npidfile = "/run/sv.pid\n', None),  # (its own line broken)
+        ("[supervisor]\n", None),
+    ],
+)
+def test_the_pidfile_as_written_even_in_a_file_that_is_not_toml(
+    tmp_path: Path, text: str, expected: str | None
+) -> None:
+    path = tmp_path / "supervisor.toml"
+    path.write_text(text)
+    assert config.pidfile_as_written(str(path)) == expected
