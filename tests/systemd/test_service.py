@@ -1,0 +1,150 @@
+"""The installed service in one shared container: readiness and STATUS=, the bundled services,
+reload (accepted and refused), journal priorities, the unix socket's permissions, hardening.
+
+Each test leaves the service running on the installed configuration, as it found it.
+"""
+
+import re
+from collections.abc import Iterator
+
+import pytest
+
+from tests.systemd.clients import echo_tcp, echo_udp, echo_unix, http_get
+from tests.systemd.conftest import CONFIG, Booted, message
+
+pytestmark = pytest.mark.systemd
+
+STATUS = re.compile(r"^(\d+) servers, (\d+) requests? in progress")
+RELOAD_FAILED = "reload failed, still running the previous configuration:"
+ADDED_SERVER = """
+[servers.added]
+address = "tcp://127.0.0.1:7100"
+handler = "supervisor_services.echo:EchoHandler"
+mode = "inline"
+"""
+
+
+@pytest.fixture
+def service(shared: Booted) -> Iterator[Booted]:
+    """The shared container, its configuration put back and reloaded after the test."""
+    original = shared.exec("cat", CONFIG).stdout
+    shared.wait_state(ActiveState="active", SubState="running")
+    yield shared
+    if shared.exec("cat", CONFIG).stdout != original:
+        shared.exec("tee", CONFIG, stdin=original)
+        shared.systemctl("reload", "supervisor")
+
+
+def in_progress(status: str) -> int:
+    match = STATUS.match(status)
+    assert match, f"StatusText {status!r} is not 'N servers, N requests in progress...'"
+    return int(match.group(2))
+
+
+def test_active_after_ready_with_status_that_follows_requests(service: Booted) -> None:
+    state = service.show("ActiveState", "SubState", "StatusText", "Type")
+    assert state["Type"] == "notify"
+    assert state["ActiveState"] == "active"
+    assert in_progress(state["StatusText"]) == 0
+    # The status follows requests as they come and go, not only at each watchdog ping
+    # (WatchdogSec=30): within 3 s.
+    held = service.held_connection("tcp", "127.0.0.1:7007")
+    try:
+        busy = service.wait_prop("StatusText", lambda text: in_progress(text) == 1, timeout=3)
+    finally:
+        held.close()
+    service.wait_prop("StatusText", lambda text: in_progress(text) == 0, timeout=3)
+    assert STATUS.match(busy)
+
+
+def test_bundled_services_answer(service: Booted) -> None:
+    assert echo_tcp(service, text="over tcp") == "over tcp\n"
+    assert echo_udp(service, text="over udp") == "over udp\n"
+    assert echo_unix(service, text="over unix") == "over unix\n"
+    for port, name in ((7080, "hello"), (7081, "hello-prefork")):
+        code, body = http_get(service, port, "/path")
+        assert (code, body.startswith(f"Hello from {name} ")) == (200, True), body
+    code, body = http_get(service, 9464, "/healthz")
+    assert (code, body.strip()) == (200, "ok")
+    code, body = http_get(service, 9464, "/metrics")
+    assert code == 200
+    assert re.search(r'^supervisor_requests_total\{server="echo"\} [1-9]', body, re.M), body
+
+
+def test_reload_adds_a_server(service: Booted) -> None:
+    assert echo_tcp(service, port=7100) == ""  # nothing there yet
+    service.exec("sh", "-c", f"cat >> {CONFIG}", stdin=ADDED_SERVER)
+    done = service.systemctl("reload", "supervisor", check=False)
+    assert done.returncode == 0, done.stderr
+    assert echo_tcp(service, port=7100, text="added") == "added\n"
+    assert service.prop("ActiveState") == "active"
+
+
+def test_reload_with_a_syntax_error_fails_and_keeps_serving(service: Booted) -> None:
+    cursor = service.cursor()
+    pid = service.main_pid()
+    service.exec("sh", "-c", f"cat >> {CONFIG}", stdin="\n[servers.broken\n")
+    done = service.systemctl("reload", "supervisor", check=False)
+    assert done.returncode != 0
+    entry = service.wait_journal(re.escape(RELOAD_FAILED), after=cursor)
+    assert CONFIG in message(entry), message(entry)  # the reason names the file
+    status = service.systemctl("status", "--no-pager", "--lines=20", "supervisor", check=False)
+    lines = [line for line in status.stdout.splitlines() if RELOAD_FAILED in line]
+    assert lines, status.stdout
+    assert CONFIG in lines[0]
+    assert (service.prop("ActiveState"), service.main_pid()) == ("active", pid)
+    assert echo_tcp(service, text="still here") == "still here\n"
+    assert echo_udp(service, text="still here") == "still here\n"
+
+
+def test_journal_priorities_and_bare_messages(service: Booted) -> None:
+    cursor = service.cursor()
+    service.exec("sh", "-c", f"cat >> {CONFIG}", stdin="\n[servers.broken\n")
+    assert service.systemctl("reload", "supervisor", check=False).returncode != 0
+    service.wait_journal(re.escape(RELOAD_FAILED), after=cursor)
+    # The rejected reload's line is an ERROR: priority 3, in `journalctl -p warning`.
+    warnings = service.journal(cursor, "supervisor.service", "-p", "warning")
+    failed = [entry for entry in warnings if message(entry).startswith(RELOAD_FAILED)]
+    assert failed, [message(entry) for entry in warnings]
+    assert failed[0]["PRIORITY"] == "3"
+    # The supervisor's own lines (from its pid, not systemd's about the unit): INFO at 6, and
+    # the message alone: the journal has the time, the unit and the pid already.
+    pid = str(service.main_pid())
+    own = [entry for entry in service.journal() if entry.get("_PID") == pid]
+    ready = [entry for entry in own if message(entry).startswith("ready: ")]
+    assert ready, [message(entry) for entry in own]
+    assert ready[0]["PRIORITY"] == "6"
+    for entry in own:
+        text = message(entry)
+        assert not re.match(r"\d{4}-\d\d-\d\d", text), text
+        assert not re.search(r"supervisor\[\d+\]:", text), text
+
+
+def test_unix_socket_reachable_by_another_user(service: Booted) -> None:
+    assert echo_unix(service, text="from nobody", user="nobody") == "from nobody\n"
+
+
+def test_hardening_applies_to_the_running_service(service: Booted) -> None:
+    pid = service.main_pid()
+    status = dict(
+        line.split(":", 1)
+        for line in service.exec("cat", f"/proc/{pid}/status").stdout.splitlines()
+    )
+    uid = service.exec("id", "-u", "supervisor").stdout.strip()
+    assert status["Uid"].split() == [uid] * 4
+    assert int(status["CapEff"], 16) == 0
+    assert int(status["CapBnd"], 16) == 0
+    assert status["NoNewPrivs"].strip() == "1"
+    # Its mount namespace: / read-only (ProtectSystem=strict), though a writable path exists
+    # there (so the refusal is the mount's, not nsenter's), and a /tmp of its own.
+    enter = ["nsenter", "-t", str(pid), "-m", "--"]
+    refused = service.exec(*enter, "touch", "/usr/x", check=False, privileged=True)
+    assert refused.returncode != 0
+    assert "Read-only file system" in refused.stderr
+    allowed = service.exec(*enter, "touch", "/run/supervisor/x", check=False, privileged=True)
+    assert allowed.returncode == 0, allowed.stderr
+    service.exec("rm", "-f", "/run/supervisor/x")
+    service.exec("touch", "/tmp/outside")
+    assert service.exec("test", "-e", "/tmp/outside", check=False).returncode == 0
+    inside = service.exec("ls", "-A", f"/proc/{pid}/root/tmp", privileged=True).stdout.split()
+    assert "outside" not in inside
