@@ -98,6 +98,7 @@ class Supervisor(Admission):
         self._metrics_listener = metrics_listener
         self._metrics: HttpServer | None = None
         self._readiness = readiness  # `run --daemon` waits for its word
+        self._status = monitoring.StatusUpdates(self, self.loop)  # systemd's STATUS=
         self.spawner = Spawner(self.children, self._descriptors)
         self.spawner.on_child(self._close_in_child)
         self._parent_only_fds = tuple(parent_only_fds)  # closed in every child (the pidfile)
@@ -141,7 +142,9 @@ class Supervisor(Admission):
                 "inherited socket %s (name %r) matches no server", listener.bound, listener.fd_name
             )
         log.info("ready: %d servers, pid %d", len(self.servers), os.getpid())
-        systemd.notify(f"READY=1\nSTATUS={monitoring.summary(self)}\nMAINPID={os.getpid()}")
+        status = monitoring.summary(self)
+        systemd.notify(f"READY=1\nSTATUS={status}\nMAINPID={os.getpid()}")
+        self._status.start(status)
         if self._readiness is not None:
             self._readiness.ready()
         systemd.keep_watchdog(self.loop, partial(monitoring.summary, self))
@@ -318,6 +321,7 @@ class Supervisor(Admission):
         """A request (or worker) of `server` started (+1) or ended (-1): re-apply admission;
         once the last request of a removed server or of a stopping supervisor is done, act."""
         self._count(server, delta, source)
+        self._status.changed()
         if server.retired and not server.active:
             self.draining.discard(server)
             server.close_handler_socket()

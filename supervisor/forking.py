@@ -70,7 +70,7 @@ class Events(Protocol):
     def fork_server_gone(self, fork_server: "ForkServer") -> None: ...
 
 
-def setup_for(servers: Iterable[Any], log_format: str, log_level: str) -> bytes:
+def setup_for(servers: Iterable[Any], log_format: str, log_level: str, journal_pid: int) -> bytes:
     """The setup the process reads: sys.path, logging, and what `self.server` shows per server."""
     specs = []
     for server in servers:
@@ -100,6 +100,7 @@ def setup_for(servers: Iterable[Any], log_format: str, log_level: str) -> bytes:
         "locations": package_locations(servers),
         "log_format": log_format,
         "log_level": log_level.upper(),
+        "journal_pid": journal_pid,
     }
     return marshal.dumps({**setup, "servers": specs})
 

@@ -118,7 +118,7 @@ class ServerView:
     type, as the supervisor's own children see theirs (they close it before the handler)."""
 
     def __init__(
-        self, spec: dict[str, Any], handler: type, log_setup: tuple[str, str], hosted: Any = None
+        self, spec: dict[str, Any], handler: type, log_setup: LogSetup, hosted: Any = None
     ) -> None:
         self.name: str = spec["name"]
         self.handler_spec: str = spec["handler"]
@@ -161,22 +161,31 @@ class ServerView:
         request.close()
 
 
-def _configure_logging(log_setup: tuple[str, str], force: bool = False) -> None:
-    """Log as the supervisor does (format, level, stderr). `force`: also when something
-    configured the root logger already (a handler module's logging.basicConfig(), which in
-    the supervisor, configured first, does nothing)."""
+LogSetup = tuple[str, str, int]  # the text format, the level, the journal's pid or 0
+
+
+def _configure_logging(log_setup: LogSetup, force: bool = False) -> None:
+    """Log as the supervisor does (format, level, stderr; the journal's format when the
+    supervisor uses it). `force`: also when something configured the root logger already (a
+    handler module's logging.basicConfig(), which in the supervisor, configured first, does
+    nothing)."""
     import logging  # noqa: PLC0415 (only where a line is logged: the process stays small)
 
     root = logging.getLogger()
     if root.handlers and not force:
         return
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(log_setup[0]))
+    text_format, level, journal_pid = log_setup
+    if journal_pid:
+        logs = importlib.import_module("supervisor.logs") if __package__ else _load_sibling("logs")
+        handler.setFormatter(logs.JournalFormatter(journal_pid))
+    else:
+        handler.setFormatter(logging.Formatter(text_format))
     root.handlers[:] = [handler]
-    root.setLevel(log_setup[1])
+    root.setLevel(level)
 
 
-def _logger(log_setup: tuple[str, str]) -> logging.Logger:
+def _logger(log_setup: LogSetup) -> logging.Logger:
     _configure_logging(log_setup)
     import logging  # noqa: PLC0415
 
@@ -240,7 +249,7 @@ class ForkServer:
     supervisor listens) -> exit when no child is left. If the channel fails, it is closed, so
     that the supervisor sees end of file and replaces this process."""
 
-    def __init__(self, servers: dict[str, ServerView], log_setup: tuple[str, str]) -> None:
+    def __init__(self, servers: dict[str, ServerView], log_setup: LogSetup) -> None:
         self.servers = servers
         self.log_setup = log_setup
         self.channel = socket.socket(fileno=CHANNEL_FD)
@@ -480,7 +489,7 @@ def _load_by_location(name: str, origin: str, search: list[str] | None) -> None:
 def load(setup: dict[str, Any]) -> tuple[dict[str, ServerView], dict[str, str]]:
     """Import the handlers; the servers that can run here and the reasons for those that
     cannot (the supervisor forks those itself)."""
-    log_setup = (setup["log_format"], setup["log_level"])
+    log_setup = (setup["log_format"], setup["log_level"], setup["journal_pid"])
     sys.path[:] = setup["path"]
     sys.argv[:] = setup["argv"]  # (what handlers see: the supervisor's command line)
     servers: dict[str, ServerView] = {}
@@ -529,7 +538,7 @@ def main() -> None:
         setup = marshal.loads(setup_file.read())  # noqa: S302 (the supervisor's)
     servers, failed = load(setup)
     handling.flush_output()  # what the imports printed, once: not again from every child
-    server = ForkServer(servers, (setup["log_format"], setup["log_level"]))
+    server = ForkServer(servers, (setup["log_format"], setup["log_level"], setup["journal_pid"]))
     threads_ok = server.skip_threading_hook()
     server.out.extend(("failed", name, reason) for name, reason in failed.items())
     server.out.extend(("serves", name) for name in servers)
@@ -565,7 +574,7 @@ def warm_up() -> None:
             "max_packet_size": 0,
         },
         _Idle,
-        ("%(message)s", "INFO"),
+        ("%(message)s", "INFO", 0),
     )
     for _ in range(WARM_UP_RUNS):
         ours, theirs = socket.socketpair()

@@ -6,11 +6,13 @@ this module never imports it); a scrape first has the workers' reports read (`co
 
 import logging
 import os
+import time
 from typing import Any, Protocol
 
-from supervisor import exposition, metrics
+from supervisor import exposition, metrics, systemd
 from supervisor.config import Config
 from supervisor.exporter import HttpServer, Response
+from supervisor.loop import Loop, Timer
 from supervisor.metrics import Watched
 from supervisor.modes import Modes
 from supervisor.modes.base import Mode
@@ -19,6 +21,8 @@ from supervisor.server import Server
 from supervisor.sockets import Listener
 
 log = logging.getLogger("supervisor")
+
+STATUS_EVERY = 1.0  # seconds: systemd's STATUS= is sent at most this often
 
 
 class Observed(Watched, Protocol):
@@ -55,9 +59,11 @@ def log_listening(server: Server, mode: Mode) -> None:
     if not mode.listens:
         limit = f", workers={server.config.workers}{limit}"
     log.info(
-        "%s: listening on %s (%s, %s %s%s)",
+        "%s: listening on %s (%s%s, %s %s%s)",
         server.name,
         server.listener.bound,
+        # (its backlog is the service manager's Backlog=, not the configured one)
+        "inherited from systemd, " if server.listener.inherited else "",
         server.mode,
         server.config.code_key,
         server.config.code,
@@ -66,12 +72,55 @@ def log_listening(server: Server, mode: Mode) -> None:
 
 
 def summary(observed: Observed) -> str:
-    """A one-line state for systemd's STATUS=."""
-    text = f"{len(observed.servers)} servers, {observed.active} active requests"
+    """A one-line state for systemd's STATUS=: requests in progress are fork children and busy
+    threads (a prefork worker's own requests are in its server's metrics), apart from the
+    prefork workers themselves."""
+    workers = sum(mode.workers() for mode in observed.modes)
+    requests = observed.active - workers
+    text = f"{len(observed.servers)} servers, {requests} request{'' if requests == 1 else 's'}"
+    text += " in progress"
+    if workers:
+        text += f", {workers} prefork workers"
     last = observed.reloads.last
     if last is not None:
         text += f"; last reload {'ok' if last.ok else f'failed: {last.message}'}"
     return " ".join(text.split())  # one line: a newline would start another sd_notify field
+
+
+class StatusUpdates:
+    """Keeps systemd's STATUS= current as the numbers change: `changed()` sends the summary at
+    once after a quiet second, else when STATUS_EVERY has passed since the last one (one timer,
+    set only while things change: an idle supervisor sends nothing). Nothing before `start()`
+    (READY=1 carries the first), nothing at all without NOTIFY_SOCKET."""
+
+    def __init__(self, observed: Observed, loop: Loop) -> None:
+        self.enabled = False
+        self._observed = observed
+        self._loop = loop
+        self._timer: Timer | None = None
+        self._sent_at = -STATUS_EVERY
+        self._sent = ""
+
+    def start(self, sent: str) -> None:
+        """READY=1 has gone, with STATUS=`sent`."""
+        self.enabled = bool(os.environ.get("NOTIFY_SOCKET"))
+        self._sent, self._sent_at = sent, time.monotonic()
+
+    def changed(self) -> None:
+        if not self.enabled or self._timer is not None:
+            return
+        wait = self._sent_at + STATUS_EVERY - time.monotonic()
+        if wait <= 0:
+            self._send()
+        else:
+            self._timer = self._loop.call_later(wait, self._send)
+
+    def _send(self) -> None:
+        self._timer = None
+        text = summary(self._observed)
+        if text != self._sent:
+            self._sent, self._sent_at = text, time.monotonic()
+            systemd.notify(f"STATUS={text}")
 
 
 def status(observed: Observed) -> dict[str, Any]:

@@ -22,7 +22,7 @@ import pytest
 from tests.configs import METRICS_ANY_PORT
 
 ROOT = Path(__file__).resolve().parent.parent
-LISTENING = re.compile(r"(\S+): listening on (\S+)")
+LISTENING = re.compile(r"([\w.-]+): listening on (\S+)")  # (after a journal's <6> too)
 READY = "ready: "
 FORK_SERVER_READY = r"fork server \d+: forking for \d+ servers"
 STOP_TIMEOUT = 20.0
@@ -242,16 +242,18 @@ def start_supervisor(tmp_path: Path) -> Iterator[StartSupervisor]:
     def start(
         toml: str,
         ready: bool = True,
+        *,
         name: str = "supervisor.toml",
         env: Env | None = None,
         fork_server: bool | None = None,
+        wrapper: Sequence[str] = (),
     ) -> Supervisor:
         config = tmp_path / name
         toml = textwrap.dedent(toml)
         if "[metrics]" not in toml:  # an ephemeral port: tests may run beside a supervisor
             toml += METRICS_ANY_PORT
         config.write_text(toml)
-        supervisor = Supervisor(config, env)
+        supervisor = Supervisor(config, env, wrapper)
         started.append(supervisor)
         return supervisor.wait_ready(fork_server=fork_server) if ready else supervisor
 

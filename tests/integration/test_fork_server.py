@@ -478,6 +478,7 @@ def bare_fork_server(tmp_path: Path) -> Iterator[tuple[int, socket.socket, int, 
         "argv": ["supervisor"],
         "locations": {},
         "log_format": "%(message)s",
+        "journal_pid": 0,
         "log_level": "INFO",
         "servers": [spec],
     }

@@ -31,7 +31,15 @@ import psutil
 import pytest
 
 from tests.configs import metrics_table, server_table, supervisor_table
-from tests.conftest import READY, STOP_TIMEOUT, LoggedProcess, StartSupervisor, exchange
+from tests.conftest import (
+    READY,
+    STOP_TIMEOUT,
+    LoggedProcess,
+    StartSupervisor,
+    connect,
+    exchange,
+    readline,
+)
 
 SYSTEMD_VARIABLES = (
     "NOTIFY_SOCKET",
@@ -151,7 +159,7 @@ def path_listener(sockdir: Path) -> Iterator[NotifyListener]:
 
 
 def ready_message(servers: int, pid: int) -> str:
-    return f"READY=1\nSTATUS={servers} servers, 0 active requests\nMAINPID={pid}"
+    return f"READY=1\nSTATUS={servers} servers, 0 requests in progress\nMAINPID={pid}"
 
 
 def test_notifications_across_start_reload_failed_reload_and_stop(
@@ -165,7 +173,7 @@ def test_notifications_across_start_reload_failed_reload_and_stop(
     supervisor.signal(signal.SIGHUP)
     notify_listener.expect_reloading(supervisor, before)
     assert notify_listener.receive(supervisor) == (
-        "READY=1\nSTATUS=3 servers, 0 active requests; last reload ok"
+        "READY=1\nSTATUS=3 servers, 0 requests in progress; last reload ok"
     )
     supervisor.wait_for_log(r"reloaded: ")
 
@@ -179,12 +187,35 @@ def test_notifications_across_start_reload_failed_reload_and_stop(
         r"reload failed, still running the previous configuration: (.*)$", start=start
     ).group(1)
     assert error.startswith(f"{supervisor.config}: TOML syntax error: ")
-    assert ready == f"READY=1\nSTATUS=3 servers, 0 active requests; last reload failed: {error}"
+    assert (
+        ready == f"READY=1\nSTATUS=3 servers, 0 requests in progress; last reload failed: {error}"
+    )
 
     supervisor.signal(signal.SIGTERM)
     assert notify_listener.receive(supervisor) == "STOPPING=1"
     assert supervisor.wait() == 0
     assert notify_listener.pending() == []
+
+
+def test_status_follows_the_requests_without_waiting_for_a_ping(
+    start_supervisor: StartSupervisor, path_listener: NotifyListener
+) -> None:
+    """STATUS= is sent when the numbers change (no watchdog here to carry it), requests in
+    progress apart from prefork workers; at most once a second, so the end of the request
+    comes by the timer."""
+    supervisor = start_supervisor(
+        server_table("held", "PidHandler")
+        + server_table("pre", "LineEchoHandler", mode="prefork", workers=2),
+        env={"NOTIFY_SOCKET": path_listener.address},
+    )
+    status = "STATUS=2 servers, {} in progress, 2 prefork workers"
+    ready = path_listener.receive(supervisor)
+    assert ready == f"READY=1\n{status.format('0 requests')}\nMAINPID={supervisor.pid}"
+    with connect(supervisor.inet("held")) as held:
+        assert int(readline(held)) > 0  # the request is running
+        assert path_listener.receive(supervisor) == status.format("1 request")
+    assert path_listener.receive(supervisor) == status.format("0 requests")
+    assert path_listener.pending() == []
 
 
 def test_a_reload_error_quoting_a_newline_stays_one_status_line(
@@ -210,7 +241,8 @@ handler = "tests.handlers:LineEchoHandler"
     assert len(lines) == 2, lines
     assert lines[0] == "READY=1"
     assert lines[1].startswith(
-        f"STATUS=2 servers, 0 active requests; last reload failed: {supervisor.config}: servers."
+        "STATUS=2 servers, 0 requests in progress; last reload failed: "
+        f"{supervisor.config}: servers."
     )
     assert lines[1].endswith(": a server name is 1-64 letters, digits, '_', '.' or '-'")
 
@@ -243,7 +275,7 @@ def test_without_a_reachable_notify_socket_nothing_is_sent_and_all_works(
 
 # -- the watchdog ------------------------------------------------------------------------------
 
-PING = "WATCHDOG=1\nSTATUS=2 servers, 0 active requests"
+PING = "WATCHDOG=1\nSTATUS=2 servers, 0 requests in progress"
 
 
 def expect_pings_then_stop(
@@ -318,7 +350,7 @@ def test_no_watchdog_pings_when_watchdog_pid_is_another_process(
         supervisor.signal(signal.SIGHUP)
         path_listener.expect_reloading(supervisor, before)
         assert path_listener.receive(supervisor) == (
-            "READY=1\nSTATUS=2 servers, 0 active requests; last reload ok"
+            "READY=1\nSTATUS=2 servers, 0 requests in progress; last reload ok"
         )
     supervisor.signal(signal.SIGTERM)
     assert path_listener.receive(supervisor) == "STOPPING=1"
@@ -508,12 +540,19 @@ def test_socket_activation_of_tcp_and_udp_across_reloads(activated: Activated) -
     assert sockets[(tcp, ports.named)] == (5, activated.before_exec[5])
     assert sockets[(dgram, ports.udp)][0] == 6
     assert sockets[(tcp, local)][0] > 6  # bound by the supervisor itself
+    local_line = process.wait_for_log(rf"local: listening on tcp://127\.0\.0\.1:{local} .*").group(
+        0
+    )
+    assert "inherited" not in local_line
     # The log mentions each activated address once: listening (nothing bound), or unused.
     me = f"supervisor[{pid}]:"
     expected_lines = {
-        ports.tcp: f"INFO {me} echo: listening on tcp://127.0.0.1:{ports.tcp} (",
-        ports.udp: f"INFO {me} echo-udp: listening on udp://127.0.0.1:{ports.udp} (",
-        ports.named: f"INFO {me} byname: listening on tcp://127.0.0.1:{ports.named} (",
+        ports.tcp: f"INFO {me} echo: listening on tcp://127.0.0.1:{ports.tcp} "
+        "(inherited from systemd, ",
+        ports.udp: f"INFO {me} echo-udp: listening on udp://127.0.0.1:{ports.udp} "
+        "(inherited from systemd, ",
+        ports.named: f"INFO {me} byname: listening on tcp://127.0.0.1:{ports.named} "
+        "(inherited from systemd, ",
         ports.extra: f"WARNING {me} inherited socket tcp://127.0.0.1:{ports.extra} "
         "(name 'extra') matches no server",
     }

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from supervisor import config
+from tests.conftest import ROOT, run_cli
 
 UNITS = ROOT / "systemd"
 INSTALLED = "/opt/supervisor/bin/supervisor"
@@ -89,3 +90,42 @@ def test_notify_reload_drop_in(tmp_path: Path) -> None:
         return
     line = drop_in.read_text().splitlines().index("Type=notify-reload") + 1
     assert output == (f"{drop_in}:{line}: Failed to parse service type, ignoring: notify-reload\n")
+
+
+def unit_settings(name: str) -> dict[str, list[str]]:
+    """`KEY=VALUE` lines of a shipped unit: {KEY: [VALUE, ...]}, comments left out."""
+    settings: dict[str, list[str]] = {}
+    for line in (UNITS / name).read_text().splitlines():
+        key, equals, value = line.partition("=")
+        if equals and not line.startswith("#"):
+            settings.setdefault(key, []).append(value)
+    return settings
+
+
+def test_the_units_configuration_fits_the_unit() -> None:
+    """etc/systemd.toml, the file the README installs for the unit: valid; everything it
+    writes under the RuntimeDirectory= (ProtectSystem=strict, PrivateTmp=yes); its drain
+    within TimeoutStopSec=; each of supervisor.socket's Listen lines one of its servers."""
+    path = ROOT / "etc" / "systemd.toml"
+    result = run_cli("check", "-c", str(path), env={"SUPERVISOR_ALLOW_ROOT": "1"})
+    assert result.returncode == 0, result.stderr
+    loaded = config.load(str(path))
+    service = unit_settings("supervisor.service")
+    (runtime,) = service["RuntimeDirectory"]
+    written = [loaded.supervisor.pidfile] + [
+        server.address.path for server in loaded.servers.values() if server.address.is_unix
+    ]
+    assert all(str(name).startswith(f"/run/{runtime}/") for name in written), written
+    drain = loaded.supervisor.shutdown_timeout + loaded.supervisor.kill_grace
+    assert drain < float(service["TimeoutStopSec"][0])
+    assert service["ExecReload"] == [f"{INSTALLED} reload -c /etc/supervisor/supervisor.toml"]
+    configured = {
+        (server.address.is_stream, f"{server.address.host}:{server.address.port}")
+        for server in loaded.servers.values()
+        if not server.address.is_unix
+    }
+    sockets = unit_settings("supervisor.socket")
+    listens = [(True, value) for value in sockets["ListenStream"]]
+    listens += [(False, value) for value in sockets["ListenDatagram"]]
+    assert listens
+    assert set(listens) <= configured

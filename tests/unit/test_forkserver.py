@@ -59,6 +59,7 @@ def test_a_package_found_only_by_an_import_hook_is_loaded_from_its_location(
         },
         "argv": ["supervisor", "run"],
         "log_format": "%(message)s",
+        "journal_pid": 0,
         "log_level": "INFO",
         "servers": [spec("one", "mapped_pkg.mod:Handler"), spec("two", "absent_pkg.mod:Handler")],
     }
@@ -83,6 +84,7 @@ def test_a_failing_import_is_reported_on_one_line(tmp_path: Path) -> None:
         "locations": {},
         "argv": ["supervisor", "run"],
         "log_format": "%(message)s",
+        "journal_pid": 0,
         "log_level": "INFO",
         "servers": [spec("bad", "broken_mod:Handler")],
     }
