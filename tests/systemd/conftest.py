@@ -40,10 +40,7 @@ BUILD_TIMEOUT = 900.0
 BOOT_TIMEOUT = 60.0
 UNIT = "supervisor.service"
 CONFIG = "/etc/supervisor/supervisor.toml"
-# The configuration README "systemd" installs; its stand-in until main has it.
-SYSTEMD_TOML = ROOT / "etc" / "systemd.toml"
-if not SYSTEMD_TOML.exists():
-    SYSTEMD_TOML = HERE / "data" / "systemd.toml"
+SYSTEMD_TOML = ROOT / "etc" / "systemd.toml"  # the configuration README "systemd" installs
 
 # README "systemd", Installing, with the wheels in /root/wheels in place of the source tree.
 INSTALL = f"""
@@ -158,13 +155,23 @@ class Booted:
             return ""
         return match.group(1)
 
-    def journal(self, after: str = "", unit: str = UNIT, *options: str) -> list[dict[str, str]]:
-        """The unit's journal entries (after a cursor), as journalctl's JSON objects."""
-        command = ["journalctl", "-u", unit, "-o", "json", "--no-pager", *options]
+    def journal(self, after: str = "", unit: str = UNIT) -> list[dict[str, str]]:
+        """The unit's journal entries (after a cursor), as journalctl's JSON objects: its own
+        processes' lines and systemd's about it. Filtered here, not with `-u`: journalctl 252
+        with a match and --after-cursor skips the first matching entry when the cursor's own
+        entry does not match (it always steps over two)."""
+        command = ["journalctl", "-o", "json", "--no-pager"]
         if after:
             command.append(f"--after-cursor={after}")
-        out = self.exec(*command).stdout
-        return [json.loads(line) for line in out.splitlines() if line.strip()]
+        entries = [json.loads(line) for line in self.exec(*command).stdout.splitlines() if line]
+        return [
+            entry for entry in entries if unit in (entry.get("_SYSTEMD_UNIT"), entry.get("UNIT"))
+        ]
+
+    def journalctl(self, *options: str) -> list[dict[str, str]]:
+        """`journalctl OPTIONS -o json`: its entries, the whole journal's, filtered by it."""
+        out = self.exec("journalctl", "-o", "json", "--no-pager", *options).stdout
+        return [json.loads(line) for line in out.splitlines() if line]
 
     def wait_journal(
         self, pattern: str, after: str = "", timeout: float = 30.0, unit: str = UNIT
