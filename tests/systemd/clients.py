@@ -37,6 +37,25 @@ def echo_unix(container: Booted, text: str = "hello unix", user: str | None = No
     return container.exec(*command, stdin=text + "\n", timeout=CLIENT_TIMEOUT, check=False).stdout
 
 
+# A unix datagram client needs an address of its own for the reply: an autobound abstract one.
+DAYTIME = """
+import socket
+sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+sock.bind("")
+sock.settimeout(5)
+sock.sendto(b"?", "/run/supervisor/daytime.sock")
+print(sock.recv(512).decode(), end="")
+"""
+
+
+def daytime_unixgram(container: Booted, user: str | None = None) -> str:
+    """The daytime server's answer to a datagram on its unix socket, as `user` or root."""
+    command = ["python3", "-c", DAYTIME]
+    if user is not None:
+        command = ["runuser", "-u", user, "--", *command]
+    return container.exec(*command, timeout=CLIENT_TIMEOUT, check=False).stdout
+
+
 def http_get(container: Booted, port: int, path: str) -> tuple[int, str]:
     """curl's status code and body."""
     done = container.exec(

@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -209,8 +209,9 @@ class Booted:
                 return said
         return f"still {said!r} after {timeout:.0f} s"
 
-    def held_connection(self, *client: str) -> "HeldClient":
-        return HeldClient(self.name, client)
+    def held_connection(self, address: str) -> "HeldClient":
+        """A TCP connection to HOST:PORT, held open from inside the container."""
+        return HeldClient(self.name, address)
 
 
 def message(entry: dict[str, str]) -> str:
@@ -225,13 +226,8 @@ def message(entry: dict[str, str]) -> str:
 # closes (or a minute has passed, so that nothing outlives a broken test for long).
 HOLD = """
 import select, socket, sys
-family, target = sys.argv[1], sys.argv[2]
-if family == "unix":
-    sock = socket.socket(socket.AF_UNIX)
-    sock.connect(target)
-else:
-    host, port = target.rsplit(":", 1)
-    sock = socket.create_connection((host, int(port)))
+host, port = sys.argv[1].rsplit(":", 1)
+sock = socket.create_connection((host, int(port)))
 print("connected", flush=True)
 select.select([sys.stdin], [], [], 60)
 sock.close()
@@ -241,9 +237,9 @@ sock.close()
 class HeldClient:
     """A client in the container holding a connection open, sending nothing, until closed."""
 
-    def __init__(self, container: str, target: Sequence[str]) -> None:
+    def __init__(self, container: str, address: str) -> None:
         self.process = subprocess.Popen(
-            ["podman", "exec", "--interactive", container, "python3", "-c", HOLD, *target],
+            ["podman", "exec", "--interactive", container, "python3", "-c", HOLD, address],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -78,7 +78,7 @@ def test_stop_idle_and_with_a_request_in_flight(fresh: Booted) -> None:
 
     fresh.systemctl("start", "supervisor")
     cursor, pid = fresh.cursor(), fresh.main_pid()
-    held = fresh.held_connection("tcp", "127.0.0.1:7007")
+    held = fresh.held_connection("127.0.0.1:7007")
     stopping = subprocess.Popen(
         ["podman", "exec", fresh.name, "systemctl", "stop", "supervisor"],
         env={**os.environ, **ENV},

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.systemd.clients import echo_tcp, echo_udp, echo_unix, http_get
+from tests.systemd.clients import daytime_unixgram, echo_tcp, echo_udp, echo_unix, http_get
 from tests.systemd.conftest import CONFIG, Booted, message
 
 # The first test of a run may build the image (debootstrap, about 70 s) and the wheels: more
@@ -68,7 +68,7 @@ def test_active_after_ready_with_status_that_follows_requests(service: Booted) -
     assert in_progress(state["StatusText"]) == 0
     # The status follows requests as they come and go, not only at each watchdog ping
     # (WatchdogSec=30): within 3 s.
-    held = service.held_connection("tcp", "127.0.0.1:7007")
+    held = service.held_connection("127.0.0.1:7007")
     try:
         busy = service.wait_prop("StatusText", lambda text: in_progress(text) == 1, timeout=3)
     finally:
@@ -81,6 +81,9 @@ def test_bundled_services_answer(service: Booted) -> None:
     assert echo_tcp(service, text="over tcp") == "over tcp\n"
     assert echo_udp(service, text="over udp") == "over udp\n"
     assert echo_unix(service, text="over unix") == "over unix\n"
+    assert re.fullmatch(
+        r"\w+day, \w+ \d\d, \d{4} \d\d:\d\d:\d\d-UTC\r?\n", daytime_unixgram(service)
+    )
     for port, name in ((7080, "hello"), (7081, "hello-prefork")):
         code, body = http_get(service, port, "/path")
         assert (code, body.startswith(f"Hello from {name} ")) == (200, True), body
@@ -142,8 +145,9 @@ def test_journal_priorities_and_bare_messages(service: Booted) -> None:
         assert not re.search(r"supervisor\[\d+\]:", text), text
 
 
-def test_unix_socket_reachable_by_another_user(service: Booted) -> None:
+def test_unix_sockets_reachable_by_another_user(service: Booted) -> None:
     assert echo_unix(service, text="from nobody", user="nobody") == "from nobody\n"
+    assert daytime_unixgram(service, user="nobody").rstrip().endswith("-UTC")
 
 
 def test_hardening_applies_to_the_running_service(service: Booted) -> None:
