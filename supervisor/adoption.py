@@ -102,8 +102,7 @@ def adopt(obj: socketserver.BaseServer, address: Any, family: int, kind: int, pr
     obj.socket = binding  # type: ignore[attr-defined]
     try:
         obj.server_bind()  # type: ignore[attr-defined]
-        if kind == socket.SOCK_STREAM:
-            obj.server_activate()
+        obj.server_activate()  # (a datagram server's too, as BaseServer.__init__ calls it)
     finally:
         if isinstance(own, socket.socket):
             own.close()  # (the unbound socket it was built with: never used)

@@ -91,8 +91,8 @@ def setup_for(servers: Iterable[Any], log_format: str, log_level: str, journal_p
         if server.hosted is not None:  # (made and adopted there: forkserver.py)
             spec["server"] = server.config.server
             spec["reports_errors"] = server.reports_errors
-        if hasattr(server, "server_name"):
-            spec["server_name"], spec["server_port"] = server.server_name, server.server_port
+        if not server.listener.address.is_unix:  # (server_name: the fork server looks it up)
+            spec["server_port"] = server.server_port
         specs.append(spec)
     setup = {
         "path": list(sys.path),

@@ -136,8 +136,9 @@ class ServerView:
         self.report_done: bool = spec.get("report_done", False)  # (max_per_source: see "done")
         self.timeout: float | None = None
         self.socket_timeout: float | None = None  # (request_timeout: the supervisor kills)
-        if "server_name" in spec:
-            self.server_name: str = spec["server_name"]
+        if "server_port" in spec:  # an IP server: as http.server.HTTPServer sets them (here,
+            # once, not in the supervisor's loop, which a slow resolver would hold)
+            self.server_name: str = socket.getfqdn(self.server_address[0])
             self.server_port: int = spec["server_port"]
         self.socket = socket.socket(self.address_family, self.socket_type, self.proto)
         self.socket.close()
@@ -150,6 +151,12 @@ class ServerView:
 
     def shutdown(self) -> None:
         """Nothing to stop here: serving is the supervisor's (as server.py's Server)."""
+
+    def close_hosted(self) -> None:
+        """The hosted object's server_close(), as the fork server exits; what it raises is
+        logged (`handling.close_hosted`)."""
+        if self.hosted is not None:
+            handling.close_hosted(self.hosted, _view_logger(self))
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         handling.handle_error(self, client_address, _view_logger)
@@ -551,6 +558,8 @@ def main() -> None:
     gc.freeze()
     gc.disable()
     server.run()
+    for view in servers.values():  # hosted objects made here: let them release what they hold
+        view.close_hosted()
 
 
 class _Idle(socketserver.StreamRequestHandler):

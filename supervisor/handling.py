@@ -133,6 +133,15 @@ def shutdown_hosted(
         shutdown_request(request)
 
 
+def close_hosted(hosted: Any, logger: logging.Logger) -> None:
+    """A hosted object's server_close(), when it is done with; never raises (its SystemExit
+    included: it must not end the process that closes it)."""
+    try:
+        hosted.server_close()
+    except BaseException:
+        logger.exception("%s.server_close() failed", type(hosted).__name__)
+
+
 def _log_lost(
     server: Hosted,
     request: Request,

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from supervisor import adoption, handlers
+from supervisor import adoption, handlers, handling
 from supervisor.config import Config, ServerConfig
 from supervisor.errors import ConfigError, describe
 from supervisor.handlers import HandlerClass
@@ -69,7 +69,10 @@ class Code:
 
 
 def _overrides(obj: object, name: str) -> bool:
-    """Whether `obj`'s class has its own `name`, not BaseServer's or a socketserver mixin's."""
+    """Whether `obj` has its own `name` (its class's, or one set on the object itself), not
+    BaseServer's or a socketserver mixin's."""
+    if name in getattr(obj, "__dict__", {}):
+        return True
     found = getattr(type(obj), name, None)
     return all(found is not getattr(base, name, None) for base in MIXINS)
 
@@ -90,7 +93,8 @@ def load_all(config: Config, fresh: bool = False, kept: Mapping[str, Code] = {})
                 handlers.refresh_if_changed(module_name)
                 refreshed.add(module_name)
             if server.server:
-                codes[name] = _kept(server, kept.get(name)) or _make(server)
+                code = _kept(server, kept.get(name)) or _make(server)
+                codes[name] = _unshared(code, name, codes, kept)
             else:
                 handler = handlers.import_handler(server.handler)
                 handlers.check_fits(handler, server, server.handler)
@@ -99,6 +103,19 @@ def load_all(config: Config, fresh: bool = False, kept: Mapping[str, Code] = {})
             close_made(codes)  # (not to be hosted)
             raise ConfigError(config.source, f"servers.{name}.{server.code_key}", str(exc)) from exc
     return codes
+
+
+def _unshared(code: Code, name: str, codes: Mapping[str, Code], kept: Mapping[str, Code]) -> Code:
+    """`code`, unless its object is another table's (made for it now, or running): two
+    servers on one object would overwrite each other's address and socket."""
+    others = [*codes.values(), *(other for each, other in kept.items() if each != name)]
+    # (an object kept for this table is adopted already; one made now is new, or shared)
+    if not code.adopted and any(other.hosted is code.hosted for other in others):
+        spec = code.config.server if code.config else ""
+        raise ValueError(
+            f"{spec}() returned an object another server hosts: return a new one on each call"
+        )
+    return code
 
 
 def _kept(server: ServerConfig, kept: Code | None) -> Code | None:
@@ -123,12 +140,13 @@ def _make(server: ServerConfig) -> Code:
         raise TypeError(
             f"{spec}() returned {type(obj).__name__}, not a socketserver.BaseServer instance"
         )
-    code = Code(_handler_of(obj, spec), obj, server, sys.modules.get(spec.partition(":")[0]))
+    module = sys.modules.get(spec.partition(":")[0])
     try:
+        code = Code(_handler_of(obj, spec), obj, server, module)
         _check(obj, server, spec)
         handlers.check_fits(code.handler, server, _name(code.handler))
     except BaseException:
-        close(code)
+        close(Code(socketserver.BaseRequestHandler, obj))
         raise
     for hook in NOT_USED:
         if _overrides(obj, hook):
@@ -161,7 +179,7 @@ def _check(obj: socketserver.BaseServer, server: ServerConfig, spec: str) -> Non
         raise ValueError(f"{what} with an SSL-wrapped socket: TLS is not supported here")
     if not adoption.unbound(obj):
         raise ValueError(f"{what} that binds in __init__: build it with bind_and_activate=False")
-    if getattr(type(obj), "get_request", None) not in _GET_REQUEST:
+    if "get_request" in vars(obj) or getattr(type(obj), "get_request", None) not in _GET_REQUEST:
         raise ValueError(f"{what} that overrides get_request(): accepting is the supervisor's")
     kind = getattr(obj, "socket_type", None)
     if kind != server.address.socket_type:
@@ -234,10 +252,7 @@ def close(code: Code) -> None:
     raises is logged. Its socket is never the supervisor's listener."""
     if code.hosted is None:
         return
-    try:
-        code.hosted.server_close()
-    except Exception:
-        log.exception("%s.server_close() failed", type(code.hosted).__name__)
+    handling.close_hosted(code.hosted, log)
 
 
 def _name(handler: type) -> str:

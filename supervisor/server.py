@@ -54,7 +54,10 @@ class Server:
         self.guard: Guard | None = None
         self.code = code
         self.hosted: Any = None  # the hosted socketserver server (`server =`), or None
-        self._retired_code: list[Code] = []  # hosted objects replaced by a reload
+        # Hosted objects replaced by a reload, with the socket each was handed (a datagram
+        # server's dup of the listener, closed here whatever its server_close() does).
+        self._retired_code: list[tuple[Code, socket.socket | None]] = []
+        self._handed: socket.socket | None = None  # the current hosted object's
         self._use(config, code)
         self.timeout: float | None = None
         self.active = 0  # live children (fork) or busy threads (thread)
@@ -134,10 +137,11 @@ class Server:
             self.code = code
             return
         if self.hosted is not None:
-            self._retired_code.append(self.code)
-        self.code, self.hosted = code, code.hosted
+            self._retired_code.append((self.code, self._handed))
+        self.code, self.hosted, self._handed = code, code.hosted, None
         if code.hosted is not None and not self.listener.address.is_stream:
-            adoption.hand_socket(code.hosted, self.listener.socket.dup())
+            self._handed = self.listener.socket.dup()
+            adoption.hand_socket(code.hosted, self._handed)
 
     def reconfigure(self, config: ServerConfig, code: Code, listener: Listener) -> None:
         """Apply a new configuration; requests already running keep what they have."""
@@ -163,9 +167,14 @@ class Server:
             for old in self._old_sockets:
                 old.close()
             self._old_sockets.clear()
-            for code in self._retired_code:
-                hosting.close(code)
-            self._retired_code.clear()
+            self._close_retired()
+
+    def _close_retired(self) -> None:
+        for code, handed in self._retired_code:
+            hosting.close(code)
+            if handed is not None:
+                handed.close()
+        self._retired_code.clear()
 
     def __repr__(self) -> str:
         return f"<Server {self.name} {self.listener.bound}>"
@@ -275,7 +284,7 @@ class Server:
         try:
             if self.hosted.verify_request(request, client_address):
                 return True
-        except Exception:
+        except BaseException:  # (its SystemExit must not end the supervisor: a refusal)
             log.exception("%s: verify_request failed for client %s", self.name, client_address)
         self.stats.rejected["verify_request"] += 1
         handling.shutdown_hosted(self, request, _logger)
@@ -286,7 +295,7 @@ class Server:
         raises is logged, once until it succeeds again."""
         try:
             self.hosted.service_actions()
-        except Exception:
+        except BaseException:  # (its SystemExit must not end the supervisor)
             if not self.service_failing:
                 log.exception("%s: service_actions failed", self.name)
             self.service_failing = True
@@ -315,13 +324,12 @@ class Server:
         for old in self._old_sockets:
             old.close()
         self._old_sockets.clear()
-        for code in self._retired_code:
-            hosting.close(code)
-        self._retired_code.clear()
+        self._close_retired()
         if self.hosted is not None and not self._hosted_closed:
             self._hosted_closed = True
             hosting.close(self.code)
-            self.hosted.socket.close()  # (its own dup, if its server_close() did not)
+            if self._handed is not None:
+                self._handed.close()  # (its dup, if its server_close() did not close it)
 
     def close_in_child(self, keep_listener: bool) -> None:
         """In a forked child serving this server: close the parent's sockets of it (the
@@ -336,5 +344,7 @@ class Server:
     def own_descriptors(self) -> set[int]:
         """The descriptors `close_in_child` takes care of, with the handler sockets it keeps."""
         sockets = [self.listener.socket, self.socket, *self._old_sockets]
-        sockets += [code.hosted.socket for code in [self.code, *self._retired_code] if code.hosted]  # type: ignore[attr-defined]
+        sockets += [handed for _, handed in self._retired_code if handed is not None]
+        if self._handed is not None:
+            sockets.append(self._handed)
         return {sock.fileno() for sock in sockets} - {-1}

@@ -77,7 +77,10 @@ class Servicing(Counting):
 
     def service_actions(self) -> None:
         self.serviced += 1
-        print(f"service_actions {self.serviced} at {time.monotonic():.3f}", file=sys.stderr)
+        print(
+            f"service_actions {self.serviced} at {time.monotonic():.3f} pid {os.getpid()}",
+            file=sys.stderr,
+        )
 
 
 def servicing() -> Servicing:
@@ -115,6 +118,70 @@ def http_named() -> Any:
     from http.server import HTTPServer  # noqa: PLC0415
 
     return HTTPServer(UNUSED, NameHandler, bind_and_activate=False)
+
+
+class ExitsInHooks(Counting):
+    """verify_request and service_actions that end the process they run in, as a careless
+    hook may (sys.exit): they must not end the supervisor."""
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        sys.exit(3)
+
+    def service_actions(self) -> None:
+        raise SystemExit("bye")
+
+
+def exits_in_hooks() -> ExitsInHooks:
+    return ExitsInHooks()
+
+
+def refuses_by_instance() -> Counting:
+    """verify_request set on the object, not its class (socketserver calls it all the same)."""
+    server = Counting()
+    server.verify_request = lambda request, client_address: False  # type: ignore[method-assign]
+    return server
+
+
+class UdpCounting(socketserver.UDPServer):
+    """A datagram server whose server_close() leaves its socket alone (no super() call)."""
+
+    def __init__(self) -> None:
+        super().__init__(UNUSED, UdpCountHandler, bind_and_activate=False)
+        self.served = 0
+
+    def server_close(self) -> None:
+        print(f"server_close of {type(self).__name__} pid {os.getpid()}", file=sys.stderr)
+
+
+class UdpCountHandler(socketserver.DatagramRequestHandler):
+    def handle(self) -> None:
+        server: Any = self.server
+        server.served += 1
+        self.wfile.write(f"served={server.served}\n".encode())
+
+
+def udp_counting() -> UdpCounting:
+    return UdpCounting()
+
+
+class Closes(Counting):
+    """Says when its server_close() is called, and in which process."""
+
+    def server_close(self) -> None:
+        super().server_close()
+        print(f"server_close of {type(self).__name__} pid {os.getpid()}", file=sys.stderr)
+
+
+def closes() -> Closes:
+    return Closes()
+
+
+SHARED = Counting()
+
+
+def shared() -> Counting:
+    """The same object on every call: two tables naming this are refused."""
+    return SHARED
 
 
 # -- refused -------------------------------------------------------------------------------

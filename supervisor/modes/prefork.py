@@ -23,6 +23,7 @@ class Prefork(Mode):
 
     listens = False
     saturates = False
+    services = False  # (each worker runs its copy's service_actions: prefork.py)
 
     def __init__(self, host: Host) -> None:
         super().__init__(host)
