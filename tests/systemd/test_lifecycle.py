@@ -160,3 +160,22 @@ def test_configuration_error_at_start_fails_once(containers: Containers) -> None
     }
     entry = container.wait_journal(re.escape(CONFIG), after=cursor, timeout=5)
     assert len(message(entry).splitlines()) == 1
+
+
+def test_the_notify_reload_drop_in_on_systemd_252(fresh: Booted) -> None:
+    """What README "systemd" says of systemd/notify-reload.conf on 252: its Type= line is
+    ignored (still notify) and its empty ExecReload= applies, so the unit cannot reload."""
+    assert "reload -c" in fresh.show("ExecReload")["ExecReload"]  # the unit's own, until:
+    fresh.sh(
+        "mkdir -p /etc/systemd/system/supervisor.service.d && cp /root/src/systemd/"
+        "notify-reload.conf /etc/systemd/system/supervisor.service.d/"
+    )
+    cursor = fresh.cursor()
+    fresh.systemctl("daemon-reload")
+    assert fresh.show("Type", "ExecReload") == {"Type": "notify"}  # (no ExecReload= left)
+    assert fresh.journalctl("--after-cursor", cursor, "-g", "notify-reload")  # systemd says so
+    pid = fresh.main_pid()
+    reload = fresh.systemctl("reload", "supervisor", check=False)
+    assert reload.returncode != 0
+    assert "not applicable" in reload.stderr, reload.stderr
+    assert fresh.main_pid() == pid  # still running the configuration it had
