@@ -113,15 +113,3 @@ def adopt(obj: socketserver.BaseServer, address: Any, family: int, kind: int, pr
     stopped = getattr(obj, "_BaseServer__is_shut_down", None)
     if stopped is not None:
         stopped.set()
-
-
-def hand_socket(obj: Any, sock: socket.socket) -> None:
-    """Give the adopted object the socket its handlers may use."""
-    obj.socket = sock
-
-
-def overrides(obj: Any, base: type, name: str) -> bool:
-    """Whether the object's class overrides `base`'s method `name` (or the object does)."""
-    if name in getattr(obj, "__dict__", {}):
-        return True
-    return getattr(type(obj), name, None) is not getattr(base, name, None)

@@ -171,6 +171,11 @@ class ServerView:
 LogSetup = tuple[str, str, int]  # the text format, the level, the journal's pid or 0
 
 
+def log_setup_of(setup: dict[str, Any]) -> LogSetup:
+    """What the supervisor's setup says of logging (forking.setup_for)."""
+    return (setup["log_format"], setup["log_level"], setup["journal_pid"])
+
+
 def _configure_logging(log_setup: LogSetup, force: bool = False) -> None:
     """Log as the supervisor does (format, level, stderr; the journal's format when the
     supervisor uses it). `force`: also when something configured the root logger already (a
@@ -496,7 +501,7 @@ def _load_by_location(name: str, origin: str, search: list[str] | None) -> None:
 def load(setup: dict[str, Any]) -> tuple[dict[str, ServerView], dict[str, str]]:
     """Import the handlers; the servers that can run here and the reasons for those that
     cannot (the supervisor forks those itself)."""
-    log_setup = (setup["log_format"], setup["log_level"], setup["journal_pid"])
+    log_setup = log_setup_of(setup)
     sys.path[:] = setup["path"]
     sys.argv[:] = setup["argv"]  # (what handlers see: the supervisor's command line)
     servers: dict[str, ServerView] = {}
@@ -545,7 +550,7 @@ def main() -> None:
         setup = marshal.loads(setup_file.read())  # noqa: S302 (the supervisor's)
     servers, failed = load(setup)
     handling.flush_output()  # what the imports printed, once: not again from every child
-    server = ForkServer(servers, (setup["log_format"], setup["log_level"], setup["journal_pid"]))
+    server = ForkServer(servers, log_setup_of(setup))
     threads_ok = server.skip_threading_hook()
     server.out.extend(("failed", name, reason) for name, reason in failed.items())
     server.out.extend(("serves", name) for name in servers)

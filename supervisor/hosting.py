@@ -86,6 +86,10 @@ def load_all(config: Config, fresh: bool = False, kept: Mapping[str, Code] = {})
     handlers.extend_path(config.supervisor.path)
     codes: dict[str, Code] = {}
     refreshed: set[str] = set()
+    # The objects in use, by id: two servers on one object would overwrite each other's
+    # address and socket (an object kept for its own table is adopted already).
+    running = {id(code.hosted): each for each, code in kept.items() if code.hosted is not None}
+    hosted: set[int] = set()
     for name, server in config.servers.items():
         try:
             module_name = server.code.partition(":")[0]
@@ -94,7 +98,9 @@ def load_all(config: Config, fresh: bool = False, kept: Mapping[str, Code] = {})
                 refreshed.add(module_name)
             if server.server:
                 code = _kept(server, kept.get(name)) or _make(server)
-                codes[name] = _unshared(code, name, codes, kept)
+                _check_unshared(code, name, hosted, running)
+                hosted.add(id(code.hosted))
+                codes[name] = code
             else:
                 handler = handlers.import_handler(server.handler)
                 handlers.check_fits(handler, server, server.handler)
@@ -105,17 +111,14 @@ def load_all(config: Config, fresh: bool = False, kept: Mapping[str, Code] = {})
     return codes
 
 
-def _unshared(code: Code, name: str, codes: Mapping[str, Code], kept: Mapping[str, Code]) -> Code:
-    """`code`, unless its object is another table's (made for it now, or running): two
-    servers on one object would overwrite each other's address and socket."""
-    others = [*codes.values(), *(other for each, other in kept.items() if each != name)]
-    # (an object kept for this table is adopted already; one made now is new, or shared)
-    if not code.adopted and any(other.hosted is code.hosted for other in others):
+def _check_unshared(code: Code, name: str, hosted: set[int], running: Mapping[int, str]) -> None:
+    """Refuse an object made now that another table's is (made now, or running)."""
+    key = id(code.hosted)
+    if not code.adopted and (key in hosted or running.get(key, name) != name):
         spec = code.config.server if code.config else ""
         raise ValueError(
             f"{spec}() returned an object another server hosts: return a new one on each call"
         )
-    return code
 
 
 def _kept(server: ServerConfig, kept: Code | None) -> Code | None:
@@ -146,7 +149,7 @@ def _make(server: ServerConfig) -> Code:
         _check(obj, server, spec)
         handlers.check_fits(code.handler, server, _name(code.handler))
     except BaseException:
-        close(Code(socketserver.BaseRequestHandler, obj))
+        handling.close_hosted(obj, log)
         raise
     for hook in NOT_USED:
         if _overrides(obj, hook):

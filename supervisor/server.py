@@ -141,7 +141,7 @@ class Server:
         self.code, self.hosted, self._handed = code, code.hosted, None
         if code.hosted is not None and not self.listener.address.is_stream:
             self._handed = self.listener.socket.dup()
-            adoption.hand_socket(code.hosted, self._handed)
+            code.hosted.socket = self._handed  # type: ignore[attr-defined]  # (its own dup)
 
     def reconfigure(self, config: ServerConfig, code: Code, listener: Listener) -> None:
         """Apply a new configuration; requests already running keep what they have."""

@@ -7,7 +7,6 @@ Every container a test starts is removed at the end, whatever happened.
 """
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -18,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, LoggedProcess
+from tests.podman import ENV, podman
 
 HERE = Path(__file__).resolve().parent
 TAG = "localhost/socket-supervisor:test"
-ENV = {**os.environ, "CONTAINERS_CONF": str(HERE / "containers.conf")}
 BUILD_TIMEOUT = 600.0
 # Every port of the image's configuration, published on an ephemeral loopback port.
 CONTAINER_PORTS = [
@@ -37,22 +36,6 @@ CONTAINER_PORTS = [
     "9464/tcp",
 ]
 PUBLISH_ALL = [option for port in CONTAINER_PORTS for option in ("-p", f"127.0.0.1::{port}")]
-
-
-def podman(
-    *args: str, timeout: float = 60.0, check: bool = True
-) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(
-        ["podman", *args],
-        capture_output=True,
-        text=True,
-        env=ENV,
-        timeout=timeout,
-        check=False,
-    )
-    if check and done.returncode != 0:
-        raise AssertionError(f"podman {' '.join(args)}: exit {done.returncode}\n{done.stderr}")
-    return done
 
 
 def base_image() -> str:

@@ -17,14 +17,8 @@ import pytest
 
 from supervisor import addresses
 from tests.conftest import ROOT, children_of, connect, readline
-from tests.container.conftest import (
-    CONTAINER_PORTS,
-    ENV,
-    PUBLISH_ALL,
-    Container,
-    StartContainer,
-    podman,
-)
+from tests.container.conftest import CONTAINER_PORTS, PUBLISH_ALL, Container, StartContainer
+from tests.podman import ENV, podman
 
 pytestmark = pytest.mark.container
 

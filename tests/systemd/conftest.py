@@ -15,7 +15,6 @@ session, whatever happened.
 
 import hashlib
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -29,13 +28,12 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
+from tests.podman import ENV, podman
 
 HERE = Path(__file__).resolve().parent
 IMAGE = "localhost/socket-supervisor-systemd:252"
 INPUTS_LABEL = "socket-supervisor.inputs"
 BUILD_SCRIPT = HERE / "systemd-image"
-# The container suite's podman settings (runc, no default ulimits) suit this suite too.
-ENV = {"CONTAINERS_CONF": str(ROOT / "tests" / "container" / "containers.conf")}
 BUILD_TIMEOUT = 900.0
 BOOT_TIMEOUT = 60.0
 UNIT = "supervisor.service"
@@ -54,25 +52,6 @@ install -D -m 0644 etc/systemd.toml {CONFIG}
 install -m 0644 systemd/supervisor.service systemd/supervisor.socket /etc/systemd/system/
 """
 ENABLE = "systemctl daemon-reload && systemctl enable --now supervisor.service"
-
-
-def podman(
-    *args: str, timeout: float = 60.0, check: bool = True, stdin: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(
-        ["podman", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env={**os.environ, **ENV},
-        timeout=timeout,
-        check=False,
-    )
-    if check and done.returncode != 0:
-        raise AssertionError(
-            f"podman {' '.join(args)}: exit {done.returncode}\n{done.stdout}{done.stderr}"
-        )
-    return done
 
 
 def deadline_loop(timeout: float, interval: float = 0.1) -> Iterator[float]:
@@ -244,7 +223,7 @@ class HeldClient:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env={**os.environ, **ENV},
+            env=ENV,
         )
         assert self.process.stdout is not None
         line = self.process.stdout.readline()  # blocks until it connected, or exited
@@ -295,7 +274,7 @@ def systemd_image() -> str:
         [str(BUILD_SCRIPT), IMAGE, inputs],
         capture_output=True,
         text=True,
-        env={**os.environ, **ENV},
+        env=ENV,
         timeout=BUILD_TIMEOUT,
         check=False,
     )

@@ -1,13 +1,13 @@
 """The service's life under systemd, each test in a container of its own: the watchdog, stop
 (idle and draining), socket activation, a container restart, a configuration error at start."""
 
-import os
 import re
 import subprocess
 import time
 
 import pytest
 
+from tests.podman import ENV, podman
 from tests.systemd.clients import (
     echo_tcp,
     echo_udp,
@@ -15,14 +15,7 @@ from tests.systemd.clients import (
     listening_inodes,
     socket_inodes,
 )
-from tests.systemd.conftest import (
-    CONFIG,
-    ENV,
-    Booted,
-    Containers,
-    message,
-    podman,
-)
+from tests.systemd.conftest import CONFIG, Booted, Containers, message
 
 # The first test of a run may build the image (debootstrap, about 70 s) and the wheels: more
 # than the suite-wide 120 s on a slow mirror. Every wait inside has its own deadline.
@@ -81,7 +74,7 @@ def test_stop_idle_and_with_a_request_in_flight(fresh: Booted) -> None:
     held = fresh.held_connection("127.0.0.1:7007")
     stopping = subprocess.Popen(
         ["podman", "exec", fresh.name, "systemctl", "stop", "supervisor"],
-        env={**os.environ, **ENV},
+        env=ENV,
     )
     started = time.monotonic()
     try:
