@@ -1,4 +1,4 @@
-"""The `supervisor` command: `run`, `check`, `reload`, `stop`, `status` and `health`.
+"""The `supervisor` command: `run`, `check`, `reload`, `upgrade`, `stop`, `status`, `health`.
 
 Every user mistake ends as one line on stderr and a sysexits status (see errors.py); only a bug
 in the supervisor itself prints a traceback.
@@ -53,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
         ("run", "run the servers until SIGTERM or SIGINT (in the foreground by default)"),
         ("check", "validate the configuration and import its handlers"),
         ("reload", "make the running supervisor reload its configuration; wait for the outcome"),
+        ("upgrade", "hand the running supervisor's sockets to the code now installed; wait"),
         ("stop", "stop the running supervisor and wait until it has exited"),
         ("status", "show the running supervisor's servers and processes"),
         ("health", "ask the running supervisor's /healthz; exit 0 if healthy, 1 if not"),
@@ -64,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
             metavar="FILE",
             help=f"the configuration file (default: ${CONFIG_ENV}, else the bundled example)",
         )
-        if name in ("reload", "stop", "status"):
+        if name in ("reload", "upgrade", "stop", "status"):
             command.add_argument(
                 "--pidfile", metavar="PATH", help="the pidfile (default: the configuration's)"
             )
@@ -77,6 +78,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     stop.add_argument(
         "--timeout", type=seconds, metavar="SECONDS", help="how long to wait for the exit"
+    )
+    commands.choices["check"].add_argument(
+        "--preflight",
+        action="store_true",
+        help=argparse.SUPPRESS,  # (an upgrade in place's)
     )
     commands.choices["health"].add_argument(
         "--timeout",
@@ -107,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     path = args.config or default_config()
     if args.command == "check":
-        return check(path)
+        return check(path, preflight=args.preflight)
     if args.command == "run":
         from supervisor import daemon  # noqa: PLC0415
 
@@ -125,6 +131,8 @@ def _control(args: argparse.Namespace, path: str) -> int:
     target = commands.find_pidfile(path, args.pidfile)
     if args.command == "reload":
         return commands.reload(target)
+    if args.command == "upgrade":
+        return commands.upgrade(target)
     if args.command == "status":
         return commands.status(target)
     timeout = args.timeout or _stop_timeout(args.config or os.environ.get(CONFIG_ENV))
@@ -152,15 +160,21 @@ def _stop_timeout(path: str | None) -> float:
     return settings.shutdown_timeout + 2 * settings.kill_grace + 5
 
 
-def check(path: str) -> int:
+def check(path: str, preflight: bool = False) -> int:
     """What `run` checks before it binds anything, as this user: the file, the privileges it
-    asks for (see privileges.check), the handlers."""
+    asks for (see privileges.check), the handlers. `preflight`: for an upgrade in place
+    (upgrade.py), what the new code would meet taking over from a running supervisor, which
+    has its sockets and privileges already: every module `run` imports, the file, the
+    handlers."""
     from supervisor import config, hosting, privileges, rundir  # noqa: PLC0415
     from supervisor.config import Mode  # noqa: PLC0415
 
     loaded = config.load(path)
-    privileges.check(loaded, starting=True)
-    rundir.secure_pidfile(loaded, create=False)
+    if preflight:
+        from supervisor import daemon  # noqa: F401, PLC0415
+    else:
+        privileges.check(loaded, starting=True)
+        rundir.secure_pidfile(loaded, create=False)
     codes = hosting.load_all(loaded)  # (the server objects too, adopted at their addresses)
     try:
         hosting.adopt_all(loaded, codes, {})

@@ -1,4 +1,5 @@
-"""The control commands: `supervisor reload`, `stop` and `status`, run against a live instance.
+"""The control commands: `supervisor reload`, `upgrade`, `stop` and `status`, run against a live
+instance.
 
 The instance is found through its pidfile (from the configuration, or `--pidfile`): it is live
 when its lock is held by the process it names (see pidfile.py), in a directory only trusted
@@ -129,13 +130,15 @@ def _uid_of(pid: int) -> int | None:
     return None
 
 
-def ask(target: Target, command: str) -> dict[str, Any]:
+def ask(target: Target, command: str, timeout: float = 60.0) -> dict[str, Any]:
     """Send `command` to the instance's control socket, once its listener is known to be the
     process holding the pidfile (SO_PEERCRED), running as a trusted user."""
     pid_path, pid, trusted = _find(target)
     path = config.control_socket_for(pid_path)
     try:
-        return control.request(path, command, expected_pid=pid, trusted_uids=trusted)
+        return control.request(
+            path, command, timeout=timeout, expected_pid=pid, trusted_uids=trusted
+        )
     except control.Impostor as exc:
         raise pidfile.NotOurs(f"{exc}: not believed") from exc
     except PermissionError as exc:
@@ -151,6 +154,21 @@ def reload(target: Target) -> int:
         return 0
     rejected = f"reload rejected: {answer.get('message') or answer.get('error')}"
     print(logs.error_line(rejected), file=sys.stderr)
+    status = answer.get("exit_status")
+    return status if isinstance(status, int) and status > 0 else 1
+
+
+UPGRADE_TIMEOUT = 120.0  # seconds: the new supervisor's READY_TIMEOUT, and then some
+
+
+def upgrade(target: Target) -> int:
+    """Have the running supervisor hand over to the code now installed; print the outcome."""
+    answer = ask(target, "upgrade", timeout=UPGRADE_TIMEOUT)
+    if answer.get("ok"):
+        print(f"upgraded: {answer.get('message')}")
+        return 0
+    failed = f"upgrade failed: {answer.get('message') or answer.get('error')}"
+    print(logs.error_line(failed), file=sys.stderr)
     status = answer.get("exit_status")
     return status if isinstance(status, int) and status > 0 else 1
 

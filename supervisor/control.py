@@ -17,7 +17,7 @@ from typing import Any
 from supervisor.addresses import Address
 from supervisor.logs import Throttle, since
 from supervisor.loop import Loop
-from supervisor.responder import Responder
+from supervisor.responder import Later, Responder
 from supervisor.sockets import Listener, remove_if_stale
 
 log = logging.getLogger("supervisor")
@@ -26,7 +26,7 @@ MAX_REQUEST = 4096  # bytes
 BACKLOG = 16
 REFUSED_LOG_EVERY = 10.0  # seconds: at most one line per refused user, with a count
 
-Handler = Callable[[str], dict[str, Any]]
+Handler = Callable[[str], dict[str, Any] | Later]  # a Later gives the JSON line itself
 
 
 class ControlServer(Responder):
@@ -51,7 +51,7 @@ class ControlServer(Responder):
     def complete(self, request: bytes) -> bool:
         return b"\n" in request
 
-    def answer(self, request: bytes, finished: bool) -> bytes:
+    def answer(self, request: bytes, finished: bool) -> bytes | Later:
         """One JSON line; a request without its newline is taken as it is (end of input)."""
         line = request.partition(b"\n")[0]
         try:
@@ -64,11 +64,19 @@ class ControlServer(Responder):
                 "error": 'bad request: expected {"command": NAME}',
             }
         else:
-            reply = self._handler(command)
-        return json.dumps(reply).encode() + b"\n"
+            handled = self._handler(command)
+            if isinstance(handled, Later):
+                return handled
+            reply = handled
+        return encode(reply)
 
     def internal_error(self) -> bytes:
         return b'{"ok": false, "error": "internal error in the supervisor: see its log"}\n'
+
+
+def encode(reply: dict[str, Any]) -> bytes:
+    """An answer as sent: one JSON line."""
+    return json.dumps(reply).encode() + b"\n"
 
 
 def bind(path: str) -> Listener:

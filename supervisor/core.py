@@ -3,7 +3,10 @@
 States: STARTING -> RUNNING (every server bound and registered) -> STOPPING (SIGTERM/SIGINT:
 listeners closed, children draining; SIGQUIT: children terminated at once) -> STOPPED (no child
 left, or given up on). A reload (SIGHUP or the control socket) happens within RUNNING: it is
-prepared completely first (reload.py), and only then switched over in one step of the loop.
+prepared completely first (reload.py), and only then switched over in one step of the loop. An
+upgrade (SIGUSR2 or the control socket) starts the code now installed with this process's
+sockets (upgrade.py); once it is ready, RUNNING -> STOPPING as for a stop, except that the
+sockets are let go of, not closed, and the requests in progress finish here.
 
 How a request runs is its server's mode's (modes/); the supervisor accepts and admits it
 (admission.py), counts it, reaps children and tells their mode, and stops.
@@ -16,12 +19,15 @@ import logging
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from functools import partial
 from os import EX_SOFTWARE
+from typing import Any
 
-from supervisor import config, logs, monitoring, systemd
+from supervisor import __version__, config, control, logs, monitoring, signals, stats, systemd
 from supervisor.admission import Admission
 from supervisor.children import ChildTable, SystemCalls
 from supervisor.config import SupervisorConfig
@@ -29,15 +35,19 @@ from supervisor.control import ControlServer
 from supervisor.errors import SupervisorError, describe
 from supervisor.exporter import HttpServer
 from supervisor.guards import Source
-from supervisor.loop import Loop
+from supervisor.loop import Loop, Timer
 from supervisor.modes import Modes
+from supervisor.pidfile import PidFile
 from supervisor.readiness import ReadyPipe
 from supervisor.reload import Prepared, ReloadResult, Reloads, prepare, switch
+from supervisor.responder import Later
 from supervisor.server import Server
 from supervisor.shutdown import Shutdown
 from supervisor.signals import Intent, SignalWakeup
 from supervisor.sockets import Listener
 from supervisor.spawn import Spawner
+from supervisor.upgrade import Outcome, Preflight, Sockets, Spawned, Takeover, exec_in_place
+from supervisor.upgrade import manifest as upgrade_manifest
 
 log = logging.getLogger("supervisor")
 
@@ -74,6 +84,8 @@ class Supervisor(Admission):
         metrics_listener: Listener | None = None,
         parent_only_fds: Iterable[int] = (),
         readiness: ReadyPipe | None = None,
+        pidfile: PidFile | None = None,
+        takeover: Takeover | None = None,
     ) -> None:
         self.config = prepared.config
         self.config_path = config_path or prepared.config.source  # re-read on every reload
@@ -101,7 +113,15 @@ class Supervisor(Admission):
         self._status = monitoring.StatusUpdates(self, self.loop)  # systemd's STATUS=
         self.spawner = Spawner(self.children, self._descriptors)
         self.spawner.on_child(self._close_in_child)
-        self._parent_only_fds = tuple(parent_only_fds)  # closed in every child (the pidfile)
+        self._parent_only_fds = list(parent_only_fds)  # closed in every child (the pidfile)
+        self._pidfile = pidfile  # held by this process (or, taking over, to be)
+        self._takeover = takeover  # what an old supervisor handed this one (upgrade.py)
+        self.upgrades = stats.UpgradeStats()
+        self._upgrading: Spawned | Preflight | None = None
+        self._upgrade_reply: Later | None = None  # the control connection waiting for it
+        self._handed_to: Spawned | None = None  # the supervisor that took over from this one
+        self._in_place: Timer | None = None  # waiting for request threads, then exec
+        self._new_code: list[subprocess.Popen[bytes]] = []  # started, to be collected
         self.modes = Modes(self)
         super().__init__()
         self._shutdown = Shutdown(self)
@@ -141,12 +161,14 @@ class Supervisor(Admission):
             log.warning(
                 "inherited socket %s (name %r) matches no server", listener.bound, listener.fd_name
             )
+        if self._takeover is not None:
+            self._took_over(self._takeover)
         log.info("ready: %d servers, pid %d", len(self.servers), os.getpid())
         status = monitoring.summary(self)
-        systemd.notify(f"READY=1\nSTATUS={status}\nMAINPID={os.getpid()}")
-        self._status.start(status)
         if self._readiness is not None:
             self._readiness.ready()
+        systemd.notify(f"READY=1\nSTATUS={status}\nMAINPID={os.getpid()}")
+        self._status.start(status)
         systemd.keep_watchdog(self.loop, partial(monitoring.summary, self))
         try:
             self.loop.run()
@@ -192,6 +214,9 @@ class Supervisor(Admission):
             self._readiness.close_in_child()
         for fd in self._parent_only_fds:
             os.close(fd)
+        for talking in (self._takeover, self._upgrading, self._handed_to):
+            if talking is not None:
+                talking.close_in_child()
 
     def _on_intent(self, intent: Intent, signum: int) -> None:
         if self.state is State.STOPPED:
@@ -206,6 +231,8 @@ class Supervisor(Admission):
             self.reload()
         elif intent is Intent.REOPEN_LOGS:
             self._reopen_logs()
+        elif intent is Intent.UPGRADE:
+            self.upgrade()
 
     def _reopen_logs(self, reason: str = "SIGUSR1") -> None:
         if logs.reopen_for(reason, self.settings.log_file):
@@ -227,8 +254,9 @@ class Supervisor(Admission):
 
     def reload(self) -> ReloadResult:
         """Re-read the configuration and switch to it, or change nothing if any step fails."""
-        if self.state is not State.RUNNING:
-            return ReloadResult(False, f"cannot reload while {self.state.value}", exit_status=69)
+        if self.state is not State.RUNNING or self._upgrading is not None:
+            doing = "upgrading" if self._upgrading is not None else self.state.value
+            return ReloadResult(False, f"cannot reload while {doing}", exit_status=69)
         systemd.notify(systemd.reloading_message())
         log.info("reloading %s", self.config_path)
         current = {name: server.listener for name, server in self.servers.items()}
@@ -315,6 +343,204 @@ class Supervisor(Admission):
                     listener.socket.shutdown(socket.SHUT_RD)
             listener.close()
 
+    # -- upgrading (upgrade.py) ------------------------------------------------------------
+
+    def upgrade(self, reply: Later | None = None) -> None:
+        """Hand over to the code now installed; `reply` gets the outcome (upgrade.Outcome)."""
+        if self.state is not State.RUNNING or self._upgrading is not None:
+            why = "one is in progress" if self._upgrading else f"while {self.state.value}"
+            outcome = Outcome(False, f"cannot upgrade {why}", os.EX_UNAVAILABLE, os.getpid())
+            if reply is not None:
+                reply.give(control.encode(outcome.answer()))
+            return
+        log.info("upgrade: starting the code now installed (%s)", sys.executable)
+        self._upgrade_reply = reply
+        try:
+            if os.getpid() == 1:  # (PID 1 cannot hand over and exit: exec in place)
+                self._upgrading = Preflight(self.config_path, self._preflight_done)
+                self._upgrading.attach(self.loop)
+            else:
+                self._upgrading = spawned = Spawned(
+                    self.loop,
+                    self.config_path,
+                    self._sockets(),
+                    {"pid": os.getpid(), "version": __version__},
+                    self._take_over_from_here,
+                    self._upgrade_failed,
+                )
+                self._new_code.append(spawned.process)
+        except (OSError, subprocess.SubprocessError) as exc:
+            self._upgrade_failed(f"cannot start the new code ({describe(exc)})", os.EX_OSERR)
+
+    def _sockets(self) -> Sockets:
+        return Sockets(
+            {name: server.listener for name, server in self.servers.items()},
+            list(self.spare),
+            None if self._metrics is None else self._metrics.listener,
+            None if self._control is None else self._control.listener,
+        )
+
+    def _upgraded(self, outcome: Outcome) -> None:
+        reply, self._upgrade_reply = self._upgrade_reply, None
+        if reply is not None:
+            reply.give(control.encode(outcome.answer()))
+
+    def _upgrade_failed(self, reason: str, exit_status: int) -> None:
+        self._upgrading = None
+        self.upgrades.failed += 1
+        message = f"still running pid {os.getpid()} (version {__version__}): {reason}"
+        log.error("upgrade failed, %s", message)
+        self._upgraded(Outcome(False, message, exit_status, os.getpid()))
+
+    def _counters(self) -> dict[str, Any]:
+        """What this supervisor counted, carried over to the one taking over."""
+        return {
+            "servers": {name: stats.snapshot(s.stats) for name, s in self.servers.items()},
+            "reloads": [self.reload_stats.successes, self.reload_stats.failures],
+            "upgrades": [self.upgrades.ok, self.upgrades.failed],
+        }
+
+    def _take_over_from_here(self, new: Spawned) -> None:
+        """The new supervisor is ready: let go of everything it takes, then drain here."""
+        self._upgrading, self._handed_to = None, new
+        self.upgrades.ok += 1
+        message = f"pid {new.pid} (version {new.version}) took over from pid {os.getpid()} "
+        message += f"(version {__version__})"
+        workers = sum(mode.workers() for mode in self.modes)
+        log.info("upgrade: %s; %d requests in progress finish here", message, self.active - workers)
+        self._let_go()
+        systemd.notify(f"MAINPID={new.pid}")
+        os.environ.pop("NOTIFY_SOCKET", None)  # (the new main process's to use from now on)
+        new.go(self._counters())
+        self._upgraded(Outcome(True, message, 0, new.pid))
+        self._shutdown.begin("upgrade", fast=False)
+
+    def _let_go(self) -> None:
+        """Stop accepting, as in a stop, and let go of every socket and of the pidfile's lock,
+        leaving them as they are for the supervisor that took over."""
+        self.state = State.STOPPING  # RUNNING -> STOPPING (handed over)
+        for mode in self.modes:
+            mode.stop()
+        for listener in self._sockets().all():
+            if listener is not (self._control and self._control.listener):
+                listener.let_go()
+        for server in [*self.servers.values(), *self.draining]:
+            self._refresh(server)
+            if not server.threads:
+                server.close_handler_socket()
+        self.spare = []
+        if self._control is not None:
+            self._control.stop_listening()  # (the upgrade's answer is still to be sent)
+        if self._metrics is not None:
+            self._metrics.close()
+            self._metrics = None
+        if self._pidfile is not None:
+            self._pidfile.let_go()
+
+    def _took_over(self, takeover: Takeover) -> None:
+        """This is the new supervisor: once the old one has let go, take the pidfile and the
+        control socket, and its counters."""
+        counters = takeover.ready()
+        takeover.claim()
+        if not takeover.in_place and self._pidfile is not None:
+            try:
+                self._pidfile.__enter__()
+                self._parent_only_fds.append(self._pidfile.fileno())
+            except SupervisorError as exc:
+                log.error("upgrade: %s", exc)  # (serving matters more than the pidfile)
+        if self._control_socket is not None and not takeover.in_place:
+            self._control_socket.socket.listen(control.BACKLOG)  # (SO_PEERCRED: this pid)
+        for listener in takeover.unused:
+            listener.close()
+        self._carry(counters, None)
+        takeover.watch(self.loop, partial(self._carry, before=counters))
+        old = takeover.old
+        message = f"pid {os.getpid()} (version {__version__}) took over from pid "
+        message += f"{old.get('pid')} (version {old.get('version')})"
+        log.info("upgrade: %s", message)
+        if takeover.reply_fd is not None:
+            takeover.answer(Outcome(True, message, 0, os.getpid()).answer())
+
+    def _carry(self, counted: Mapping[str, Any] | None, before: Mapping[str, Any] | None) -> None:
+        """Add what the old supervisor counted (beyond `before`) to this one's counters."""
+        if not isinstance(counted, Mapping):
+            return
+        previous = before or {}
+        for name, server_counts in (counted.get("servers") or {}).items():
+            server = self.servers.get(name)
+            if server is None:
+                continue
+            try:
+                stats.add(server.stats, server_counts, (previous.get("servers") or {}).get(name))
+            except (ValueError, TypeError, KeyError, IndexError):
+                log.warning("upgrade: %s: the old supervisor's counters are not readable", name)
+        reloads, upgrades = counted.get("reloads") or [0, 0], counted.get("upgrades") or [0, 0]
+        before_reloads = previous.get("reloads") or [0, 0]
+        before_upgrades = previous.get("upgrades") or [0, 0]
+        with contextlib.suppress(ValueError, TypeError, IndexError):
+            self.reload_stats.successes += int(reloads[0]) - int(before_reloads[0])
+            self.reload_stats.failures += int(reloads[1]) - int(before_reloads[1])
+            self.upgrades.ok += int(upgrades[0]) - int(before_upgrades[0])
+            self.upgrades.failed += int(upgrades[1]) - int(before_upgrades[1])
+
+    # -- upgrading in place (PID 1) --------------------------------------------------------
+
+    def _preflight_done(self, error: str | None) -> None:
+        if error is not None:
+            self._upgrade_failed(f"the new code does not start: {error}", os.EX_CONFIG)
+            return
+        log.info("upgrade: the new code checked; stopping accepting and exec'ing it in place")
+        self.state = State.STOPPING  # RUNNING -> STOPPING (exec in place)
+        for mode in self.modes:
+            mode.stop()  # prefork workers and fork servers finish theirs and exit; children stay
+        for server in self.servers.values():
+            self._refresh(server)
+        self._in_place = self.loop.call_later(self.settings.shutdown_timeout, self._exec)
+        self._exec_when_idle()
+
+    def _exec_when_idle(self) -> None:
+        """Threads do not survive an exec: wait for the requests they run."""
+        if self._in_place is not None and not any(s.threads for s in self.servers.values()):
+            self._exec()
+
+    def _exec(self) -> None:
+        if self._in_place is None:
+            return
+        self._in_place.cancel()
+        self._in_place = None
+        if any(server.threads for server in self.servers.values()):
+            log.warning("upgrade: request threads still running after shutdown_timeout: ended")
+        self.upgrades.ok += 1
+        sockets = self._sockets()
+        reply = self._upgrade_reply
+        old: dict[str, Any] = {"pid": os.getpid(), "version": __version__}
+        old["counters"] = self._counters()
+        keep = [listener.socket.fileno() for listener in sockets.all()]
+        if self._pidfile is not None:
+            old["pidfile_fd"] = self._pidfile.fileno()
+            keep.append(old["pidfile_fd"])
+        waiting = reply
+        if waiting is not None and waiting.conn is not None:
+            waiting.done = True  # (answered by the new code)
+            old["reply_fd"] = waiting.conn.fileno()
+            keep.append(old["reply_fd"])
+        mask = signals.block_signals()
+        try:
+            exec_in_place(self.config_path, upgrade_manifest(sockets, old), keep)
+        except OSError as exc:
+            signals.set_signal_mask(mask)
+            if waiting is not None:
+                waiting.done = False
+            self.upgrades.ok -= 1
+            self._resume_after_failed_exec(f"cannot exec the new code ({describe(exc)})")
+
+    def _resume_after_failed_exec(self, reason: str) -> None:
+        self.state = State.RUNNING  # STOPPING -> RUNNING (the exec failed: nothing changed)
+        for server in self.servers.values():
+            self._refresh(server)
+        self.modes.start(self.servers.values())
+        self._upgrade_failed(reason, os.EX_OSERR)
+
     # -- counting and reaping --------------------------------------------------------------
 
     def count(self, server: Server, delta: int, source: Source = None) -> None:
@@ -327,10 +553,15 @@ class Supervisor(Admission):
             server.close_handler_socket()
             self.spawner.forget()
             log.info("%s: removed server drained", server.name)
-        if self.state is State.STOPPING:
+        if self._in_place is not None:
+            self._exec_when_idle()
+        elif self.state is State.STOPPING:
             self._shutdown.check()
 
     def _reap(self) -> None:
+        if self._upgrading is not None:
+            self._upgrading.reap()  # (before the table: a stranger it would take, as PID 1)
+        self._new_code = [process for process in self._new_code if process.poll() is None]
         for mode in self.modes:
             mode.reap()
         for reaped in self.children.reap():
@@ -360,5 +591,7 @@ class Supervisor(Admission):
 
     def stopped(self) -> None:
         """Nothing left to wait for (shutdown.py): end the loop."""
+        if self._handed_to is not None:
+            self._handed_to.final(self._counters())
         self.state = State.STOPPED  # STOPPING -> STOPPED
         self.loop.stop()

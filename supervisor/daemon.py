@@ -17,13 +17,23 @@ import sys
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
-from supervisor import config, control, forking, logs, privileges, readiness, rundir, systemd
+from supervisor import (
+    config,
+    control,
+    forking,
+    logs,
+    privileges,
+    readiness,
+    rundir,
+    systemd,
+    upgrade,
+)
 from supervisor.core import Supervisor
 from supervisor.errors import BindError, ConfigError, LogFileError, SupervisorError, describe
 from supervisor.pidfile import AlreadyRunning, PidFile, PidFileError, running_pid
-from supervisor.reload import prepare
+from supervisor.reload import Prepared, prepare
 from supervisor.sockets import Listener, bind
 
 if TYPE_CHECKING:
@@ -33,7 +43,14 @@ log = logging.getLogger("supervisor")
 
 
 def run(path: str, detach: bool = False) -> int:
-    """Start the supervisor on the configuration at `path` and serve until it stops."""
+    """Start the supervisor on the configuration at `path` and serve until it stops; or,
+    started by an upgrade (upgrade.py), take over from the supervisor that started it."""
+    takeover = upgrade.inherited()
+    with _reported_to(takeover):
+        return _run(path, detach and takeover is None, takeover)
+
+
+def _run(path: str, detach: bool, takeover: upgrade.Takeover | None) -> int:
     config_path = os.path.abspath(path)  # reloads read it after --daemon has changed directory
     loaded = config.load(path)
     loaded = replace(loaded, supervisor=rundir.secure_pidfile(loaded))
@@ -41,37 +58,33 @@ def run(path: str, detach: bool = False) -> int:
     logs.setup(settings.log_level)
     if detach and (settings.pidfile is None or settings.log_file is None):
         raise ConfigError(path, "supervisor", "run --daemon needs both pidfile and log_file")
-    if settings.pidfile is not None and (pid := running_pid(settings.pidfile)) is not None:
-        raise AlreadyRunning(settings.pidfile, pid)
-    inherited = inherited_listeners()
-    prepared = prepare(loaded, spare=inherited)
-    used = [id(listener) for listener in prepared.listeners.values()]
-    spare = [listener for listener in inherited if id(listener) not in used]
+    pid = None if settings.pidfile is None or takeover else running_pid(settings.pidfile)
+    if pid is not None:
+        raise AlreadyRunning(settings.pidfile or "", pid)
+    prepared, spare = _prepare(loaded, takeover)
     log_fd = _open_log(path, settings.log_file)
-    metrics_listener = _bind_metrics(path, loaded.metrics)
-    control_socket = _bind_control(path, settings.control_socket, settings.credentials)
-    context: AbstractContextManager[object]
-    pidfile = None if settings.pidfile is None else PidFile(settings.pidfile)
-    ready = None
-    if detach and pidfile is not None:
-        ready = readiness.split()  # the starting process waits there for the daemon's word
-        extra = [listener for listener in (control_socket, metrics_listener) if listener]
-        keep = [*prepared.listeners.values(), *spare, *extra]
-        context = _daemon_context([listener.socket for listener in keep], log_fd, pidfile, ready)
+    if takeover is None:
+        metrics_listener = _bind_metrics(path, loaded.metrics)
+        control_socket = _bind_control(path, settings.control_socket, settings.credentials)
     else:
-        context = contextlib.nullcontext() if pidfile is None else pidfile
+        used = [id(listener) for listener in prepared.listeners.values()]
+        metrics_listener, control_socket = _taken_over(path, loaded, takeover, used)
+    pidfile = None if settings.pidfile is None else PidFile(settings.pidfile)
+    extra = [listener for listener in (control_socket, metrics_listener) if listener]
+    keep = [*prepared.listeners.values(), *spare, *extra]
+    context, ready = _context(pidfile, takeover, detach, keep, log_fd)
     try:
         with _reported_to(ready), context:
             if log_fd is not None:
                 logs.redirect(log_fd)
-            if control_socket is not None:  # (again in this process: see control.bind)
-                control_socket.socket.listen(control.BACKLOG)
+            if control_socket is not None and takeover is None:  # (see control.bind)
+                control_socket.socket.listen(control.BACKLOG)  # (taking over: core.py)
             # Everything is bound and open (the pidfile too, after --daemon's fork): for good,
             # before the fork server starts or any child is forked. What the fork server's
             # start needs of the standard library is imported before: the user may not read it.
             if settings.credentials is not None:
                 forking.interpreter_flags()
-                if pidfile is not None and os.geteuid() == 0:
+                if pidfile is not None and os.geteuid() == 0 and takeover is None:
                     _give(path, pidfile, settings.credentials)
             privileges.drop(loaded)
             if settings.credentials is not None:
@@ -88,8 +101,10 @@ def run(path: str, detach: bool = False) -> int:
                 metrics_listener=metrics_listener,
                 # A child must not keep the pidfile open read-write: one switched to another
                 # user could write a pid there that `supervisor stop` would then signal.
-                parent_only_fds=() if pidfile is None else (pidfile.fileno(),),
+                parent_only_fds=() if pidfile is None or not pidfile.held else (pidfile.fileno(),),
                 readiness=ready,
+                pidfile=pidfile,
+                takeover=takeover,
             )
             return supervisor.run()
     finally:  # after a failed start-up; after a run they are closed already
@@ -98,8 +113,79 @@ def run(path: str, detach: bool = False) -> int:
                 listener.close()  # removes only its own unix socket file
 
 
+def _prepare(
+    loaded: config.Config, takeover: upgrade.Takeover | None
+) -> tuple[Prepared, list[Listener]]:
+    """Every server ready to run, with the sockets inherited from systemd, or handed over by
+    an upgrade (then as for a reload: the start-up checks were made by the first start); and
+    the inherited sockets no server uses."""
+    if takeover is None:
+        inherited, current = inherited_listeners(), {}
+    else:
+        inherited, current = takeover.sockets.spare, takeover.sockets.servers
+    prepared = prepare(loaded, current, inherited, reloading=takeover is not None)
+    used = [id(listener) for listener in prepared.listeners.values()]
+    return prepared, [listener for listener in inherited if id(listener) not in used]
+
+
+def _taken_over(
+    source: str, loaded: config.Config, takeover: upgrade.Takeover, used: list[int]
+) -> tuple[Listener | None, Listener | None]:
+    """The metrics and control sockets of a supervisor taking over: those handed over when
+    the configuration still has them there, else bound anew; what is left over is closed once
+    the old supervisor has let go (as are the servers' sockets no server uses now)."""
+    handed = takeover.sockets
+    takeover.unused = [each for each in handed.servers.values() if id(each) not in used]
+    metrics, control_socket = handed.metrics, handed.control
+    if metrics is not None and metrics.address != loaded.metrics.address:
+        takeover.unused.append(metrics)
+        metrics = None
+    if loaded.metrics.enabled and metrics is None:
+        metrics = _bind_metrics(source, loaded.metrics)
+    path = loaded.supervisor.control_socket
+    if control_socket is not None and control_socket.address.path != path:
+        takeover.unused.append(control_socket)
+        control_socket = None
+    if path is not None and control_socket is None:
+        control_socket = _bind_control(source, path, loaded.supervisor.credentials)
+    return metrics, control_socket
+
+
+def _context(
+    pidfile: PidFile | None,
+    takeover: upgrade.Takeover | None,
+    detach: bool,
+    keep: list[Listener],
+    log_fd: int | None,
+) -> tuple[AbstractContextManager[object], readiness.ReadyPipe | None]:
+    """What the supervisor runs within: the pidfile held, and with --daemon, detached (and
+    the pipe the starting process waits on)."""
+    if takeover is not None:
+        return _pidfile_of(takeover, pidfile), None
+    if detach and pidfile is not None:
+        ready = readiness.split()  # the starting process waits there for the daemon's word
+        sockets = [listener.socket for listener in keep]
+        return _daemon_context(sockets, log_fd, pidfile, ready), ready
+    return (contextlib.nullcontext() if pidfile is None else pidfile), None
+
+
+def _pidfile_of(takeover: upgrade.Takeover, pidfile: PidFile | None) -> contextlib.ExitStack:
+    """Taking over, the pidfile is locked once the old supervisor has let go of it (core.py);
+    in place, this very process holds it already. Either way it is let go of at the end."""
+    stack = contextlib.ExitStack()
+    if pidfile is not None:
+        if takeover.pidfile_fd is not None:
+            pidfile.adopt(takeover.pidfile_fd)
+        stack.push(pidfile)
+    return stack
+
+
+class _Reporter(Protocol):
+    def failed(self, status: int, line: str) -> None: ...
+
+
 @contextlib.contextmanager
-def _reported_to(ready: readiness.ReadyPipe | None) -> Iterator[None]:
+def _reported_to(ready: _Reporter | None) -> Iterator[None]:
     """An error that ends the start-up of a detached daemon also goes to the process that
     waits for it (once `ready` is sent, nobody waits any more, and this sends nothing), after
     it is in the daemon's log (its stderr): whoever is told can read it there at once."""

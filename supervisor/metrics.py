@@ -27,7 +27,7 @@ from supervisor.children import Child
 from supervisor.exposition import Collector
 from supervisor.loop import Loop
 from supervisor.server import Server
-from supervisor.stats import BUCKETS, OUTCOMES, ReloadStats
+from supervisor.stats import BUCKETS, OUTCOMES, ReloadStats, UpgradeStats
 
 _LE = (*(repr(bound) for bound in BUCKETS), "+Inf")  # the `le` labels of the buckets
 _TCP_INFO_SIZE = 104
@@ -97,6 +97,8 @@ class Watched(Protocol):
     @property
     def reload_stats(self) -> ReloadStats: ...
     @property
+    def upgrades(self) -> UpgradeStats: ...
+    @property
     def loop(self) -> Loop: ...
 
 
@@ -113,6 +115,14 @@ class SupervisorCollector:
         yield _histogram(servers)
         yield _memory(supervisor)
         yield from _reload_metrics(supervisor.reload_stats)
+        upgrades = counter(
+            "supervisor_upgrades",
+            "Upgrades of the supervisor's own code (supervisor upgrade, SIGUSR2), by result; "
+            "carried over each one.",
+        )
+        _add(upgrades, {"result": "ok"}, supervisor.upgrades.ok)
+        _add(upgrades, {"result": "failed"}, supervisor.upgrades.failed)
+        yield upgrades
         yield single(
             counter(
                 "supervisor_internal_errors",

@@ -17,6 +17,7 @@ from supervisor.metrics import Watched
 from supervisor.modes import Modes
 from supervisor.modes.base import Mode
 from supervisor.reload import ReloadResult, Reloads
+from supervisor.responder import Later
 from supervisor.server import Server
 from supervisor.sockets import Listener
 
@@ -41,15 +42,20 @@ class Observed(Watched, Protocol):
     def state_name(self) -> str: ...
     def collect(self) -> None: ...
     def reload(self) -> ReloadResult: ...
+    def upgrade(self, reply: Later | None = None) -> None: ...
 
 
-def answer(observed: Observed, command: str) -> dict[str, Any]:
-    """The control socket's answer to `command`."""
+def answer(observed: Observed, command: str) -> dict[str, Any] | Later:
+    """The control socket's answer to `command` (an upgrade's, once it is done)."""
     if command == "status":
         return {"ok": True, **status(observed)}
     if command == "reload":
         result = observed.reload()
         return {"ok": result.ok, "message": result.message, "exit_status": result.exit_status}
+    if command == "upgrade":
+        later = Later()
+        observed.upgrade(later)
+        return later
     return {"ok": False, "error": f"unknown command {command!r}"}
 
 

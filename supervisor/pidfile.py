@@ -130,6 +130,31 @@ class PidFile:
         finally:
             os.close(fd)
 
+    @property
+    def held(self) -> bool:
+        """Whether this object holds the lock now (entered, or adopted)."""
+        return self._fd is not None
+
+    def let_go(self) -> None:
+        """Release the lock and leave the file as it is, for the supervisor taking over from
+        this one (upgrade.py), which locks it and writes its own pid."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def adopt(self, fd: int) -> None:
+        """Take the locked descriptor this very process held before it exec'd itself (an
+        upgrade in place: record locks survive exec); raise PidFileError if it is not that."""
+        try:
+            os.set_inheritable(fd, False)
+            info = os.fstat(fd)
+            holder = _lock_holder(fd, self.path)
+        except OSError as exc:
+            raise PidFileError(self.path, "take over", exc) from exc
+        if holder not in (None, os.getpid()) or _read_pid(fd) != os.getpid():
+            raise PidFileError(self.path, "take over", OSError(errno.EBADF, "not our lock"))
+        self._fd, self._pid, self._inode = fd, os.getpid(), (info.st_dev, info.st_ino)
+
     def give_to(self, uid: int, gid: int) -> None:
         """Make the file the user's the supervisor drops to, who can then still use the
         control commands (and whose pid it holds, which they check). Raise OSError."""

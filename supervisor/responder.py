@@ -7,14 +7,16 @@ evicts the oldest still sending its request, so idle sockets cannot shut out rea
 failing accept() pauses the listener instead of spinning. A slow, stuck or hostile peer costs
 one socket for a bounded time, never a stall of the servers.
 
-A subclass says when a request is complete (`complete`), what to answer (`answer`), and whom to
-serve at all (`admit`).
+A subclass says when a request is complete (`complete`), what to answer (`answer`: the bytes,
+or a `Later` it completes once the answer is known, from the loop), and whom to serve at all
+(`admit`).
 """
 
 import contextlib
 import logging
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
@@ -29,6 +31,36 @@ MAX_CONNECTIONS = 64
 ACCEPT_BATCH = 16
 BACKOFF = 0.1  # seconds without accepting after accept() failed
 _DRAIN = 16  # reads of what a peer sent beyond its request, before closing
+LATER_TIMEOUT = 300.0  # seconds an answer given `Later` may take
+
+
+class Later:
+    """An answer not known yet: `give(bytes)` sends it once it is (a second one, or one for a
+    connection gone meanwhile, is dropped). `conn` is the connection waiting for it."""
+
+    def __init__(self) -> None:
+        self.conn: socket.socket | None = None
+        self._send: Callable[[bytes], None] | None = None
+        self._given: bytes | None = None  # given before the connection was waiting
+        self.done = False
+
+    def give(self, answer: bytes) -> None:
+        if self.done:
+            return
+        if self._send is None:
+            self._given = answer
+            return
+        self.done = True
+        self._send(answer)
+
+    def attach(self, conn: socket.socket, send: Callable[[bytes], None]) -> None:
+        """The connection now waits (Responder)."""
+        self.conn = conn
+        if self._given is not None:
+            self.done = True
+            send(self._given)
+        else:
+            self._send = send
 
 
 @dataclass
@@ -61,9 +93,9 @@ class Responder:
         """Whether `request` is all there is to read."""
         raise NotImplementedError
 
-    def answer(self, request: bytes, finished: bool) -> bytes | None:
-        """The bytes to send back; `finished` is False when the peer closed its side or sent
-        too much first. None: close without an answer."""
+    def answer(self, request: bytes, finished: bool) -> "bytes | Later | None":
+        """The bytes to send back (or a `Later`); `finished` is False when the peer closed its
+        side or sent too much first. None: close without an answer."""
         raise NotImplementedError
 
     def internal_error(self) -> bytes | None:
@@ -79,6 +111,14 @@ class Responder:
             self._loop.remove_reader(self.listener.socket)
         self._paused = False
         self.listener.close()
+
+    def stop_listening(self) -> None:
+        """Accept no more: the listener is another process's now (its descriptor is closed
+        here, its file left alone); the open connections are still answered."""
+        if not self._paused:
+            self._loop.remove_reader(self.listener.socket)
+        self._paused = True  # (for good: never resumed)
+        self.listener.let_go()
 
     def close_in_child(self) -> None:
         """In a forked child: let go of the listener and of open connections, or a peer
@@ -148,7 +188,7 @@ class Responder:
         elif not chunk or len(request) >= self.max_request:
             self._respond(conn, self._answer(request, finished=False))
 
-    def _answer(self, request: bytes, finished: bool) -> bytes | None:
+    def _answer(self, request: bytes, finished: bool) -> "bytes | Later | None":
         """`answer`, behind a fault barrier: whatever one request makes it raise costs that
         request an error answer, never the loop."""
         try:
@@ -157,16 +197,27 @@ class Responder:
             self._loop.fault(f"{self.name}: answering a request")
             return self.internal_error()
 
-    def _respond(self, conn: socket.socket, answer: bytes | None) -> None:
+    def _respond(self, conn: socket.socket, answer: "bytes | Later | None") -> None:
         if answer is None:
             self._drop(conn)
             return
         state = self._connections[conn]
         state.timer.cancel()
+        with contextlib.suppress(KeyError):  # (a Later's connection is not registered)
+            self._loop.remove_reader(conn)
+        if isinstance(answer, Later):
+            state.timer = self._loop.call_later(LATER_TIMEOUT, partial(self._drop, conn))
+            answer.attach(conn, partial(self._respond_later, conn))
+            return
         state.timer = self._loop.call_later(SEND_TIMEOUT, partial(self._drop, conn))
         state.out = memoryview(answer)
-        self._loop.remove_reader(conn)
-        self._loop.add_writer(conn, partial(self._write, conn))
+        self._write(conn)  # (most answers fit the socket's buffer: sent at once)
+        if conn in self._connections:
+            self._loop.add_writer(conn, partial(self._write, conn))
+
+    def _respond_later(self, conn: socket.socket, answer: bytes) -> None:
+        if conn in self._connections:
+            self._respond(conn, answer)
 
     def _write(self, conn: socket.socket) -> None:
         state = self._connections[conn]
@@ -187,7 +238,8 @@ class Responder:
     def _drop(self, conn: socket.socket, answered: bool = False) -> None:
         state = self._connections.pop(conn)
         state.timer.cancel()
-        self._loop.remove_reader(conn)
+        with contextlib.suppress(KeyError):  # (not registered: waiting `Later`, or sent at once)
+            self._loop.remove_reader(conn)
         if answered:
             # Read what the peer sent beyond its request (a body, a pipelined request):
             # closing with unread input would send a reset that can destroy the answer.

@@ -26,6 +26,7 @@ class Intent(enum.Enum):
     FAST_STOP = "fast stop"
     RELOAD = "reload"
     REOPEN_LOGS = "reopen logs"
+    UPGRADE = "upgrade"
     REAP = "reap"
 
 
@@ -35,11 +36,12 @@ INTENTS: dict[int, Intent] = {
     signal.SIGQUIT: Intent.FAST_STOP,
     signal.SIGHUP: Intent.RELOAD,
     signal.SIGUSR1: Intent.REOPEN_LOGS,
+    signal.SIGUSR2: Intent.UPGRADE,
     signal.SIGCHLD: Intent.REAP,
 }
 _INTENT_NUMBERS = frozenset(int(signum) for signum in INTENTS)
 # One of these does the work of any number that arrived together.
-_COALESCED = frozenset({Intent.REAP, Intent.RELOAD, Intent.REOPEN_LOGS})
+_COALESCED = frozenset({Intent.REAP, Intent.RELOAD, Intent.REOPEN_LOGS, Intent.UPGRADE})
 
 
 def block_signals() -> set[int]:

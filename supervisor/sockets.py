@@ -50,6 +50,12 @@ class Listener:
     socket_file: SocketFile = field(default_factory=SocketFile)
     file_default: tuple[int, int, int] | None = None
 
+    def let_go(self) -> None:
+        """Close our descriptor only: the socket (and its file) belong to another process now
+        (upgrade.py), which goes on listening on it."""
+        self.created_file = None
+        self.socket.close()
+
     def close(self) -> None:
         """Close the socket and remove the unix socket file if it is still ours."""
         self.socket.close()

@@ -7,7 +7,9 @@ Prometheus scrapes. Nothing here knows how they are exported.
 import bisect
 import itertools
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 # Seconds. Fork-per-request latencies start around a millisecond; long requests are minutes.
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -91,3 +93,56 @@ class ReloadStats:
     failures: int = 0
     last_ok: bool = True
     last_success: float = field(default_factory=time.time)  # the start counts as one
+
+
+# -- carried over an upgrade (upgrade.py): the old supervisor's counts, added to the new one's
+
+
+def snapshot(stats: ServerStats) -> dict[str, Any]:
+    """The counters of `stats` as JSON values."""
+    return {
+        "requests": stats.requests,
+        "errors": stats.errors,
+        "exits": dict(stats.exits),
+        "cpu_user": stats.cpu_user,
+        "cpu_system": stats.cpu_system,
+        "durations": [list(stats.durations.counts), stats.durations.total, stats.durations.count],
+        "saturated_seconds": stats.saturated_total(),
+        "rejected": dict(stats.rejected),
+    }
+
+
+def add(stats: ServerStats, counted: Mapping[str, Any], before: Mapping[str, Any] | None) -> None:
+    """Add to `stats` what `counted` has beyond `before` (None: all of it). Counters only
+    grow, so the sum never goes back; a malformed entry raises ValueError or TypeError (the
+    caller skips the server)."""
+    base = before or {}
+
+    def delta(key: str, kind: type = int) -> Any:
+        return kind(counted.get(key, 0)) - kind(base.get(key, 0))
+
+    stats.requests += delta("requests")
+    stats.errors += delta("errors")
+    stats.cpu_user += delta("cpu_user", float)
+    stats.cpu_system += delta("cpu_system", float)
+    stats.saturated_seconds += delta("saturated_seconds", float)
+    for table, key in ((stats.exits, "exits"), (stats.rejected, "rejected")):
+        now, then = counted.get(key) or {}, base.get(key) or {}
+        for label in table:
+            table[label] += int(now.get(label, 0)) - int(then.get(label, 0))
+    counts, total, count = counted["durations"]
+    old_counts, old_total, old_count = base.get("durations") or ([0] * len(counts), 0.0, 0)
+    if len(counts) != len(stats.durations.counts) or len(old_counts) != len(counts):
+        raise ValueError("another set of buckets")
+    for index, value in enumerate(counts):
+        stats.durations.counts[index] += int(value) - int(old_counts[index])
+    stats.durations.total += float(total) - float(old_total)
+    stats.durations.count += int(count) - int(old_count)
+
+
+@dataclass
+class UpgradeStats:
+    """Upgrades of the supervisor's own code, by result (carried over each one)."""
+
+    ok: int = 0
+    failed: int = 0

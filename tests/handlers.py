@@ -270,3 +270,23 @@ class GracefulHandler(socketserver.StreamRequestHandler):
         self.wfile.write(b"%d\n" % os.getpid())
         self.wfile.flush()
         self.rfile.readline()
+
+
+class VersionHandler(socketserver.StreamRequestHandler):
+    """Answer one line with the version of the supervisor code it runs with, and its pid."""
+
+    def handle(self) -> None:
+        import supervisor  # noqa: PLC0415 (the one its process has: new code after an upgrade)
+
+        self.rfile.readline()
+        self.wfile.write(f"{supervisor.__version__} {os.getpid()}\n".encode())
+
+
+class VersionDatagramHandler(socketserver.DatagramRequestHandler):
+    """Answer each datagram with its data, the supervisor's version and the pid."""
+
+    def handle(self) -> None:
+        import supervisor  # noqa: PLC0415
+
+        data = self.rfile.read()
+        self.wfile.write(data + f" {supervisor.__version__} {os.getpid()}".encode())

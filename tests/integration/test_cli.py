@@ -253,7 +253,8 @@ def test_config_file_that_is_not_utf8(tmp_path: Path) -> None:
         (
             ("frobnicate",),
             "supervisor: argument COMMAND: invalid choice: 'frobnicate' "
-            "(choose from 'run', 'check', 'reload', 'stop', 'status', 'health') (see --help)",
+            "(choose from 'run', 'check', 'reload', 'upgrade', 'stop', 'status', 'health') "
+            "(see --help)",
         ),
         (("check", "--bogus"), "supervisor: unrecognized arguments: --bogus (see --help)"),
         (("run", "extra"), "supervisor: unrecognized arguments: extra (see --help)"),

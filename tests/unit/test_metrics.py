@@ -20,7 +20,7 @@ from supervisor.core import Supervisor
 from supervisor.metrics import SupervisorCollector, listen_queue
 from supervisor.modes.base import exit_outcome
 from supervisor.server import Server
-from supervisor.stats import BUCKETS, OUTCOMES, Histogram, ReloadStats, ServerStats
+from supervisor.stats import BUCKETS, OUTCOMES, Histogram, ReloadStats, ServerStats, UpgradeStats
 
 LABELS = [
     "0.001",
@@ -352,6 +352,7 @@ def collect(servers: list[Server], openmetrics: bool) -> dict[str, Metric]:
         running=True,
         children=[],
         reload_stats=ReloadStats(),
+        upgrades=UpgradeStats(),
         loop=SimpleNamespace(faults=0),
     )
     collector = SupervisorCollector(cast(Supervisor, supervisor))

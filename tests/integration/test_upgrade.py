@@ -1,0 +1,459 @@
+"""`supervisor upgrade`: the code now installed takes over the sockets; nothing is refused.
+
+The supervisor runs with PYTHONPATH naming a directory whose `supervisor` entry is a symlink:
+to the source tree at first, then (to "install" another version) to a copy of it with another
+`__version__`, or with broken code. Clients keep connecting to every mode and address kind
+while the upgrades happen, and count every failure.
+"""
+
+import contextlib
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.configs import metrics_table, server_table, supervisor_table
+from tests.conftest import (
+    ROOT,
+    StartSupervisor,
+    Supervisor,
+    connect,
+    finish,
+    readline,
+    run_cli,
+)
+from tests.integration.test_metrics import scrape, scrape_until
+
+UPGRADE_TIMEOUT = 120.0
+
+
+class Code:
+    """The directory on the supervisor's PYTHONPATH, and which code `supervisor` is there."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.mkdir()
+        (path / "tests").symlink_to(ROOT / "tests")
+        self._link(ROOT / "supervisor")
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"PYTHONPATH": str(self.path)}
+
+    def _link(self, target: Path) -> None:
+        """Point `supervisor` at `target`, in one rename (as a package manager would)."""
+        new = self.path / "supervisor.new"
+        new.symlink_to(target)
+        new.rename(self.path / "supervisor")
+
+    def install(self, version: str, change: Callable[[Path], None] | None = None) -> None:
+        """A copy of the package with `__version__ = version`, changed by `change`."""
+        copy = self.path / f"v{version}" / "supervisor"
+        shutil.copytree(ROOT / "supervisor", copy, ignore=shutil.ignore_patterns("__pycache__"))
+        init = copy / "__init__.py"
+        text = re.sub(r'__version__ = "[^"]*"', f'__version__ = "{version}"', init.read_text())
+        init.write_text(text)
+        if change is not None:
+            change(copy)
+        self._link(copy)
+
+
+@pytest.fixture
+def code(tmp_path: Path) -> Code:
+    return Code(tmp_path / "code")
+
+
+@pytest.fixture
+def start(start_supervisor: StartSupervisor) -> Iterator[StartSupervisor]:
+    """start_supervisor, and at the end the supervisors that took over are stopped too (with
+    their children), before start_supervisor stops the first one: it has let go of them."""
+    started: list[Supervisor] = []
+
+    def start(toml: str, **keys: object) -> Supervisor:
+        supervisor = start_supervisor(toml, **keys)
+        started.append(supervisor)
+        return supervisor
+
+    yield start
+    for supervisor in started:
+        for line in supervisor.lines:
+            if match := re.search(r"supervisor\[(\d+)\]: ready: ", line):
+                stop_tree(int(match.group(1)))
+
+
+def stop_tree(pid: int) -> None:
+    with contextlib.suppress(psutil.NoSuchProcess):
+        process = psutil.Process(pid)
+        descendants = process.children(recursive=True)
+        process.terminate()
+        with contextlib.suppress(psutil.TimeoutExpired):
+            process.wait(20)
+        for each in [process, *descendants]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                each.kill()
+
+
+def upgrade(config: Path) -> subprocess.CompletedProcess[str]:
+    return run_cli("upgrade", "-c", str(config), timeout=UPGRADE_TIMEOUT)
+
+
+def main_pid(config: Path) -> int:
+    """The pid the pidfile names, as `supervisor status` reports it."""
+    status = run_cli("status", "-c", str(config))
+    assert status.returncode == 0, status.stderr
+    match = re.search(r"pid (\d+)", status.stdout)
+    assert match is not None, status.stdout
+    return int(match.group(1))
+
+
+# -- load ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Load:
+    """Clients in threads, each asking one server again and again until told to stop."""
+
+    failures: list[str] = field(default_factory=list)
+    answers: dict[str, int] = field(default_factory=dict)
+    seen: dict[str, set[str]] = field(default_factory=dict)  # server -> versions answered
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _sockets: list[socket.socket] = field(default_factory=list)
+
+    def stream(self, name: str, address: tuple[str, int] | str) -> None:
+        def ask() -> str:
+            with connect(address, timeout=10) as sock:
+                sock.sendall(b"hello\n")
+                return readline(sock).decode()
+
+        self._start(name, ask)
+
+    def datagram(self, name: str, address: tuple[str, int]) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._sockets.append(sock)
+        sock.settimeout(5)
+        counter = iter(range(10**9))
+
+        def ask() -> str:
+            token = f"d{next(counter)}".encode()
+            sock.sendto(token, address)
+            while True:  # (an answer to an earlier datagram, late: not this one's)
+                reply = sock.recv(1024)
+                if reply.split()[0] == token:
+                    return reply.decode().partition(" ")[2] + "\n"
+
+        self._start(name, ask)
+
+    def _start(self, name: str, ask: Callable[[], str]) -> None:
+        self.answers[name] = 0
+        self.seen[name] = set()
+
+        def run() -> None:
+            while not self._stop.is_set():
+                try:
+                    answer = ask()
+                except OSError as exc:
+                    with self._lock:
+                        self.failures.append(f"{name}: {exc!r}")
+                    return  # (one is enough: the test fails)
+                if not answer.endswith("\n"):
+                    with self._lock:
+                        self.failures.append(f"{name}: incomplete answer {answer!r}")
+                    return
+                with self._lock:
+                    self.answers[name] += 1
+                    self.seen[name].add(answer.split()[0])
+
+        thread = threading.Thread(target=run, daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(30)
+        for sock in self._sockets:
+            sock.close()
+
+    def wait_for_answers(self, count: int, timeout: float = 30.0) -> None:
+        """Until every client has had `count` more answers (the load really runs)."""
+        start = dict(self.answers)
+        deadline = time.monotonic() + timeout
+        while any(self.answers[name] < start[name] + count for name in start):
+            assert not self.failures, self.failures
+            assert time.monotonic() < deadline, (self.answers, self.failures)
+            time.sleep(0.01)
+
+
+@contextlib.contextmanager
+def load_on(supervisor: Supervisor, streams: list[str], datagrams: list[str]) -> Iterator[Load]:
+    load = Load()
+    try:
+        for name in streams:
+            address = supervisor.addresses[name]
+            if address.startswith("unix://"):
+                load.stream(name, supervisor.unix_path(name))
+            else:
+                load.stream(name, supervisor.inet(name))
+        for name in datagrams:
+            load.datagram(name, supervisor.inet(name))
+        load.wait_for_answers(3)
+        yield load
+    finally:
+        load.stop()
+
+
+# -- the configuration --------------------------------------------------------------------
+
+STREAMS = ["fork", "thread", "inline", "prefork", "unix"]
+HELD = ["held_fork", "held_thread", "held_prefork"]
+
+
+def everything(tmp_path: Path, sockdir: Path) -> str:
+    return (
+        supervisor_table(pidfile=str(tmp_path / "run" / "supervisor.pid"), shutdown_timeout=30)
+        + server_table("fork", "VersionHandler", mode="fork")
+        + server_table("thread", "VersionHandler", mode="thread")
+        + server_table("inline", "VersionHandler", mode="inline")
+        + server_table("prefork", "VersionHandler", mode="prefork", workers=2)
+        + server_table("unix", "VersionHandler", mode="thread", address=f"unix://{sockdir}/u")
+        + server_table("udp", "VersionDatagramHandler", mode="thread", address="udp://127.0.0.1:0")
+        + server_table("held_fork", "PidHandler", mode="fork")
+        + server_table("held_thread", "PidHandler", mode="thread")
+        + server_table("held_prefork", "PidHandler", mode="prefork", workers=2)
+    )
+
+
+def hold(supervisor: Supervisor) -> list[socket.socket]:
+    """A request in progress on each HELD server (its pid line read)."""
+    held = []
+    for name in HELD:
+        sock = connect(supervisor.inet(name), timeout=30)
+        assert readline(sock).strip().isdigit()
+        held.append(sock)
+    return held
+
+
+# -- the tests ----------------------------------------------------------------------------
+
+
+def test_ten_upgrades_under_load_refuse_nothing_and_finish_every_request(
+    start: StartSupervisor, tmp_path: Path, sockdir: Path, code: Code
+) -> None:
+    supervisor = start(everything(tmp_path, sockdir), env=code.env)
+    first = main_pid(supervisor.config)
+    pids = [first]
+    with load_on(supervisor, STREAMS, ["udp"]) as load:
+        for number in range(10):
+            if number == 5:
+                code.install("9.9.9")
+            held = hold(supervisor)
+            done = upgrade(supervisor.config)
+            assert done.returncode == 0, done.stderr
+            assert re.match(r"upgraded: pid \d+ \(version [\d.]+\) took over", done.stdout)
+            pids.append(main_pid(supervisor.config))
+            assert pids[-1] != pids[-2]
+            for sock in held:
+                finish(sock)  # the request the old supervisor had still completes
+            load.wait_for_answers(3)
+    assert load.failures == []
+    assert len(set(pids)) == 11
+    for name in [*STREAMS, "udp"]:
+        assert load.seen[name] == {"0.1.0", "9.9.9"}, name  # workers, fork servers: new code
+    # Every datagram the supervisors received was answered, and counted: the counters carry.
+    current = scrape_until(
+        supervisor, lambda s: s.value("supervisor_requests_total", server="udp") > 0
+    )
+    assert current.value("supervisor_requests_total", server="udp") == load.answers["udp"]
+    assert current.value("supervisor_upgrades_total", result="ok") == 10
+    assert current.value("supervisor_upgrades_total", result="failed") == 0
+    assert current.value("supervisor_build_info", version="9.9.9") == 1
+    # Every old supervisor has exited once drained; the live one is the last.
+    for pid in pids[:-1]:
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+
+
+def test_counters_continue_across_an_upgrade(
+    start: StartSupervisor, tmp_path: Path, code: Code
+) -> None:
+    supervisor = start(
+        supervisor_table(pidfile=str(tmp_path / "supervisor.pid"))
+        + server_table("held", "PidHandler", mode="fork"),
+        env=code.env,
+    )
+    for _ in range(3):
+        sock = connect(supervisor.inet("held"))
+        assert readline(sock).strip().isdigit()
+        finish(sock)
+    held = connect(supervisor.inet("held"))
+    assert readline(held).strip().isdigit()
+    before = scrape_until(
+        supervisor,
+        lambda s: s.value("supervisor_request_duration_seconds_count", server="held") == 3,
+    )
+    assert before.value("supervisor_requests_total", server="held") == 4
+    assert upgrade(supervisor.config).returncode == 0
+    after = scrape(supervisor)
+    assert after.value("supervisor_requests_total", server="held") == 4
+    assert after.value("supervisor_request_duration_seconds_count", server="held") == 3
+    finish(held)  # ends in the old supervisor, which sends what it counted when it is done
+    final = scrape_until(
+        supervisor,
+        lambda s: s.value("supervisor_request_duration_seconds_count", server="held") == 4,
+    )
+    assert final.value("supervisor_child_exits_total", server="held", outcome="ok") == 4
+    assert final.value("supervisor_upgrades_total", result="ok") == 1
+    supervisor.wait_for_log(r"upgrade: pid \d+ \(version 0\.1\.0\) took over from pid")
+
+
+def syntax_error_in_core(package: Path) -> None:
+    with (package / "core.py").open("a") as core:
+        core.write("\ndef broken(:\n")
+
+
+def import_error_in_init(package: Path) -> None:
+    with (package / "__init__.py").open("a") as init:
+        init.write("\nimport no_such_module_for_the_upgrade\n")
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (syntax_error_in_core, r"cannot import the new supervisor code \(SyntaxError: "),
+        (import_error_in_init, r"No module named 'no_such_module_for_the_upgrade'"),
+    ],
+)
+def test_an_upgrade_to_code_that_does_not_import_changes_nothing(  # noqa: PLR0917
+    start: StartSupervisor,
+    tmp_path: Path,
+    sockdir: Path,
+    code: Code,
+    change: Callable[[Path], None],
+    reason: str,
+) -> None:
+    supervisor = start(everything(tmp_path, sockdir), env=code.env)
+    pid = main_pid(supervisor.config)
+    code.install("6.6.6", change)
+    with load_on(supervisor, STREAMS, ["udp"]) as load:
+        held = hold(supervisor)
+        done = upgrade(supervisor.config)
+        for sock in held:
+            finish(sock)
+        load.wait_for_answers(3)
+    assert done.returncode == 70, done.stderr
+    assert done.stdout == ""
+    assert done.stderr.count("\n") == 1
+    assert re.search(reason, done.stderr), done.stderr
+    assert f"still running pid {pid} (version 0.1.0)" in done.stderr
+    assert load.failures == []
+    assert main_pid(supervisor.config) == pid
+    current = scrape(supervisor)
+    assert current.value("supervisor_upgrades_total", result="failed") == 1
+    assert current.value("supervisor_upgrades_total", result="ok") == 0
+    assert all(seen == {"0.1.0"} for seen in load.seen.values())
+
+
+def test_an_upgrade_meeting_a_handler_with_a_syntax_error_changes_nothing(
+    start: StartSupervisor, tmp_path: Path, code: Code
+) -> None:
+    module = code.path / "upgrade_handler.py"
+    module.write_text((ROOT / "tests" / "handlers.py").read_text())
+    supervisor = start(
+        supervisor_table(pidfile=str(tmp_path / "supervisor.pid"))
+        + server_table("echo", "upgrade_handler:LineEchoHandler", mode="fork"),
+        env=code.env,
+    )
+    pid = main_pid(supervisor.config)
+    with module.open("a") as file:
+        file.write("\nclass Broken(:\n")
+    done = upgrade(supervisor.config)
+    assert done.returncode == 78, done.stderr
+    assert "servers.echo.handler: cannot import 'upgrade_handler'" in done.stderr
+    assert "SyntaxError" in done.stderr
+    assert main_pid(supervisor.config) == pid
+    with connect(supervisor.inet("echo")) as sock:
+        sock.sendall(b"still here\n")
+        assert readline(sock).endswith(b" still here\n")
+
+
+def test_an_upgrade_meeting_a_broken_configuration_changes_nothing(
+    start: StartSupervisor, tmp_path: Path, code: Code
+) -> None:
+    supervisor = start(
+        supervisor_table(pidfile=str(tmp_path / "supervisor.pid"))
+        + server_table("echo", "LineEchoHandler"),
+        env=code.env,
+    )
+    pid = main_pid(supervisor.config)
+    text = supervisor.config.read_text()
+    handler = 'handler = "tests.handlers:LineEchoHandler"\n'
+    supervisor.config.write_text(text.replace(handler, handler + "max_children = 0\n"))
+    done = upgrade(supervisor.config)
+    assert done.returncode == 78, done.stderr
+    assert "servers.echo.max_children: must be an integer" in done.stderr
+    assert main_pid(supervisor.config) == pid
+    supervisor.config.write_text(text)
+    assert upgrade(supervisor.config).returncode == 0
+    assert main_pid(supervisor.config) != pid
+
+
+def test_sigusr2_upgrades_and_a_second_request_meanwhile_is_refused(
+    start: StartSupervisor, tmp_path: Path, code: Code
+) -> None:
+    supervisor = start(
+        supervisor_table(pidfile=str(tmp_path / "supervisor.pid"))
+        + server_table("echo", "LineEchoHandler"),
+        env=code.env,
+    )
+    supervisor.signal(signal.SIGUSR2)
+    again = upgrade(supervisor.config)  # (while the first one is in progress, or after it)
+    match = supervisor.wait_for_log(r"upgrade: pid (\d+) \(version 0\.1\.0\) took over from")
+    if again.returncode != 0:
+        assert again.returncode == 69, again.stderr
+        assert "cannot upgrade: one is in progress" in again.stderr or "cannot upgrade" in (
+            again.stderr
+        )
+    new = int(match.group(1))
+    assert main_pid(supervisor.config) in (new, *psutil.Process(new).children())
+
+
+def test_a_daemon_upgrades_and_its_pidfile_names_the_new_process(
+    tmp_path: Path, code: Code
+) -> None:
+    pidfile = tmp_path / "run" / "supervisor.pid"
+    config = tmp_path / "supervisor.toml"
+    config.write_text(
+        supervisor_table(pidfile=str(pidfile), log_file=str(tmp_path / "supervisor.log"))
+        + server_table("echo", "LineEchoHandler")
+        + server_table("unix", "LineEchoHandler", address=f"unix://{tmp_path}/echo.sock")
+        + metrics_table(address="tcp://127.0.0.1:0")
+    )
+    started = run_cli("run", "--daemon", "-c", str(config), env=code.env)
+    assert started.returncode == 0, started.stderr
+    try:
+        old = int(pidfile.read_text())
+        done = upgrade(config)
+        assert done.returncode == 0, done.stderr
+        new = int(pidfile.read_text())
+        assert new != old
+        assert f"pid {new} " in done.stdout
+        psutil.Process(old).wait(30)  # the old one drained (nothing to drain) and exited
+        with connect(str(tmp_path / "echo.sock")) as sock:
+            sock.sendall(b"after\n")
+            assert readline(sock).endswith(b" after\n")
+        assert main_pid(config) == new
+    finally:
+        stopped = run_cli("stop", "-c", str(config))
+    assert stopped.returncode == 0, stopped.stderr
+    assert not pidfile.exists()
+    assert not (tmp_path / "echo.sock").exists()  # the new one removed what the old one made
