@@ -178,7 +178,7 @@ def _listeners(
 
 def _bind(source: str, name: str, server: ServerConfig) -> Listener:
     try:
-        return bind(server.address, server.backlog, server.socket_file)
+        return bind(server.address, server.backlog, server.socket_file, server.reuse_port)
     except (OSError, ValueError) as exc:  # (ValueError: a host name IDNA cannot encode)
         reason = (exc.strerror if isinstance(exc, OSError) else None) or describe(exc)
         what = (

@@ -155,6 +155,16 @@ CONFIG_ERRORS = [
         id="backlog-on-udp",
     ),
     pytest.param(
+        server_table("echo", "BaseEchoHandler", address="unix:///tmp/sv-r.sock", reuse_port=True),
+        "servers.echo.reuse_port: only applies to tcp:// and udp:// addresses",
+        id="reuse-port-on-unix",
+    ),
+    pytest.param(
+        server_table("echo", "BaseEchoHandler", reuse_port="yes"),
+        "servers.echo.reuse_port: must be true or false, got string 'yes'",
+        id="reuse-port-not-a-boolean",
+    ),
+    pytest.param(
         server_table('"bad name"', "BaseEchoHandler"),
         """servers."bad name": a server name is 1-64 letters, digits, '_', '.' or '-'""",
         id="bad-server-name",
