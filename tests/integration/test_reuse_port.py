@@ -1,5 +1,5 @@
 """reuse_port: several supervisors bound to one TCP or UDP port, the kernel spreading new
-connections and datagrams among them."""
+connections and datagrams among them; and what a reload cannot change on a socket it keeps."""
 
 import contextlib
 import signal
@@ -12,12 +12,14 @@ import pytest
 from tests.configs import METRICS_ANY_PORT, TomlValue, server_table
 from tests.conftest import (
     StartSupervisor,
+    Supervisor,
     connect,
     finish,
     one_line_error,
     readline,
     run_cli,
 )
+from tests.integration.test_reload import reload
 
 EX_OSERR = 71
 EX_CONFIG = 78
@@ -122,3 +124,57 @@ def test_reuse_port_on_a_unix_address_stops_run(tmp_path: Path) -> None:
     assert one_line_error(run_cli("run", "-c", str(path)), EX_CONFIG) == (
         f"{path}: servers.echo.reuse_port: only applies to tcp:// and udp:// addresses"
     )
+
+
+def kept_socket_warning(port: int, wanted: bool) -> str:
+    return (
+        f"pid: reuse_port = {str(wanted).lower()} applies when the socket is bound anew (next "
+        f"start); until then tcp://127.0.0.1:{port} keeps its socket, bound "
+        f"{'without' if wanted else 'with'} SO_REUSEPORT"
+    )
+
+
+def warnings_about_reuse_port(supervisor: Supervisor, start: int) -> list[str]:
+    return [
+        line.split(": ", 1)[1]
+        for line in supervisor.lines[start:]
+        if "WARNING" in line and "reuse_port" in line
+    ]
+
+
+def test_a_reload_keeps_the_socket_and_warns_that_reuse_port_waits(
+    start_supervisor: StartSupervisor, tmp_path: Path
+) -> None:
+    supervisor = start_supervisor(pid_server("tcp", 0))
+    port = supervisor.inet("pid")[1]
+    start = len(supervisor.lines)
+    line = reload(supervisor, pid_server("tcp", 0, reuse_port=True) + METRICS_ANY_PORT)
+    assert line == "reloaded: changed pid"  # config.diff reports it, as any other key
+    assert warnings_about_reuse_port(supervisor, start) == [kept_socket_warning(port, True)]
+
+    # The socket kept is the one bound without SO_REUSEPORT: nobody else can bind the port.
+    path = tmp_path / "second.toml"
+    path.write_text(pid_server("tcp", port, reuse_port=True) + METRICS_ANY_PORT)
+    assert one_line_error(run_cli("run", "-c", str(path)), EX_OSERR) == (
+        f"{path}: servers.pid: cannot bind tcp://127.0.0.1:{port} (Address already in use)"
+    )
+    assert ask_pid("tcp", port) == supervisor.pid
+
+    # Back to what the socket has: nothing to warn about.
+    start = len(supervisor.lines)
+    assert reload(supervisor, pid_server("tcp", 0) + METRICS_ANY_PORT) == "reloaded: changed pid"
+    assert warnings_about_reuse_port(supervisor, start) == []
+
+
+def test_a_reload_that_turns_reuse_port_off_warns_that_others_may_still_bind(
+    start_supervisor: StartSupervisor,
+) -> None:
+    first = start_supervisor(pid_server("tcp", 0, reuse_port=True), name="first.toml")
+    port = first.inet("pid")[1]
+    start = len(first.lines)
+    reload(first, pid_server("tcp", 0) + METRICS_ANY_PORT)
+    assert warnings_about_reuse_port(first, start) == [kept_socket_warning(port, False)]
+    # As the warning says: the socket still has SO_REUSEPORT, so another can still join.
+    second = start_supervisor(pid_server("tcp", port, reuse_port=True), name="second.toml")
+    pids = {first.pid, second.pid}
+    assert answered_by(lambda: ask_pid("tcp", port), pids) == pids
