@@ -188,6 +188,8 @@ def check(path: str, preflight: bool = False) -> int:
             limits.append(f"backlog={server.backlog}")
         else:
             limits.append(f"max_packet_size={server.max_packet_size}")
+        if server.reuse_port:
+            limits.append("reuse_port")
         code = server.code if server.handler else f"server={server.server}"
         fields = [server.name, str(server.address), code, server.mode, *limits]
         print("  ".join(fields))

@@ -155,6 +155,7 @@ class ServerConfig:
     max_children: int = 40
     backlog: int = 1024
     max_packet_size: int = 8192
+    reuse_port: bool = False  # SO_REUSEPORT before bind(): other sockets may share the port
     # prefork: long-lived workers, each recycled after max_requests (+ up to max_requests_jitter
     # more, at random) requests, or once its peak RSS passes max_rss MiB; 0 means never.
     workers: int = 0
@@ -486,6 +487,7 @@ def _server(name: str, table: "_Table", supervisor: SupervisorConfig) -> ServerC
         "max_children",
         "backlog",
         "max_packet_size",
+        "reuse_port",
         *PREFORK_KEYS,
         *LIMIT_KEYS,
         "user",
@@ -497,6 +499,8 @@ def _server(name: str, table: "_Table", supervisor: SupervisorConfig) -> ServerC
         raise table.error("backlog", "only applies to stream addresses (tcp://, unix://)")
     if address.is_stream and "max_packet_size" in table.data:
         raise table.error("max_packet_size", "only applies to datagram addresses")
+    if address.is_unix and "reuse_port" in table.data:
+        raise table.error("reuse_port", "only applies to tcp:// and udp:// addresses")
     mode = Mode(table.choice("mode", Mode.FORK.value, tuple(Mode)))
     _check_in_process(table, mode)
     max_children = table.integer("max_children", 40, minimum=1, maximum=MAX_CHILDREN)
@@ -510,6 +514,7 @@ def _server(name: str, table: "_Table", supervisor: SupervisorConfig) -> ServerC
         max_children=max_children,
         backlog=table.integer("backlog", 1024, minimum=1, maximum=65535),
         max_packet_size=table.integer("max_packet_size", 8192, minimum=1, maximum=65535),
+        reuse_port=table.boolean("reuse_port", False),
         limits=_server_limits(table, supervisor, address, mode),
         credentials=_server_credentials(table, supervisor),
         socket_file=_socket_file(table, address),

@@ -125,6 +125,9 @@ def prepare(
                 if not _among(listener, old):
                     listener.close()  # bound for this configuration: not to be kept
             raise
+        if not reloading:  # (a reload warns as it switches)
+            for name, listener in listeners.items():
+                warn_reuse_port(name, loaded.servers[name], listener)
         return Prepared(loaded, codes, listeners)
 
 
@@ -178,7 +181,7 @@ def _listeners(
 
 def _bind(source: str, name: str, server: ServerConfig) -> Listener:
     try:
-        return bind(server.address, server.backlog, server.socket_file)
+        return bind(server.address, server.backlog, server.socket_file, server.reuse_port)
     except (OSError, ValueError) as exc:  # (ValueError: a host name IDNA cannot encode)
         reason = (exc.strerror if isinstance(exc, OSError) else None) or describe(exc)
         what = (
@@ -217,6 +220,30 @@ def _among(listener: Listener, listeners: Iterable[Listener]) -> bool:
     return any(listener is other for other in listeners)
 
 
+def warn_reuse_port(name: str, server: ServerConfig, listener: Listener) -> None:
+    """Warn when the socket a server runs on was bound with another SO_REUSEPORT than its
+    reuse_port now asks for: the option counts before bind() only, and a socket in use is kept
+    as it is (an unchanged address keeps its socket across reloads; systemd's sockets are its
+    own). A socket systemd set it on, for a server that does not ask for it, is as meant."""
+    if listener.inherited:
+        if server.reuse_port and not listener.reuse_port:
+            log.warning(
+                "%s: reuse_port does not apply to the socket systemd passed in (%s): set "
+                "ReusePort=yes in its .socket unit",
+                name,
+                listener.bound,
+            )
+    elif server.reuse_port != listener.reuse_port:
+        log.warning(
+            "%s: reuse_port = %s applies when the socket is bound anew (next start); until then "
+            "%s keeps its socket, bound %s SO_REUSEPORT",
+            name,
+            "true" if server.reuse_port else "false",
+            listener.bound,
+            "with" if listener.reuse_port else "without",
+        )
+
+
 def switch(current: Mapping[str, Server], prepared: Prepared) -> Switch:
     """The second half of a reload, which cannot fail: the servers the prepared configuration
     runs. A kept server is reconfigured in place (its running requests keep what they have:
@@ -227,6 +254,13 @@ def switch(current: Mapping[str, Server], prepared: Prepared) -> Switch:
     for name, server_config in prepared.config.servers.items():
         code, listener = prepared.codes[name], prepared.listeners[name]
         existing = current.get(name)
+        # Warned of once: as the server gets this socket, or asks for another SO_REUSEPORT.
+        if (
+            existing is None
+            or existing.listener is not listener
+            or existing.config.reuse_port != server_config.reuse_port
+        ):
+            warn_reuse_port(name, server_config, listener)
         if existing is None:
             done.servers[name] = Server(server_config, code, listener)
             done.moved.append(name)

@@ -45,6 +45,9 @@ class Listener:
     created_file: tuple[int, int] | None = None  # (st_dev, st_ino) of the unix socket file
     inherited: bool = False  # passed in by systemd: kept open for the whole life of the process
     fd_name: str = ""  # systemd's FileDescriptorName= for an inherited socket
+    # SO_REUSEPORT as the socket was bound with it (inherited: as the service manager set it).
+    # It only counts before bind(): a kept socket keeps it as it is.
+    reuse_port: bool = False
     # A unix socket file's permissions as configured now, and as they were made by bind()
     # (mode, uid, gid), which is what a setting removed by a reload goes back to.
     socket_file: SocketFile = field(default_factory=SocketFile)
@@ -68,15 +71,20 @@ class SocketFileError(OSError):
     """The permissions of a unix socket file cannot be set (chmod or chown failed)."""
 
 
-def bind(address: Address, backlog: int, socket_file: SocketFile | None = None) -> Listener:
+def bind(
+    address: Address, backlog: int, socket_file: SocketFile | None = None, reuse_port: bool = False
+) -> Listener:
     """Create, bind and (for stream sockets) listen; raise OSError with errno and reason
-    (SocketFileError if a unix socket file's `socket_file` permissions cannot be set)."""
+    (SocketFileError if a unix socket file's `socket_file` permissions cannot be set).
+    `reuse_port`: SO_REUSEPORT before bind() (TCP and UDP only), so that other sockets of the
+    same user that set it too can bind the same address, the kernel spreading connections and
+    datagrams among them."""
     if address.is_unix:
         return _bind_unix(address, backlog, socket_file or SocketFile())
-    return _bind_inet(address, backlog)
+    return _bind_inet(address, backlog, reuse_port)
 
 
-def _bind_inet(address: Address, backlog: int) -> Listener:
+def _bind_inet(address: Address, backlog: int, reuse_port: bool) -> Listener:
     infos = socket.getaddrinfo(
         address.host, address.port, type=address.socket_type, flags=socket.AI_PASSIVE
     )
@@ -85,6 +93,8 @@ def _bind_inet(address: Address, backlog: int) -> Listener:
     try:
         if address.is_stream:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind(sockaddr)
@@ -95,7 +105,8 @@ def _bind_inet(address: Address, backlog: int) -> Listener:
         sock.close()
         raise
     host, port = sock.getsockname()[:2]
-    return Listener(address, sock, Address(address.scheme, host=host, port=port))
+    bound = Address(address.scheme, host=host, port=port)
+    return Listener(address, sock, bound, reuse_port=reuse_port)
 
 
 def _bind_unix(address: Address, backlog: int, socket_file: SocketFile) -> Listener:

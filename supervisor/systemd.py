@@ -163,7 +163,8 @@ def adopt(sock: socket.socket) -> Listener:
         raise ValueError(f"{address}: the inherited stream socket is not listening")
     sock.set_inheritable(False)
     sock.setblocking(not address.is_stream)
-    return Listener(address, sock, address)
+    reuse_port = bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT))  # (ReusePort=)
+    return Listener(address, sock, address, reuse_port=reuse_port)
 
 
 def _positive_int(text: str) -> int | None:

@@ -46,6 +46,13 @@ class PidHandler(socketserver.StreamRequestHandler):
         self.wfile.write(b"bye\n")
 
 
+class DatagramPidHandler(socketserver.DatagramRequestHandler):
+    """Answer a datagram with our pid (the supervisor's, in thread or inline mode)."""
+
+    def handle(self) -> None:
+        self.wfile.write(b"%d\n" % os.getpid())
+
+
 class SleepHandler(socketserver.StreamRequestHandler):
     """Answer after a short pause, so that requests overlap under load."""
 

@@ -49,6 +49,7 @@ SERVER_KEYS = [
     "source_ipv4_prefix", "source_ipv6_prefix", "rate", "rate_burst", "source_rate",
     "source_rate_burst", "allow", "deny", "banner_fail", "rlimit_as", "rlimit_cpu",
     "rlimit_nofile", "nice", "user", "group", "socket_mode", "socket_owner", "socket_group",
+    "reuse_port",
 ]  # fmt: skip
 SUPERVISOR_LIMITS = [
     "shutdown_timeout", "kill_grace", "max_children", "log_level", "fork_server", "allow_root",
@@ -113,6 +114,7 @@ PLAUSIBLE: dict[str, st.SearchStrategy[Any]] = {
     "socket_group": st.sampled_from(["nogroup", "root"]),
     "fork_server": st.booleans(),
     "allow_root": st.booleans(),
+    "reuse_port": st.booleans(),
     "nice": st.integers(-20, 19),
     "rate": st.floats(0, 1000),
     "source_rate": st.floats(0, 1000),

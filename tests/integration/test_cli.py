@@ -30,7 +30,9 @@ def test_check_prints_one_line_per_server(tmp_path: Path) -> None:
     path = write_config(
         tmp_path,
         server_table("echo", "LineEchoHandler", max_children=3, backlog=16)
-        + server_table("udp", "DatagramEchoHandler", address="udp://[::1]:0", mode="thread")
+        + server_table(
+            "udp", "DatagramEchoHandler", address="udp://[::1]:0", mode="thread", reuse_port=True
+        )
         + server_table(
             "local",
             "BaseEchoHandler",
@@ -43,7 +45,7 @@ def test_check_prints_one_line_per_server(tmp_path: Path) -> None:
     assert result.stdout.splitlines() == [
         "echo  tcp://127.0.0.1:0  tests.handlers:LineEchoHandler  fork  max_children=3  backlog=16",
         "udp  udp://[::1]:0  tests.handlers:DatagramEchoHandler  thread  max_children=40  "
-        "max_packet_size=8192",
+        "max_packet_size=8192  reuse_port",
         "local  unix:///tmp/sv-cli-check/local.sock  tests.handlers:BaseEchoHandler  inline  "
         "backlog=1024",
         f"{path}: ok, 3 servers",
@@ -153,6 +155,16 @@ CONFIG_ERRORS = [
         server_table("echo", "BaseEchoHandler", address="udp://127.0.0.1:0", backlog=5),
         "servers.echo.backlog: only applies to stream addresses (tcp://, unix://)",
         id="backlog-on-udp",
+    ),
+    pytest.param(
+        server_table("echo", "BaseEchoHandler", address="unix:///tmp/sv-r.sock", reuse_port=True),
+        "servers.echo.reuse_port: only applies to tcp:// and udp:// addresses",
+        id="reuse-port-on-unix",
+    ),
+    pytest.param(
+        server_table("echo", "BaseEchoHandler", reuse_port="yes"),
+        "servers.echo.reuse_port: must be true or false, got string 'yes'",
+        id="reuse-port-not-a-boolean",
     ),
     pytest.param(
         server_table('"bad name"', "BaseEchoHandler"),

@@ -30,7 +30,7 @@ from typing import Protocol
 import psutil
 import pytest
 
-from tests.configs import metrics_table, server_table, supervisor_table
+from tests.configs import TomlValue, metrics_table, server_table, supervisor_table
 from tests.conftest import (
     READY,
     STOP_TIMEOUT,
@@ -388,27 +388,42 @@ def pick_ports() -> Ports:
     return Ports(first, extra, named, udp)
 
 
-def activated_config(ports: Ports, echo: bool = True, late: bool = False) -> str:
+def activated_config(
+    ports: Ports, echo: bool = True, late: bool = False, reuse_port: bool = False
+) -> str:
     # systemd-socket-activate passes on no environment (SUPERVISOR_ALLOW_ROOT included): the
     # suite runs as root, and so do these handlers.
     tables = [supervisor_table(allow_root=True)]
+    keys: dict[str, TomlValue] = {"reuse_port": True} if reuse_port else {}
     if echo:
         tables.append(
             server_table(
-                "echo", "LineEchoHandler", address=f"tcp://127.0.0.1:{ports.tcp}", mode="thread"
+                "echo",
+                "LineEchoHandler",
+                address=f"tcp://127.0.0.1:{ports.tcp}",
+                mode="thread",
+                **keys,
             )
         )
     tables += [
         server_table(
-            "echo-udp", "DatagramEchoHandler", address=f"udp://127.0.0.1:{ports.udp}", mode="thread"
+            "echo-udp",
+            "DatagramEchoHandler",
+            address=f"udp://127.0.0.1:{ports.udp}",
+            mode="thread",
+            **keys,
         ),
-        server_table("byname", "LineEchoHandler", mode="thread"),
-        server_table("local", "LineEchoHandler"),
+        server_table("byname", "LineEchoHandler", mode="thread", **keys),
+        server_table("local", "LineEchoHandler", **keys),
     ]
     if late:
         tables.append(
             server_table(
-                "late", "LineEchoHandler", address=f"tcp://127.0.0.1:{ports.extra}", mode="thread"
+                "late",
+                "LineEchoHandler",
+                address=f"tcp://127.0.0.1:{ports.extra}",
+                mode="thread",
+                **keys,
             )
         )
     # No metrics endpoint: the test accounts for every socket the supervisor listens on.
@@ -429,11 +444,11 @@ def fd_link(pid: int, fd: int) -> str:
     return os.readlink(f"/proc/{pid}/fd/{fd}")
 
 
-def activate(spawn: Spawn, config: Path) -> Activated:
+def activate(spawn: Spawn, config: Path, reuse_port: bool = False) -> Activated:
     """Start the supervisor under two nested systemd-socket-activate and trigger the exec."""
     for _ in range(ATTEMPTS):
         ports = pick_ports()
-        config.write_text(activated_config(ports))
+        config.write_text(activated_config(ports, reuse_port=reuse_port))
         process = spawn(
             [
                 "systemd-socket-activate",
@@ -583,3 +598,40 @@ def test_socket_activation_of_tcp_and_udp_across_reloads(activated: Activated) -
     process.process.send_signal(signal.SIGTERM)
     assert process.process.wait(STOP_TIMEOUT) == 0
     process.wait_for_log(r"supervisor\[\d+\]: stopped$")
+
+
+@needs_socket_activate
+def test_reuse_port_on_an_inherited_socket_is_one_warning(spawn: Spawn, tmp_path: Path) -> None:
+    """systemd-socket-activate sets no SO_REUSEPORT: the servers that ask for it and get an
+    inherited socket say, once, where to set it; "local", bound by the supervisor, has it."""
+    activated = activate(spawn, tmp_path / "supervisor.toml", reuse_port=True)
+    process, ports = activated.process, activated.ports
+    with activated.first:
+        assert read_all(activated.first) == b"('127.0.0.1', %d) first\n" % ports.tcp
+    advice = "set ReusePort=yes in its .socket unit"
+    expected = [
+        f"WARNING supervisor[{process.pid}]: {name}: reuse_port does not apply to the socket "
+        f"systemd passed in ({address}): {advice}"
+        for name, address in (
+            ("echo", f"tcp://127.0.0.1:{ports.tcp}"),
+            ("echo-udp", f"udp://127.0.0.1:{ports.udp}"),
+            ("byname", f"tcp://127.0.0.1:{ports.named}"),
+        )
+    ]
+
+    def warnings() -> list[str]:
+        found = [line for line in process.lines if "WARNING" in line and ": reuse_port" in line]
+        return [line[line.index("WARNING") :] for line in found]
+
+    assert warnings() == expected, process.log
+    reload_activated(activated, activated_config(ports, reuse_port=True))
+    assert warnings() == expected, process.log  # not again for a socket it keeps
+    # A server added by a reload takes the unmatched inherited socket: said as it does.
+    reload_activated(activated, activated_config(ports, late=True, reuse_port=True))
+    late = (
+        f"WARNING supervisor[{process.pid}]: late: reuse_port does not apply to the socket "
+        f"systemd passed in (tcp://127.0.0.1:{ports.extra}): {advice}"
+    )
+    assert warnings() == [*expected, late], process.log
+    assert echoes(ports.tcp)
+    assert echoes(ports.extra)

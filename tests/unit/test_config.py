@@ -514,6 +514,48 @@ def test_max_packet_size_on_a_stream_server(address: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("address", "extra", "expected"),
+    [
+        ("tcp://127.0.0.1:7007", "reuse_port = true", True),
+        ("udp://[::1]:7007", "reuse_port = true", True),
+        ("tcp://127.0.0.1:7007", "reuse_port = false", False),
+        ("udp://127.0.0.1:7007", "", False),
+    ],
+)
+def test_reuse_port(address: str, extra: str, expected: bool) -> None:
+    assert parse(server(address, extra)).servers["echo"].reuse_port is expected
+
+
+@pytest.mark.parametrize("address", ["unix:///run/a.sock", "unixgram:///run/a.sock"])
+@pytest.mark.parametrize("value", ["true", "false"])
+def test_reuse_port_on_a_unix_server(address: str, value: str) -> None:
+    assert error_of(server(address, f"reuse_port = {value}")) == (
+        f"{SOURCE}: servers.echo.reuse_port: only applies to tcp:// and udp:// addresses"
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "got"),
+    [
+        ("1", "integer 1"),
+        ('"yes"', "string 'yes'"),
+        ('"true"', "string 'true'"),
+        ("[]", "array []"),
+    ],
+)
+def test_reuse_port_must_be_a_boolean(value: str, got: str) -> None:
+    assert error_of(server("tcp://127.0.0.1:7007", f"reuse_port = {value}")) == (
+        f"{SOURCE}: servers.echo.reuse_port: must be true or false, got {got}"
+    )
+
+
+def test_reuse_port_misspelled() -> None:
+    assert error_of(server("tcp://127.0.0.1:7007", "reuseport = true")) == (
+        f"{SOURCE}: servers.echo.reuseport: unknown key (did you mean 'reuse_port'?)"
+    )
+
+
+@pytest.mark.parametrize(
     ("name", "shown"),
     [
         ('"bad name"', '"bad name"'),  # shown as TOML writes the key: quoted unless bare
@@ -1197,6 +1239,14 @@ def test_diff_sees_a_changed_limit() -> None:
     assert str(config.diff(old, parse(server(TCP) + server(UNIX, name="local")))) == (
         "no server changed"
     )
+
+
+def test_diff_sees_a_changed_reuse_port() -> None:
+    # Reported like any other key (backlog too), although a socket that a reload keeps keeps
+    # the SO_REUSEPORT it was bound with.
+    old = parse(server(TCP) + server(UDP, name="udp"))
+    new = parse(server(TCP, "reuse_port = true") + server(UDP, "reuse_port = false", name="udp"))
+    assert config.diff(old, new).changed == ("echo",)
 
 
 def test_diff_sees_a_changed_default_in_the_servers_that_inherit_it() -> None:

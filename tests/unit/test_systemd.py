@@ -418,6 +418,19 @@ def test_adopt_a_datagram_socket_keeps_it_blocking(sockdir: Path) -> None:
     assert path.exists()  # systemd owns the file: closing the listener leaves it
 
 
+@pytest.mark.parametrize("kind", [socket.SOCK_STREAM, socket.SOCK_DGRAM])
+@pytest.mark.parametrize("reuse_port", [False, True])
+def test_adopt_reads_so_reuseport(kind: socket.SocketKind, reuse_port: bool) -> None:
+    """What ReusePort= in a .socket unit set: reload.warn_reuse_port compares it."""
+    with socket.socket(socket.AF_INET, kind) as sock:
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(("127.0.0.1", 0))
+        if kind == socket.SOCK_STREAM:
+            sock.listen()
+        assert systemd.adopt(sock).reuse_port is reuse_port
+
+
 def test_adopt_refuses_a_stream_socket_that_is_not_listening() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
