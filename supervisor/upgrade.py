@@ -63,6 +63,9 @@ MAX_MESSAGE = 64 * 1024 * 1024  # bytes: counters of many thousands of servers
 # supervisor.cli.main, the command's entry point in every version.
 BOOTSTRAP = """\
 import json, os, sys
+first = os.environ.pop("SUPERVISOR_UPGRADE_PATH", None)
+if first is not None:
+    sys.path.insert(0, first)
 try:
     from supervisor.cli import main
     if sys.argv[1:2] == ["run"]:
@@ -77,6 +80,13 @@ except BaseException as exc:
     sys.exit(70)
 sys.exit(main(sys.argv[1:]))
 """
+
+
+# What Python put first on sys.path when this supervisor started (the script's directory, or
+# the current one for `-m`), before any `[supervisor] path`: the new one, started with -P
+# whatever the way this one was, gets it first too, so that it imports what this one would
+# (core.py imports this module before any handler is imported).
+FIRST_PATH = sys.path[0] if sys.path else None
 
 
 class UpgradeError(SupervisorError):
@@ -190,6 +200,8 @@ def environment(value: str | None) -> dict[str, str]:
     env = dict(os.environ)
     if value is not None:
         env[ENV] = value
+    if FIRST_PATH is not None:
+        env["SUPERVISOR_UPGRADE_PATH"] = FIRST_PATH
     env.pop("WATCHDOG_PID", None)  # (the watchdog is the new main process's to keep)
     return env
 

@@ -1,6 +1,7 @@
 """Request handlers written exactly as for the standard library's socketserver, used by tests.
 
-Nothing here knows about the supervisor: the same classes run under socketserver.TCPServer.
+Nothing here depends on the supervisor (VersionHandler only says which version runs it): the
+same classes run under socketserver.TCPServer.
 """
 
 import os
@@ -8,6 +9,8 @@ import signal
 import socketserver
 import subprocess
 import time
+
+import supervisor  # (VersionHandler: the code its process started with, new after an upgrade)
 
 
 class LineEchoHandler(socketserver.StreamRequestHandler):
@@ -283,8 +286,6 @@ class VersionHandler(socketserver.StreamRequestHandler):
     """Answer one line with the version of the supervisor code it runs with, and its pid."""
 
     def handle(self) -> None:
-        import supervisor  # noqa: PLC0415 (the one its process has: new code after an upgrade)
-
         self.rfile.readline()
         self.wfile.write(f"{supervisor.__version__} {os.getpid()}\n".encode())
 
@@ -293,7 +294,5 @@ class VersionDatagramHandler(socketserver.DatagramRequestHandler):
     """Answer each datagram with its data, the supervisor's version and the pid."""
 
     def handle(self) -> None:
-        import supervisor  # noqa: PLC0415
-
         data = self.rfile.read()
         self.wfile.write(data + f" {supervisor.__version__} {os.getpid()}".encode())

@@ -13,6 +13,7 @@ once, in the same pid. The outer `--fdname` names are lost: LISTEN_FDNAMES is th
 `--fdname` leaves LISTEN_FDNAMES unset). So the inner invocation names all of them here.
 """
 
+import contextlib
 import os
 import re
 import shutil
@@ -635,3 +636,83 @@ def test_reuse_port_on_an_inherited_socket_is_one_warning(spawn: Spawn, tmp_path
     assert warnings() == [*expected, late], process.log
     assert echoes(ports.tcp)
     assert echoes(ports.extra)
+
+
+# -- upgrades (upgrade.py) -------------------------------------------------------------------
+
+
+def stop_upgraded(pid: int) -> None:
+    """Stop the supervisor that took over (the test's process handles know only the first)."""
+    with contextlib.suppress(psutil.NoSuchProcess):
+        process = psutil.Process(pid)
+        process.terminate()
+        process.wait(STOP_TIMEOUT)
+
+
+def took_over(process: LoggedProcess, start: int = 0) -> int:
+    """The pid of the supervisor that took over, from its log line."""
+    pattern = r"supervisor\[(\d+)\]: upgrade: pid \1 \(version [^)]*\) took over from pid"
+    return int(process.wait_for_log(pattern, timeout=60, start=start).group(1))
+
+
+def test_an_upgrade_moves_mainpid_and_readiness_to_the_new_process(
+    start_supervisor: StartSupervisor, path_listener: NotifyListener
+) -> None:
+    supervisor = start_supervisor(
+        TWO_SERVERS, env={"NOTIFY_SOCKET": path_listener.address, "WATCHDOG_USEC": "2000000"}
+    )
+    assert path_listener.receive(supervisor) == ready_message(2, supervisor.pid)
+    assert path_listener.receive(supervisor).startswith("WATCHDOG=1\n")
+    supervisor.signal(signal.SIGUSR2)
+    new = took_over(supervisor)
+    try:
+        # The old one names its successor; from then on only the successor speaks.
+        assert path_listener.receive(supervisor) == f"MAINPID={new}"
+        assert path_listener.receive(supervisor) == ready_message(2, new)
+        assert path_listener.receive(supervisor).startswith("WATCHDOG=1\n")  # its own pings
+        # The old one, drained. (Not supervisor.wait(): the new one holds the log pipe, and
+        # a listener that reads nothing for long would fill up and hold the new one still.)
+        assert supervisor.process.wait(STOP_TIMEOUT) == 0
+        assert echoes(supervisor_port(supervisor, "echo"))
+        assert not [message for message in path_listener.pending() if "STOPPING" in message]
+    finally:
+        stop_upgraded(new)
+    assert path_listener.receive(supervisor) == "STOPPING=1"
+
+
+def supervisor_port(supervisor: LoggedProcess, name: str) -> int:
+    match = supervisor.wait_for_log(rf"{name}: listening on tcp://127\.0\.0\.1:(\d+) ")
+    return int(match.group(1))
+
+
+@needs_socket_activate
+def test_an_upgrade_hands_on_the_sockets_systemd_passed_in(activated: Activated) -> None:
+    process, ports, pid = activated.process, activated.ports, activated.process.pid
+    assert read_all(activated.first) == b"('127.0.0.1', %d) first\n" % ports.tcp
+    before = bound_sockets(pid)
+    start = len(process.lines)
+    process.process.send_signal(signal.SIGUSR2)
+    new = took_over(process, start)
+    try:
+        assert process.process.wait(STOP_TIMEOUT) == 0  # the old one has let go, and exited
+        # The very sockets, inherited ones (the unmatched "extra" one too) and the one the
+        # first supervisor bound itself: the same inodes, now in the new process.
+        after = bound_sockets(new)
+        assert {key: link for key, (_, link) in after.items()} == {
+            key: link for key, (_, link) in before.items()
+        }
+        me = f"supervisor[{new}]:"
+        line = process.wait_for_log(rf"{re.escape(me)} echo: listening on \S+ (.*)", start=start)
+        assert "inherited from systemd" in line.group(1)
+        assert echoes(ports.tcp)
+        assert udp_exchange(ports.udp, b"upgraded") == b"echo upgraded"
+        # A reload of the new one still finds the inherited sockets.
+        reloaded = len(process.lines)
+        os.kill(new, signal.SIGHUP)
+        process.wait_for_log(r"reloaded: ", start=reloaded)
+        assert {key: link for key, (_, link) in bound_sockets(new).items()} == {
+            key: link for key, (_, link) in before.items()
+        }
+        assert echoes(ports.tcp)
+    finally:
+        stop_upgraded(new)
