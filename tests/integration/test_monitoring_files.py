@@ -49,6 +49,7 @@ EXPORTED = frozenset(
         "supervisor_handler_errors_total",
         "supervisor_server_up",
         "supervisor_reloads_total",
+        "supervisor_upgrades_total",
         "supervisor_config_last_reload_successful",
         "supervisor_config_last_reload_success_timestamp_seconds",
         "supervisor_build_info",
@@ -65,6 +66,7 @@ ALERT_NAMES = frozenset(
         "SupervisorHighErrorRatio",
         "SupervisorChildrenKilled",
         "SupervisorReloadFailed",
+        "SupervisorUpgradeFailed",
         "SupervisorHighRejectionRatio",
         "SupervisorInternalErrors",
     }
