@@ -483,6 +483,19 @@ class Supervisor(Admission):
             self.upgrades.ok += int(upgrades[0]) - int(before_upgrades[0])
             self.upgrades.failed += int(upgrades[1]) - int(before_upgrades[1])
 
+    def _abandon_upgrade(self, reason: str) -> None:
+        """Stopping while an upgrade is under way: the new code is not run (a new process is
+        killed before it takes anything; an exec in place is called off)."""
+        upgrading, self._upgrading = self._upgrading, None
+        if upgrading is None:
+            return
+        upgrading.abandon()
+        if self._in_place is not None:
+            self._in_place.cancel()
+            self._in_place = None
+            self.state = State.RUNNING  # (the stop that follows is an ordinary one)
+        self._upgrade_failed(f"{reason}: stopping instead", os.EX_UNAVAILABLE)
+
     # -- upgrading in place (PID 1) --------------------------------------------------------
 
     def _preflight_done(self, error: str | None) -> None:
@@ -573,6 +586,7 @@ class Supervisor(Admission):
     # -- stopping --------------------------------------------------------------------------
 
     def _stop(self, reason: str, fast: bool = False) -> None:
+        self._abandon_upgrade(reason)
         if self.state is State.STOPPING:
             if not self._shutdown.terminating:  # once: repeating it must not postpone SIGKILL
                 log.info("%s again: terminating the remaining requests now", reason)

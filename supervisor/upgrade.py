@@ -305,6 +305,14 @@ class Spawned:
             self.process.kill()  # (its workers see it gone and exit)
         self._on_failed(reason, status)
 
+    def abandon(self) -> None:
+        """The old supervisor stops instead: the new one is killed, unless it took over."""
+        if not self.done:
+            self._finish()
+            self.channel.close()
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()
+
     def go(self, counters: Mapping[str, Any]) -> None:
         """The old one has let go: the new one may run."""
         self._send({"go": counters})
@@ -543,6 +551,10 @@ class Preflight:
     def reap(self) -> bool:
         """Collect it once it has exited (its output says how it went)."""
         return self.process.poll() is not None
+
+    def abandon(self) -> None:
+        """Stopping instead: no exec (the caller cancels it); the check may go on, unread."""
+        self._reported = True
 
     def close_in_child(self) -> None:
         if self.process.stdout is not None and not self.process.stdout.closed:

@@ -7,6 +7,7 @@ while the upgrades happen, and count every failure.
 """
 
 import contextlib
+import os
 import re
 import shutil
 import signal
@@ -567,3 +568,33 @@ def test_as_pid1_an_upgrade_to_broken_code_is_refused_before_the_exec(
     assert load.failures == []
     assert all(seen == {"0.1.0"} for seen in load.seen.values())
     assert scrape(supervisor).value("supervisor_upgrades_total", result="failed") == 1
+
+
+def test_a_stop_during_an_upgrade_kills_the_new_process_and_stops(
+    start: StartSupervisor, tmp_path: Path, code: Code
+) -> None:
+    fifo = tmp_path / "import.fifo"
+    os.mkfifo(fifo)
+    supervisor = start(
+        supervisor_table(pidfile=str(tmp_path / "supervisor.pid"))
+        + server_table("late", "tests.blocking_import:Handler", mode="thread"),
+        ready=False,
+        env={**code.env, "BLOCKING_IMPORT_FIFO": str(fifo)},
+        wrapper=code.wrapper,
+    )
+    supervisor.wait_for_log("blocking import: waiting")
+    with fifo.open("wb") as release:
+        release.write(b"x")
+    supervisor.wait_ready()
+    pid = main_pid(supervisor.config)
+    start_line = len(supervisor.lines)
+    supervisor.signal(signal.SIGUSR2)
+    supervisor.wait_for_log("blocking import: waiting", start=start_line)  # the new one, stuck
+    (new,) = [child for child in psutil.Process(pid).children() if "-P" in child.cmdline()]
+    supervisor.signal(signal.SIGTERM)
+    assert supervisor.process.wait(30) == 0
+    supervisor.wait_for_log(
+        r"upgrade failed, still running pid \d+ \(version 0\.1\.0\): SIGTERM: stopping instead"
+    )
+    with contextlib.suppress(psutil.NoSuchProcess):
+        new.wait(10)  # killed (TimeoutExpired if it were still alive)
