@@ -27,10 +27,12 @@ from tests.conftest import (
     ROOT,
     StartSupervisor,
     Supervisor,
+    cli_command,
     connect,
     finish,
     readline,
     run_cli,
+    with_env,
 )
 from tests.integration.test_metrics import scrape, scrape_until
 from tests.integration.test_pid1 import UNSHARE, Pid1Supervisor, _unshare_works
@@ -515,21 +517,41 @@ PID1_SERVERS = (
 
 @unshare
 def test_as_pid1_an_upgrade_execs_in_place_after_its_threads_and_refuses_nothing(
-    start_pid1_with: Callable[[str, Code], Pid1Supervisor], code: Code
+    start_pid1_with: Callable[[str, Code], Pid1Supervisor], code: Code, tmp_path: Path
 ) -> None:
-    supervisor = start_pid1_with(supervisor_table(shutdown_timeout=30) + PID1_SERVERS, code)
+    pidfile = tmp_path / "run" / "supervisor.pid"
+    supervisor = start_pid1_with(
+        supervisor_table(shutdown_timeout=30, pidfile=str(pidfile)) + PID1_SERVERS, code
+    )
     host_pid = supervisor.host_pid
     code.install("9.9.9")
     with load_on(supervisor, ["fork", "thread", "inline", "prefork"], ["udp"]) as load:
         held = [connect(supervisor.inet(name), timeout=60) for name in HELD[:2]]
         assert all(readline(sock).strip().isdigit() for sock in held)
         start = len(supervisor.lines)
-        supervisor.send(signal.SIGUSR2)
+        # The command, run in the supervisor's namespace (the pidfile says pid 1 there).
+        command = subprocess.Popen(
+            [
+                "nsenter",
+                "--target",
+                str(host_pid),
+                "--pid",
+                "--mount",
+                "--",
+                *cli_command("upgrade", "-c", str(supervisor.config)),
+            ],
+            env=with_env(None),
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         # The new code is checked in a child, then nothing is accepted while the request
         # thread runs (clients wait in the listen queue); the forked child needs no waiting.
         supervisor.wait_for_log(r"upgrade: the new code checked", start=start, timeout=60)
         for sock in held:
             finish(sock)
+        out, err = command.communicate(timeout=UPGRADE_TIMEOUT)
         supervisor.wait_for_log(
             r"supervisor\[1\]: upgrade: pid 1 \(version 9\.9\.9\) took over from pid 1 "
             r"\(version 0\.1\.0\)",
@@ -537,6 +559,9 @@ def test_as_pid1_an_upgrade_execs_in_place_after_its_threads_and_refuses_nothing
             timeout=60,
         )
         load.wait_for_answers(3)
+    # The answer came from the new code, on the connection the old code was asked on.
+    assert command.returncode == 0, err
+    assert out == "upgraded: pid 1 (version 9.9.9) took over from pid 1 (version 0.1.0)\n"
     assert load.failures == []
     assert supervisor.host_pid == host_pid  # the same process, the new code
     for name in ["fork", "thread", "inline", "prefork", "udp"]:
