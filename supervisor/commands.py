@@ -148,14 +148,7 @@ def ask(target: Target, command: str, timeout: float = 60.0) -> dict[str, Any]:
 
 
 def reload(target: Target) -> int:
-    answer = ask(target, "reload")
-    if answer.get("ok"):
-        print(f"reloaded: {answer.get('message')}")
-        return 0
-    rejected = f"reload rejected: {answer.get('message') or answer.get('error')}"
-    print(logs.error_line(rejected), file=sys.stderr)
-    status = answer.get("exit_status")
-    return status if isinstance(status, int) and status > 0 else 1
+    return _outcome(ask(target, "reload"), "reloaded", "reload rejected")
 
 
 UPGRADE_TIMEOUT = 120.0  # seconds: the new supervisor's READY_TIMEOUT, and then some
@@ -163,12 +156,16 @@ UPGRADE_TIMEOUT = 120.0  # seconds: the new supervisor's READY_TIMEOUT, and then
 
 def upgrade(target: Target) -> int:
     """Have the running supervisor hand over to the code now installed; print the outcome."""
-    answer = ask(target, "upgrade", timeout=UPGRADE_TIMEOUT)
+    return _outcome(ask(target, "upgrade", UPGRADE_TIMEOUT), "upgraded", "upgrade failed")
+
+
+def _outcome(answer: dict[str, Any], done: str, failed: str) -> int:
+    """Print what a reload or an upgrade came to; its exit status."""
     if answer.get("ok"):
-        print(f"upgraded: {answer.get('message')}")
+        print(f"{done}: {answer.get('message')}")
         return 0
-    failed = f"upgrade failed: {answer.get('message') or answer.get('error')}"
-    print(logs.error_line(failed), file=sys.stderr)
+    line = f"{failed}: {answer.get('message') or answer.get('error')}"
+    print(logs.error_line(line), file=sys.stderr)
     status = answer.get("exit_status")
     return status if isinstance(status, int) and status > 0 else 1
 

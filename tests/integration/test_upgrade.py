@@ -402,15 +402,20 @@ def test_an_upgrade_meeting_a_handler_with_a_syntax_error_changes_nothing(
         assert readline(sock).endswith(b" still here\n")
 
 
-def test_an_upgrade_meeting_a_broken_configuration_changes_nothing(
-    start: StartSupervisor, tmp_path: Path, code: Code
-) -> None:
-    supervisor = start(
+def start_echo(start: StartSupervisor, tmp_path: Path, code: Code) -> Supervisor:
+    """One echo server, with a pidfile for the commands, on `code`."""
+    return start(
         supervisor_table(pidfile=str(tmp_path / "supervisor.pid"))
         + server_table("echo", "LineEchoHandler"),
         env=code.env,
         wrapper=code.wrapper,
     )
+
+
+def test_an_upgrade_meeting_a_broken_configuration_changes_nothing(
+    start: StartSupervisor, tmp_path: Path, code: Code
+) -> None:
+    supervisor = start_echo(start, tmp_path, code)
     pid = main_pid(supervisor.config)
     text = supervisor.config.read_text()
     handler = 'handler = "tests.handlers:LineEchoHandler"\n'
@@ -427,12 +432,7 @@ def test_an_upgrade_meeting_a_broken_configuration_changes_nothing(
 def test_sigusr2_upgrades_and_a_second_request_meanwhile_is_refused(
     start: StartSupervisor, tmp_path: Path, code: Code
 ) -> None:
-    supervisor = start(
-        supervisor_table(pidfile=str(tmp_path / "supervisor.pid"))
-        + server_table("echo", "LineEchoHandler"),
-        env=code.env,
-        wrapper=code.wrapper,
-    )
+    supervisor = start_echo(start, tmp_path, code)
     supervisor.signal(signal.SIGUSR2)
     again = upgrade(supervisor.config)  # (while the first one is in progress, or after it)
     match = supervisor.wait_for_log(r"upgrade: pid (\d+) \(version 0\.1\.0\) took over from")
