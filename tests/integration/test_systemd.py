@@ -41,6 +41,7 @@ from tests.conftest import (
     exchange,
     readline,
 )
+from tests.integration.test_upgrade import Load
 
 SYSTEMD_VARIABLES = (
     "NOTIFY_SOCKET",
@@ -691,8 +692,16 @@ def test_an_upgrade_hands_on_the_sockets_systemd_passed_in(activated: Activated)
     assert read_all(activated.first) == b"('127.0.0.1', %d) first\n" % ports.tcp
     before = bound_sockets(pid)
     start = len(process.lines)
-    process.process.send_signal(signal.SIGUSR2)
-    new = took_over(process, start)
+    load = Load()
+    load.stream("echo", ("127.0.0.1", ports.tcp))
+    try:
+        load.wait_for_answers(3)
+        process.process.send_signal(signal.SIGUSR2)
+        new = took_over(process, start)
+        load.wait_for_answers(3)
+    finally:
+        load.stop()
+    assert load.failures == []  # no connection refused on the inherited socket either
     try:
         assert process.process.wait(STOP_TIMEOUT) == 0  # the old one has let go, and exited
         # The very sockets, inherited ones (the unmatched "extra" one too) and the one the
