@@ -417,23 +417,26 @@ class Supervisor(Admission):
 
     def _let_go(self) -> None:
         """Stop accepting, as in a stop, and let go of every socket and of the pidfile's lock,
-        leaving them as they are for the supervisor that took over."""
+        leaving them as they are for the supervisor that took over. Each socket leaves the
+        selector before its descriptor is closed: epoll watches the socket, which lives on in
+        the new process, and would go on reporting it here."""
         self.state = State.STOPPING  # RUNNING -> STOPPING (handed over)
+        sockets = self._sockets()
         for mode in self.modes:
             mode.stop()
-        for listener in self._sockets().all():
-            if listener is not (self._control and self._control.listener):
-                listener.let_go()
         for server in [*self.servers.values(), *self.draining]:
             self._refresh(server)
             if not server.threads:
                 server.close_handler_socket()
-        self.spare = []
         if self._control is not None:
             self._control.stop_listening()  # (the upgrade's answer is still to be sent)
         if self._metrics is not None:
+            self._metrics.listener.created_file = None  # (a unix socket's file stays)
             self._metrics.close()
             self._metrics = None
+        for listener in [*sockets.servers.values(), *sockets.spare]:
+            listener.let_go()
+        self.spare = []
         if self._pidfile is not None:
             self._pidfile.let_go()
 
