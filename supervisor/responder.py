@@ -31,6 +31,7 @@ MAX_CONNECTIONS = 64
 ACCEPT_BATCH = 16
 BACKOFF = 0.1  # seconds without accepting after accept() failed
 _DRAIN = 16  # reads of what a peer sent beyond its request, before closing
+_DRAIN_READ = 65536  # bytes per read: what a socket's buffer holds, not a request's limit
 LATER_TIMEOUT = 300.0  # seconds an answer given `Later` may take
 
 
@@ -246,6 +247,6 @@ class Responder:
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_WR)
                 for _ in range(_DRAIN):  # bounded: a peer that never stops sending is cut off
-                    if not conn.recv(self.max_request):
+                    if not conn.recv(_DRAIN_READ):
                         break
         conn.close()
