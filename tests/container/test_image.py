@@ -112,6 +112,31 @@ def test_pid_1_is_the_supervisor_running_unprivileged(start_container: StartCont
     assert status.startswith("supervisor: running, pid 1, ")
 
 
+def test_an_upgrade_execs_in_place_as_pid_1_and_the_container_lives_on(
+    start_container: StartContainer,
+) -> None:
+    """PID 1 cannot hand over to a child and exit (the container would end): `supervisor
+    upgrade` checks the code installed in the image, then execs it in place."""
+    container = start_container(*PUBLISH_ALL)
+    before = psutil.Process(container.host_pid).create_time()
+    host, echo = container.port("7007/tcp")
+    assert run_client("nc", "-N", host, str(echo), data=b"before\n") == b"before\n"
+    done = container.exec("supervisor", "upgrade", check=False)
+    assert done.returncode == 0, done.stderr
+    assert re.fullmatch(
+        r"upgraded: pid 1 \(version [\d.]+\) took over from pid 1 \(version [\d.]+\)\n",
+        done.stdout,
+    )
+    assert container.state()["Running"] is True
+    assert psutil.Process(container.host_pid).create_time() == before  # the same process
+    assert run_client("nc", "-N", host, str(echo), data=b"after\n") == b"after\n"
+    _, metrics_port = container.port("9464/tcp")
+    scrape = run_client("curl", "-sf", f"http://{host}:{metrics_port}/metrics").decode()
+    assert metric(scrape, "supervisor_requests_total", "echo") == 2  # carried over the exec
+    assert 'supervisor_upgrades_total{result="ok"} 1.0' in scrape
+    assert container.exec("supervisor", "status").stdout.startswith("supervisor: running, pid 1")
+
+
 def test_an_arbitrary_uid_in_group_0_can_run_it(start_container: StartContainer) -> None:
     # OpenShift's way: a uid the image has never heard of, in group 0.
     container = start_container("--user", "12345:0")
