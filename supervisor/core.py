@@ -13,6 +13,7 @@ How a request runs is its server's mode's (modes/); the supervisor accepts and a
 """
 
 import contextlib
+import dataclasses
 import enum
 import gc
 import logging
@@ -47,6 +48,7 @@ from supervisor.signals import Intent, SignalWakeup
 from supervisor.sockets import Listener
 from supervisor.spawn import Spawner
 from supervisor.upgrade import Outcome, Preflight, Sockets, Spawned, Takeover, exec_in_place
+from supervisor.upgrade import in_place as upgrade_in_place
 from supervisor.upgrade import manifest as upgrade_manifest
 
 log = logging.getLogger("supervisor")
@@ -91,8 +93,10 @@ class Supervisor(Admission):
         self.config_path = config_path or prepared.config.source  # re-read on every reload
         self.loop = Loop()
         # As PID 1 (in a container) orphans are re-parented to us: reap them too.
+        # After an upgrade in place, the old code's children are ours too, unknown to the table.
+        in_place = takeover is not None and takeover.in_place
         self.children: ChildTable[Server] = ChildTable(
-            calls or SystemCalls(), reap_strangers=os.getpid() == 1
+            calls or SystemCalls(), reap_strangers=os.getpid() == 1 or in_place
         )
         self.servers = {
             name: Server(server, prepared.codes[name], prepared.listeners[name])
@@ -256,6 +260,7 @@ class Supervisor(Admission):
         """Re-read the configuration and switch to it, or change nothing if any step fails."""
         if self.state is not State.RUNNING or self._upgrading is not None:
             doing = "upgrading" if self._upgrading is not None else self.state.value
+            log.warning("reload refused: cannot reload while %s", doing)
             return ReloadResult(False, f"cannot reload while {doing}", exit_status=69)
         systemd.notify(systemd.reloading_message())
         log.info("reloading %s", self.config_path)
@@ -349,14 +354,24 @@ class Supervisor(Admission):
         """Hand over to the code now installed; `reply` gets the outcome (upgrade.Outcome)."""
         if self.state is not State.RUNNING or self._upgrading is not None:
             why = "one is in progress" if self._upgrading else f"while {self.state.value}"
-            outcome = Outcome(False, f"cannot upgrade {why}", os.EX_UNAVAILABLE, os.getpid())
+            outcome = Outcome(False, f"cannot upgrade: {why}", os.EX_UNAVAILABLE, os.getpid())
             if reply is not None:
                 reply.give(control.encode(outcome.answer()))
+            else:
+                log.warning("upgrade refused: %s", outcome.message)
+            return
+        in_place = upgrade_in_place()
+        if in_place and (changed := self._file_changed()) is not None:
+            outcome = Outcome(False, changed, os.EX_CONFIG, os.getpid())
+            if reply is not None:
+                reply.give(control.encode(outcome.answer()))
+            self.upgrades.failed += 1
+            log.error("upgrade refused: %s", changed)
             return
         log.info("upgrade: starting the code now installed (%s)", sys.executable)
         self._upgrade_reply = reply
         try:
-            if os.getpid() == 1:  # (PID 1 cannot hand over and exit: exec in place)
+            if in_place:
                 self._upgrading = Preflight(self.config_path, self._preflight_done)
                 self._upgrading.attach(self.loop)
             else:
@@ -364,13 +379,38 @@ class Supervisor(Admission):
                     self.loop,
                     self.config_path,
                     self._sockets(),
-                    {"pid": os.getpid(), "version": __version__},
+                    {
+                        "pid": os.getpid(),
+                        "version": __version__,
+                        "pidfile": None if self._pidfile is None else self._pidfile.path,
+                    },
                     self._take_over_from_here,
                     self._upgrade_failed,
                 )
                 self._new_code.append(spawned.process)
         except (OSError, subprocess.SubprocessError) as exc:
             self._upgrade_failed(f"cannot start the new code ({describe(exc)})", os.EX_OSERR)
+
+    def _file_changed(self) -> str | None:
+        """An upgrade in place must find the configuration file as it runs: the exec'd code
+        has nothing to fall back on if it cannot bind a new address or a check refuses it
+        (reload it first). Why not, or None."""
+        try:
+            loaded = config.load(self.config_path)
+        except SupervisorError as exc:
+            return f"an upgrade in place needs the running configuration: {exc}"
+        running = self.config
+        pidfile = dataclasses.replace(loaded.supervisor, pidfile=running.supervisor.pidfile)
+        if (loaded.servers, loaded.metrics, pidfile) != (
+            running.servers,
+            running.metrics,
+            running.supervisor,
+        ):
+            return (
+                f"{self.config_path} has changed since it was loaded: an upgrade in place runs "
+                "the configuration that runs now (supervisor reload first)"
+            )
+        return None
 
     def _sockets(self) -> Sockets:
         return Sockets(
@@ -398,6 +438,7 @@ class Supervisor(Admission):
             "servers": {name: stats.snapshot(s.stats) for name, s in self.servers.items()},
             "reloads": [self.reload_stats.successes, self.reload_stats.failures],
             "upgrades": [self.upgrades.ok, self.upgrades.failed],
+            "faults": self.loop.faults,
         }
 
     def _take_over_from_here(self, new: Spawned) -> None:
@@ -431,9 +472,7 @@ class Supervisor(Admission):
         if self._control is not None:
             self._control.stop_listening()  # (the upgrade's answer is still to be sent)
         if self._metrics is not None:
-            self._metrics.listener.created_file = None  # (a unix socket's file stays)
-            self._metrics.close()
-            self._metrics = None
+            self._metrics.stop_listening()  # (scrapes already accepted are answered)
         for listener in [*sockets.servers.values(), *sockets.spare]:
             listener.let_go()
         self.spare = []
@@ -485,6 +524,7 @@ class Supervisor(Admission):
             self.reload_stats.failures += int(reloads[1]) - int(before_reloads[1])
             self.upgrades.ok += int(upgrades[0]) - int(before_upgrades[0])
             self.upgrades.failed += int(upgrades[1]) - int(before_upgrades[1])
+            self.loop.faults += int(counted.get("faults", 0)) - int(previous.get("faults", 0))
 
     def _abandon_upgrade(self, reason: str) -> None:
         """Stopping while an upgrade is under way: the new code is not run (a new process is
@@ -497,7 +537,7 @@ class Supervisor(Admission):
             self._in_place.cancel()
             self._in_place = None
             self.state = State.RUNNING  # (the stop that follows is an ordinary one)
-        self._upgrade_failed(f"{reason}: stopping instead", os.EX_UNAVAILABLE)
+        self._upgrade_failed(f"called off by {reason}, which stops it", os.EX_UNAVAILABLE)
 
     # -- upgrading in place (PID 1) --------------------------------------------------------
 
@@ -531,12 +571,13 @@ class Supervisor(Admission):
         reply = self._upgrade_reply
         old: dict[str, Any] = {"pid": os.getpid(), "version": __version__}
         old["counters"] = self._counters()
+        old["pidfile"] = None if self._pidfile is None else self._pidfile.path
         keep = [listener.socket.fileno() for listener in sockets.all()]
         if self._pidfile is not None:
             old["pidfile_fd"] = self._pidfile.fileno()
             keep.append(old["pidfile_fd"])
         waiting = reply
-        if waiting is not None and waiting.conn is not None:
+        if waiting is not None and waiting.conn is not None and waiting.conn.fileno() >= 0:
             waiting.done = True  # (answered by the new code)
             old["reply_fd"] = waiting.conn.fileno()
             keep.append(old["reply_fd"])

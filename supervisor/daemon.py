@@ -69,7 +69,7 @@ def _run(path: str, detach: bool, takeover: upgrade.Takeover | None) -> int:
     else:
         used = [id(listener) for listener in prepared.listeners.values()]
         metrics_listener, control_socket = _taken_over(path, loaded, takeover, used)
-    pidfile = None if settings.pidfile is None else PidFile(settings.pidfile)
+    pidfile = _pidfile(settings.pidfile, takeover)
     extra = [listener for listener in (control_socket, metrics_listener) if listener]
     keep = [*prepared.listeners.values(), *spare, *extra]
     context, ready = _context(pidfile, takeover, detach, keep, log_fd)
@@ -131,8 +131,9 @@ def _prepare(
 def _taken_over(
     source: str, loaded: config.Config, takeover: upgrade.Takeover, used: list[int]
 ) -> tuple[Listener | None, Listener | None]:
-    """The metrics and control sockets of a supervisor taking over: those handed over when
-    the configuration still has them there, else bound anew; what is left over is closed once
+    """The metrics and control sockets of a supervisor taking over: the metrics socket handed
+    over when the configuration still has it there, else one bound anew; the control socket
+    handed over, which goes with the pidfile (see _pidfile). What is left over is closed once
     the old supervisor has let go (as are the servers' sockets no server uses now)."""
     handed = takeover.sockets
     takeover.unused = [each for each in handed.servers.values() if id(each) not in used]
@@ -143,12 +144,19 @@ def _taken_over(
     if loaded.metrics.enabled and metrics is None:
         metrics = _bind_metrics(source, loaded.metrics)
     path = loaded.supervisor.control_socket
-    if control_socket is not None and control_socket.address.path != path:
-        takeover.unused.append(control_socket)
-        control_socket = None
-    if path is not None and control_socket is None:
+    if control_socket is None and takeover.old.get("pidfile") is None and path is not None:
         control_socket = _bind_control(source, path, loaded.supervisor.credentials)
     return metrics, control_socket
+
+
+def _pidfile(path: str | None, takeover: upgrade.Takeover | None) -> PidFile | None:
+    """The pidfile: taking over, the old supervisor's (a changed `pidfile` applies at the next
+    start, as for a reload; the control socket handed over is next to the old one)."""
+    if takeover is not None and isinstance(old := takeover.old.get("pidfile"), str):
+        if old != path:
+            log.warning("supervisor.pidfile: a change applies at the next start; still %s", old)
+        return PidFile(old)
+    return None if path is None else PidFile(path)
 
 
 def _context(

@@ -100,7 +100,14 @@ SETUP_FD = 4
 DONE_FD = 5
 # Blocked here for good: see the module docstring. SIGINT is also ignored, as in the
 # supervisor's own children: a Ctrl-C to the group lets the supervisor drain the requests.
-HELD = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT, _signal.SIGUSR1)
+HELD = (
+    _signal.SIGINT,
+    _signal.SIGTERM,
+    _signal.SIGHUP,
+    _signal.SIGQUIT,
+    _signal.SIGUSR1,
+    _signal.SIGUSR2,
+)
 REQUEST_SIZE = 16384  # a request message: per connection a server name and a client address
 REQUEST_FDS = 64  # the most connections one request message carries
 REPORT_SIZE = 65536  # the most a report message may take (the supervisor reads this much)

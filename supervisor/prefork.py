@@ -132,6 +132,7 @@ def _prepare(server: Server, stop_fd: int) -> int:
     # are the supervisor's to act on, not a reason for a worker to die mid-request.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)  # (the supervisor's upgrade: not theirs)
     start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if config.max_rss and start > config.max_rss * 1024:
         log.warning(

@@ -69,6 +69,7 @@ class _Connection:
     buffer: bytearray
     timer: Timer
     out: memoryview | None = None  # the answer still to send, once there is one
+    waiting: bool = False  # the request is read; its answer comes Later
 
 
 class Responder:
@@ -82,6 +83,7 @@ class Responder:
         self._loop = loop
         self._connections: dict[socket.socket, _Connection] = {}
         self._paused = False  # accept() failed: the listener is out of the selector for a while
+        self._stopped = False  # stop_listening(): for good
         loop.add_reader(listener.socket, self._accept)
 
     # -- what a subclass decides ------------------------------------------------------------
@@ -118,7 +120,7 @@ class Responder:
         here, its file left alone); the open connections are still answered."""
         if not self._paused:
             self._loop.remove_reader(self.listener.socket)
-        self._paused = True  # (for good: never resumed)
+        self._paused = self._stopped = True
         self.listener.let_go()
 
     def close_in_child(self) -> None:
@@ -153,7 +155,7 @@ class Responder:
     def _evict(self) -> None:
         """Drop the oldest connection still sending its request (else the oldest of all)."""
         for conn, state in self._connections.items():
-            if state.out is None:
+            if state.out is None and not state.waiting:
                 self._drop(conn)
                 return
         self._drop(next(iter(self._connections)))
@@ -167,7 +169,7 @@ class Responder:
         self._paused = True
 
         def resume() -> None:
-            if self._paused:
+            if self._paused and not self._stopped:
                 self._paused = False
                 self._loop.add_reader(self.listener.socket, self._accept)
 
@@ -208,6 +210,7 @@ class Responder:
             self._loop.remove_reader(conn)
         if isinstance(answer, Later):
             state.timer = self._loop.call_later(LATER_TIMEOUT, partial(self._drop, conn))
+            state.waiting = True
             answer.attach(conn, partial(self._respond_later, conn))
             return
         state.timer = self._loop.call_later(SEND_TIMEOUT, partial(self._drop, conn))

@@ -117,6 +117,10 @@ def add(stats: ServerStats, counted: Mapping[str, Any], before: Mapping[str, Any
     grow, so the sum never goes back; a malformed entry raises ValueError or TypeError (the
     caller skips the server)."""
     base = before or {}
+    counts, total, count = counted["durations"]
+    old_counts, old_total, old_count = base.get("durations") or ([0] * len(counts), 0.0, 0)
+    if len(counts) != len(stats.durations.counts) or len(old_counts) != len(counts):
+        raise ValueError("another set of buckets")  # (before anything is added)
 
     def delta(key: str, kind: type = int) -> Any:
         return kind(counted.get(key, 0)) - kind(base.get(key, 0))
@@ -130,10 +134,6 @@ def add(stats: ServerStats, counted: Mapping[str, Any], before: Mapping[str, Any
         now, then = counted.get(key) or {}, base.get(key) or {}
         for label in table:
             table[label] += int(now.get(label, 0)) - int(then.get(label, 0))
-    counts, total, count = counted["durations"]
-    old_counts, old_total, old_count = base.get("durations") or ([0] * len(counts), 0.0, 0)
-    if len(counts) != len(stats.durations.counts) or len(old_counts) != len(counts):
-        raise ValueError("another set of buckets")
     for index, value in enumerate(counts):
         stats.durations.counts[index] += int(value) - int(old_counts[index])
     stats.durations.total += float(total) - float(old_total)

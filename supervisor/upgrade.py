@@ -54,7 +54,6 @@ log = logging.getLogger("supervisor")
 
 ENV = "SUPERVISOR_UPGRADE"
 READY_TIMEOUT = 60.0  # seconds for the new supervisor to be ready
-GO_TIMEOUT = 10.0  # seconds the new one waits for `go` once it is ready (the old one is alive)
 SEND_TIMEOUT = 10.0
 MAX_MESSAGE = 64 * 1024 * 1024  # bytes: counters of many thousands of servers
 
@@ -66,6 +65,13 @@ import json, os, sys
 first = os.environ.pop("SUPERVISOR_UPGRADE_PATH", None)
 if first is not None:
     sys.path.insert(0, first)
+name = os.environ.pop("SUPERVISOR_UPGRADE_NAME", "")
+if name:
+    try:
+        import ctypes
+        ctypes.CDLL(None).prctl(15, name.encode()[:15], 0, 0, 0)
+    except Exception:
+        pass
 try:
     from supervisor.cli import main
     if sys.argv[1:2] == ["run"]:
@@ -189,10 +195,26 @@ def _memfd(data: bytes) -> int:
     return fd
 
 
+def in_place() -> bool:
+    """Whether an upgrade execs the new code in this very process rather than handing over to
+    a child and exiting: as PID 1 (the container would end), and when nothing would follow
+    the new process: a parent that waits for this one (a shell, tini or `docker run --init`,
+    runit, s6) would see it exit. systemd follows MAINPID (NOTIFY_SOCKET), and a daemon's
+    parent is init (ppid 1). $SUPERVISOR_UPGRADE_MODE (`handover` or `exec`) decides instead,
+    except as PID 1."""
+    if os.getpid() == 1:
+        return True
+    chosen = os.environ.get("SUPERVISOR_UPGRADE_MODE", "")
+    if chosen in ("handover", "exec"):
+        return chosen == "exec"
+    return os.getppid() != 1 and not os.environ.get("NOTIFY_SOCKET")
+
+
 def command(config_path: str, *arguments: str) -> list[str]:
     """The new supervisor's command line: this interpreter's path (now installed there), its
     options, and -P (the current directory is not where the code comes from)."""
     flags: list[str] = subprocess._args_from_interpreter_flags()  # type: ignore[attr-defined]
+    flags = [flag for flag in flags if flag != "-P"]
     return [sys.executable, "-P", *flags, "-c", BOOTSTRAP, *arguments, "-c", config_path]
 
 
@@ -202,6 +224,9 @@ def environment(value: str | None) -> dict[str, str]:
         env[ENV] = value
     if FIRST_PATH is not None:
         env["SUPERVISOR_UPGRADE_PATH"] = FIRST_PATH
+    # (the process name, which `killall supervisor` and `pgrep -x` match)
+    with contextlib.suppress(OSError), open("/proc/self/comm") as comm:
+        env["SUPERVISOR_UPGRADE_NAME"] = comm.read().strip()
     env.pop("WATCHDOG_PID", None)  # (the watchdog is the new main process's to keep)
     return env
 
@@ -384,13 +409,15 @@ class Takeover:
             return counters
         self._said = True
         self._send({"ready": os.getpid(), "version": __version__})
-        self.channel.settimeout(GO_TIMEOUT)
+        # As long as the old one lives, it says go (or kills this one): a loop held up there
+        # by an inline handler only delays it. Taking over before would make two owners.
+        self.channel.settimeout(None)
         try:
             message = self._receive()
-        except OSError:
+        except (OSError, ValueError):
             message = None
-        if message is None or "go" not in message:
-            log.warning("upgrade: the old supervisor did not say go; taking over anyway")
+        if message is None or not isinstance(message.get("go"), dict):
+            log.warning("upgrade: the old supervisor is gone before it said go; taking over")
             return None
         return message["go"]  # type: ignore[no-any-return]
 
@@ -477,6 +504,8 @@ class Takeover:
     def close_in_child(self) -> None:
         if self.channel is not None:
             os.close(self.channel.fileno())
+        if self.reply_fd is not None:  # (a prefork worker forked before the answer)
+            os.close(self.reply_fd)
 
 
 def inherited() -> Takeover | None:
@@ -518,10 +547,20 @@ class Preflight:
         self.pid = self.process.pid
         self._output = bytearray()
         self._reported = False
+        self._timer: Timer | None = None
 
     def attach(self, loop: Loop) -> None:
         assert self.process.stdout is not None  # noqa: S101
         output = self.process.stdout
+
+        def too_long() -> None:
+            if not self._reported:
+                with contextlib.suppress(ProcessLookupError):
+                    self.process.kill()
+                self._reported = True
+                self._on_done(f"the check of the new code took over {READY_TIMEOUT:g}s")
+
+        self._timer = loop.call_later(READY_TIMEOUT, too_long)
         os.set_blocking(output.fileno(), False)
 
         def read() -> None:
@@ -541,6 +580,8 @@ class Preflight:
         if self._reported:
             return
         self._reported = True
+        if self._timer is not None:
+            self._timer.cancel()
         lines = self._output.decode(errors="replace").strip().splitlines() or ["no output"]
         last = lines[-1]
         if re.search(r": ok, \d+ servers$", last):
@@ -553,8 +594,12 @@ class Preflight:
         return self.process.poll() is not None
 
     def abandon(self) -> None:
-        """Stopping instead: no exec (the caller cancels it); the check may go on, unread."""
+        """Stopping instead: no exec (the caller cancels it); the check is killed."""
         self._reported = True
+        if self._timer is not None:
+            self._timer.cancel()
+        with contextlib.suppress(ProcessLookupError):
+            self.process.kill()
 
     def close_in_child(self) -> None:
         if self.process.stdout is not None and not self.process.stdout.closed:

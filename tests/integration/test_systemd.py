@@ -461,6 +461,10 @@ def activate(spawn: Spawn, config: Path, reuse_port: bool = False) -> Activated:
                 "--datagram",
                 *("-l", f"127.0.0.1:{ports.udp}"),
                 "--fdname=echo:extra:byname:echo-udp",
+                # (an upgrade hands over to a new process: the test, its parent, would not
+                # follow it as systemd does, so it would exec in place otherwise)
+                "-E",
+                "SUPERVISOR_UPGRADE_MODE=handover",
                 sys.executable,
                 *("-m", "supervisor", "run", "-c", str(config)),
             ],

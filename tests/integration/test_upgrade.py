@@ -55,7 +55,9 @@ class Code:
 
     @property
     def env(self) -> dict[str, str]:
-        return {"PYTHONPATH": str(self.path)}
+        """PYTHONPATH, and a handover to a new process: the test is the parent that waits,
+        which would otherwise make the supervisor exec in place (upgrade.in_place)."""
+        return {"PYTHONPATH": str(self.path), "SUPERVISOR_UPGRADE_MODE": "handover"}
 
     @property
     def wrapper(self) -> list[str]:
@@ -441,7 +443,7 @@ def test_sigusr2_upgrades_and_a_second_request_meanwhile_is_refused(
         assert main_pid(supervisor.config) == int(pid)
     else:
         assert again.returncode == 69, again.stderr
-        assert "cannot upgrade one is in progress" in again.stderr
+        assert "cannot upgrade: one is in progress" in again.stderr
         assert main_pid(supervisor.config) == int(match.group(1))
 
 
@@ -619,7 +621,83 @@ def test_a_stop_during_an_upgrade_kills_the_new_process_and_stops(
     supervisor.signal(signal.SIGTERM)
     assert supervisor.process.wait(30) == 0
     supervisor.wait_for_log(
-        r"upgrade failed, still running pid \d+ \(version 0\.1\.0\): SIGTERM: stopping instead"
+        r"upgrade failed, still running pid \d+ \(version 0\.1\.0\): called off by SIGTERM"
     )
     with contextlib.suppress(psutil.NoSuchProcess):
         new.wait(10)  # killed (TimeoutExpired if it were still alive)
+
+
+def test_under_a_parent_that_waits_an_upgrade_execs_in_place(
+    start: StartSupervisor, tmp_path: Path, code: Code
+) -> None:
+    """Without systemd following MAINPID and with a parent other than init (this test, as a
+    shell or tini would be), the new code runs in the same process: the parent never sees its
+    child exit."""
+    env = {**code.env, "SUPERVISOR_UPGRADE_MODE": None}
+    supervisor = start(
+        supervisor_table(pidfile=str(tmp_path / "supervisor.pid")) + PID1_SERVERS,
+        env=env,
+        wrapper=code.wrapper,
+    )
+    code.install("9.9.9")
+    with load_on(supervisor, ["fork", "thread", "inline", "prefork"], ["udp"]) as load:
+        done = upgrade(supervisor.config)
+        load.wait_for_answers(3)
+    assert done.returncode == 0, done.stderr
+    pid = supervisor.pid
+    assert (
+        done.stdout
+        == f"upgraded: pid {pid} (version 9.9.9) took over from pid {pid} (version 0.1.0)\n"
+    )
+    assert supervisor.process.poll() is None
+    assert main_pid(supervisor.config) == pid
+    assert load.failures == []
+    assert all("9.9.9" in seen for seen in load.seen.values())
+    # The old code's fork server and prefork workers are reaped, though the table never knew them.
+    deadline = time.monotonic() + 30
+    while supervisor.zombies():
+        assert time.monotonic() < deadline, supervisor.zombies()
+        time.sleep(0.05)
+
+
+def test_an_upgrade_in_place_refuses_a_changed_configuration(
+    start: StartSupervisor, tmp_path: Path, code: Code
+) -> None:
+    """The exec'd code has nothing to fall back on: a file that changed since it was loaded
+    (a new address that may not bind, a check that may refuse it) is reloaded first."""
+    supervisor = start(
+        supervisor_table(pidfile=str(tmp_path / "supervisor.pid"))
+        + server_table("echo", "LineEchoHandler"),
+        env={**code.env, "SUPERVISOR_UPGRADE_MODE": "exec"},
+        wrapper=code.wrapper,
+    )
+    supervisor.config.write_text(
+        supervisor.config.read_text() + server_table("added", "LineEchoHandler")
+    )
+    done = upgrade(supervisor.config)
+    assert done.returncode == 78, done.stderr
+    assert "has changed since it was loaded" in done.stderr
+    assert "supervisor reload first" in done.stderr
+    assert supervisor.process.poll() is None
+    assert run_cli("reload", "-c", str(supervisor.config)).returncode == 0
+    assert upgrade(supervisor.config).returncode == 0
+    assert main_pid(supervisor.config) == supervisor.pid
+
+
+def test_sigusr2_to_the_workers_and_the_fork_server_upgrades_only_the_supervisor(
+    start: StartSupervisor, tmp_path: Path, sockdir: Path, code: Code
+) -> None:
+    """`killall -USR2 supervisor` reaches the prefork workers (they share its name), a signal
+    to the process group the fork server too: only the supervisor acts on it. (A request's
+    own process keeps the default actions, as under socketserver.)"""
+    supervisor = start(everything(tmp_path, sockdir), env=code.env, wrapper=code.wrapper)
+    held = hold(supervisor)
+    tree = psutil.Process(supervisor.pid).children()
+    assert len(tree) == 5  # 4 prefork workers, the fork server
+    start_line = len(supervisor.lines)
+    for process in [*tree, psutil.Process(supervisor.pid)]:
+        process.send_signal(signal.SIGUSR2)
+    supervisor.wait_for_log(r"upgrade: pid \d+ \(version [\d.]+\) took over", start=start_line)
+    for sock in held:
+        finish(sock)  # the held requests' processes and threads lived on
+    assert not [line for line in supervisor.lines[start_line:] if "SIGUSR2" in line]
