@@ -200,14 +200,24 @@ def in_place() -> bool:
     a child and exiting: as PID 1 (the container would end), and when nothing would follow
     the new process: a parent that waits for this one (a shell, tini or `docker run --init`,
     runit, s6) would see it exit. systemd follows MAINPID (NOTIFY_SOCKET), and a daemon's
-    parent is init (ppid 1). $SUPERVISOR_UPGRADE_MODE (`handover` or `exec`) decides instead,
+    parent is the system's init (not a container's tini, which waits for its child: ppid 1
+    alone does not tell). $SUPERVISOR_UPGRADE_MODE (`handover` or `exec`) decides instead,
     except as PID 1."""
     if os.getpid() == 1:
         return True
     chosen = os.environ.get("SUPERVISOR_UPGRADE_MODE", "")
     if chosen in ("handover", "exec"):
         return chosen == "exec"
-    return os.getppid() != 1 and not os.environ.get("NOTIFY_SOCKET")
+    if os.environ.get("NOTIFY_SOCKET"):
+        return False
+    if os.getppid() != 1:
+        return True
+    try:
+        with open("/proc/1/comm") as comm:
+            init = comm.read().strip()
+    except OSError:
+        return True
+    return init not in ("systemd", "init")
 
 
 def command(config_path: str, *arguments: str) -> list[str]:
