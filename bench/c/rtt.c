@@ -22,7 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 
-/* bench/handler.py's REQUEST and REPLY (bench/harness/network.py, bench/c/exchange.h) */
+/* the exchange: bench/harness/network.py's REQUEST, bench/handler.py's REPLY (exchange.h's) */
 static const char request[] = "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
 static const char reply[] = "HTTP/1.0 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n";
 

@@ -19,6 +19,11 @@ namespace `supervisor upgrade` is refused (the pidfile names pid 1; its lock hol
 pid there): the command is run inside it with nsenter, or, without nsenter, the supervisor gets
 SIGUSR2 and its `took over` log line ends the wait.
 
+The supervisor runs from a copy of the package (and bench.handler) compiled to bytecode, as
+installed code is; the last variant, in place again, from a copy that is not, as a checkout
+without __pycache__ is under the harness's PYTHONDONTWRITEBYTECODE: every start then compiles
+the package from source, which the new code's start-up, and an exec in place's pause, include.
+
 Targets, per variant and mode: longest round trip in an upgrade - p99 outside < 100 ms (the
 issue's "no client waits more than 100 ms longer than its normal latency"); 0 failed round
 trips and upgrades.
@@ -114,7 +119,9 @@ class Upgrade:
 MARKS: dict[str, Callable[[str], bool]] = {
     "starting": lambda line: "upgrade: starting the code now installed" in line,
     "checked": lambda line: "upgrade: the new code checked" in line,
-    # (the old supervisor's own line ends with "finish here"; in place there is only this one)
+    # The old supervisor's line, just before it stops accepting (spawned), ends with "finish
+    # here"; the new one's does not (in place, only that one is logged).
+    "handed over": lambda line: "took over from pid" in line and "finish here" in line,
     "took over": lambda line: "took over from pid" in line and "finish here" not in line,
     "ready": lambda line: " ready: " in line,
     "fork server": lambda line: re.search(r"fork server \d+: forking for", line) is not None,
@@ -476,8 +483,13 @@ INTERVALS: dict[bool, list[tuple[str, str, str | None]]] = {  # in place -> labe
         ("run -> 'upgrade: starting' logged (the command's start-up)", "starting", None),
         ("run -> the new one's 'took over' (the switch)", "took over", None),
         ("'starting' -> the new one's 'took over' (its start-up)", "took over", "starting"),
+        (
+            "the old one's 'took over' -> the new one's 'ready:' (neither accepts)",
+            "ready",
+            "handed over",
+        ),
         ("'took over' -> its fork server ready", "fork server", "took over"),
-        ("'took over' -> the old one's 'stopped' (drained)", "stopped", "took over"),
+        ("run -> the old one's 'stopped' (drained)", "stopped", None),
     ],
     True: [
         ("`supervisor upgrade` run -> exit 0 (answered by the new code)", "returned", None),
