@@ -187,7 +187,12 @@ def environment(workdir: Path, variant: Variant) -> dict[str, str]:
         subprocess.run(  # noqa: S603 (this Python, the checkout's own code)
             [PYTHON, "-m", "compileall", "-q", str(code)], stdout=subprocess.DEVNULL, check=False
         )
-    return dict(supervisor_env(), PYTHONPATH=str(code))
+    env = dict(supervisor_env(), PYTHONPATH=str(code))
+    if not variant.in_place:
+        # A foreground supervisor whose parent waits for it (this harness) may exec in place
+        # by default (later code: nothing would follow a new process): a handover is asked.
+        env["SUPERVISOR_UPGRADE_MODE"] = "handover"
+    return env
 
 
 def start(procs: Processes, workdir: Path, variant: Variant) -> Supervised | str:
