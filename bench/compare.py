@@ -135,9 +135,9 @@ def parse_only(text: str) -> list[int]:
     return numbers
 
 
-def write_results(text: str) -> None:
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(RESULTS, text)
+def write_results(text: str, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(path, text)
 
 
 def main() -> None:
@@ -146,6 +146,12 @@ def main() -> None:
     parser.add_argument("--only", type=parse_only, default=list(SCENARIOS), help="e.g. 1,3,5")
     parser.add_argument("--rounds", type=int, help="rounds per contender (default 5, quick 1)")
     parser.add_argument("--seconds", type=int, help="whole seconds per load (default 3, quick 1)")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=RESULTS,
+        help="the file written (default bench/results/compare.txt; another for a partial run)",
+    )
     arguments = parser.parse_args()
     # SIGTERM (timeout, kill) ends the run like Ctrl-C: through the finally blocks that stop
     # every contender, not leaving them behind.
@@ -155,8 +161,8 @@ def main() -> None:
     with more_files():
         output = run(arguments.only, config)
     output.emit([f"(whole run: {time.perf_counter() - started:.0f} s)"])
-    write_results("\n".join(output.lines) + "\n")
-    print(f"written to {RESULTS}")
+    write_results("\n".join(output.lines) + "\n", arguments.results)
+    print(f"written to {arguments.results}")
 
 
 if __name__ == "__main__":

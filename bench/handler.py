@@ -7,15 +7,17 @@ handler, as socketserver does. bench/c/responder.c and bench/c/server.c do the s
 Used as `handler = "bench.handler:Handler"` with the repository root on PYTHONPATH.
 """
 
+import os
 import socketserver
 import time
 
 REPLY = b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n"
 LIMIT = 4096
 SLOW_SECONDS = 0.05  # SlowHandler's pause, for the isolation scenario
+LOADED = time.monotonic_ns()  # when this module was imported: another value after an exec
 
 
-def exchange(connection: object) -> None:
+def exchange(connection: object, reply: bytes = REPLY) -> None:
     """Read the request and write the reply on a connected stream socket."""
     import socket  # noqa: PLC0415 (kept local: the module's only import that handlers need)
 
@@ -26,7 +28,7 @@ def exchange(connection: object) -> None:
         if not chunk:
             break
         received += chunk
-    connection.sendall(REPLY)
+    connection.sendall(reply)
 
 
 class Handler(socketserver.BaseRequestHandler):
@@ -42,3 +44,14 @@ class SlowHandler(socketserver.BaseRequestHandler):
     def handle(self) -> None:
         time.sleep(SLOW_SECONDS)
         exchange(self.request)
+
+
+class PidHandler(socketserver.BaseRequestHandler):
+    """The same exchange, the reply's body the pid of the process that served it and when its
+    code was imported: in inline or thread mode, the supervisor's, which the upgrade scenario
+    tells from the next one's (an exec in place keeps the pid, not the import time)."""
+
+    def handle(self) -> None:
+        body = b"%d %d\n" % (os.getpid(), LOADED)
+        head = b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+        exchange(self.request, head + body)

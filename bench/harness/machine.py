@@ -53,9 +53,10 @@ def compile_c(build: Path) -> str | None:
     """Compile bench/c/ into `build`; None when done, else the reason."""
     if shutil.which("gcc") is None:
         return "gcc is not installed"
-    for name in ("server", "responder"):
+    for name in ("server", "responder", "rtt"):
+        source = str(BENCH / "c" / f"{name}.c")
         result = subprocess.run(  # noqa: S603
-            ["gcc", "-O2", "-Wall", "-o", str(build / name), str(BENCH / "c" / f"{name}.c")],  # noqa: S607
+            ["gcc", "-O2", "-Wall", "-pthread", "-o", str(build / name), source],  # noqa: S607
             capture_output=True,
             text=True,
             check=False,

@@ -19,13 +19,14 @@ class Settings:
     idle_seconds: float
     reloads: int
     scrapes: int
+    upgrades: int  # scenario 10's, per variant (spawned, in place)
 
 
 def settings(quick: bool, rounds: int | None, seconds: float | None) -> Settings:
     if quick:
-        base = Settings(True, 1, 1.0, 1.0, (8,), (1, 100, 1000), 3.0, 5, 10)
+        base = Settings(True, 1, 1.0, 1.0, (8,), (1, 100, 1000), 3.0, 5, 10, 3)
     else:
-        base = Settings(False, 5, 3.0, 1.0, (8, 64), (1, 100, 1000), 10.0, 20, 50)
+        base = Settings(False, 5, 3.0, 1.0, (8, 64), (1, 100, 1000), 10.0, 20, 50, 10)
     return Settings(
         base.quick,
         rounds or base.rounds,
@@ -36,4 +37,5 @@ def settings(quick: bool, rounds: int | None, seconds: float | None) -> Settings
         base.idle_seconds,
         base.reloads,
         base.scrapes,
+        base.upgrades,
     )

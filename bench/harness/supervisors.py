@@ -87,12 +87,16 @@ def start_supervisor(
     return contender
 
 
-def start_supervisor_file(procs: Processes, key: str, path: Path) -> Proc:
-    # Run as root (it installs its tools), like the peers it is compared with: let it.
-    env = dict(
+def supervisor_env() -> dict[str, str]:
+    """The environment of a supervisor (and of its commands): this checkout's code. Run as root
+    (it installs its tools), like the peers it is compared with: let it."""
+    return dict(
         os.environ, PYTHONPATH=str(ROOT), PYTHONDONTWRITEBYTECODE="1", SUPERVISOR_ALLOW_ROOT="1"
     )
-    return procs.start(key, [SUPERVISOR, "run", "-c", str(path)], env)
+
+
+def start_supervisor_file(procs: Processes, key: str, path: Path) -> Proc:
+    return procs.start(key, [SUPERVISOR, "run", "-c", str(path)], supervisor_env())
 
 
 def is_fork_server(process: psutil.Process) -> bool:

@@ -1,8 +1,8 @@
 """The scenarios of bench/compare.py, one module each, by number (`--only` picks them).
 
 The throughput scenarios (1-4 and 9) name the cells they want loaded: all the selected ones are
-measured together in interleaved rounds before their tables are made. Scenarios 5-8 run alone,
-in turn.
+measured together in interleaved rounds before their tables are made. Scenarios 5-8 and 10 run
+alone, in turn.
 """
 
 from collections.abc import Mapping
@@ -18,6 +18,7 @@ from bench.scenarios import (
     reload,
     scrape,
     thread_inline,
+    upgrade,
 )
 
 SCENARIOS: Mapping[int, Scenario] = {
@@ -30,4 +31,5 @@ SCENARIOS: Mapping[int, Scenario] = {
     7: memory.SCENARIO,
     8: scrape.SCENARIO,
     9: hosted.SCENARIO,
+    10: upgrade.SCENARIO,
 }
