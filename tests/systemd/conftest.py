@@ -53,6 +53,15 @@ install -m 0644 systemd/supervisor.service systemd/supervisor.socket /etc/system
 """
 ENABLE = "systemctl daemon-reload && systemctl enable --now supervisor.service"
 
+STOP_TIMEOUT = 30.0  # the unit's TimeoutStopSec=
+# The suite's own drop-in: the unit's WatchdogSec=30 would make the test wait half a minute.
+SHORT_WATCHDOG = """
+mkdir -p /etc/systemd/system/supervisor.service.d
+printf '[Service]\\nWatchdogSec=3s\\n' > /etc/systemd/system/supervisor.service.d/watchdog.conf
+"""
+# What supervisor.socket listens on, as clients.listening_inodes names them.
+SOCKETS = ["tcp 127.0.0.1:7007", "udp 127.0.0.1:7007", "tcp 127.0.0.1:7080"]
+
 
 def deadline_loop(timeout: float, interval: float = 0.1) -> Iterator[float]:
     """Yield the time left until `timeout` seconds have passed, pausing `interval` between
@@ -191,6 +200,26 @@ class Booted:
     def held_connection(self, address: str) -> "HeldClient":
         """A TCP connection to HOST:PORT, held open from inside the container."""
         return HeldClient(self.name, address)
+
+
+def stop(container: Booted) -> float:
+    """`systemctl stop supervisor`; how long it took."""
+    started = time.monotonic()
+    container.systemctl("stop", "supervisor")
+    return time.monotonic() - started
+
+
+def assert_stopped_cleanly(container: Booted, cursor: str, pid: int) -> None:
+    """The unit stopped on the supervisor's own exit 0, which logged "stopped" last."""
+    state = container.show("ActiveState", "Result", "ExecMainStatus", "ExecMainCode")
+    assert state == {
+        "ActiveState": "inactive",
+        "Result": "success",
+        "ExecMainStatus": "0",
+        "ExecMainCode": "1",  # CLD_EXITED: it exited, not killed
+    }
+    entry = container.wait_journal(r"(^|: )stopped$", after=cursor, timeout=5)
+    assert entry["_PID"] == str(pid)
 
 
 def message(entry: dict[str, str]) -> str:

@@ -15,19 +15,21 @@ from tests.systemd.clients import (
     listening_inodes,
     socket_inodes,
 )
-from tests.systemd.conftest import CONFIG, Booted, Containers, message
+from tests.systemd.conftest import (
+    CONFIG,
+    SHORT_WATCHDOG,
+    SOCKETS,
+    STOP_TIMEOUT,
+    Booted,
+    Containers,
+    assert_stopped_cleanly,
+    message,
+    stop,
+)
 
 # The first test of a run may build the image (debootstrap, about 70 s) and the wheels: more
 # than the suite-wide 120 s on a slow mirror. Every wait inside has its own deadline.
 pytestmark = [pytest.mark.systemd, pytest.mark.timeout(600)]
-
-STOP_TIMEOUT = 30.0  # the unit's TimeoutStopSec=
-# The suite's own drop-in: the unit's WatchdogSec=30 would make the test wait half a minute.
-SHORT_WATCHDOG = """
-mkdir -p /etc/systemd/system/supervisor.service.d
-printf '[Service]\\nWatchdogSec=3s\\n' > /etc/systemd/system/supervisor.service.d/watchdog.conf
-"""
-SOCKETS = ["tcp 127.0.0.1:7007", "udp 127.0.0.1:7007", "tcp 127.0.0.1:7080"]
 
 
 def test_watchdog_restarts_a_stuck_service(containers: Containers) -> None:
@@ -42,26 +44,6 @@ def test_watchdog_restarts_a_stuck_service(containers: Containers) -> None:
     container.wait_state(ActiveState="active", SubState="running")
     assert container.main_pid() != pid
     assert echo_tcp(container, text="after the restart") == "after the restart\n"
-
-
-def stop(container: Booted) -> float:
-    """`systemctl stop supervisor`; how long it took."""
-    started = time.monotonic()
-    container.systemctl("stop", "supervisor")
-    return time.monotonic() - started
-
-
-def assert_stopped_cleanly(container: Booted, cursor: str, pid: int) -> None:
-    """The unit stopped on the supervisor's own exit 0, which logged "stopped" last."""
-    state = container.show("ActiveState", "Result", "ExecMainStatus", "ExecMainCode")
-    assert state == {
-        "ActiveState": "inactive",
-        "Result": "success",
-        "ExecMainStatus": "0",
-        "ExecMainCode": "1",  # CLD_EXITED: it exited, not killed
-    }
-    entry = container.wait_journal(r"(^|: )stopped$", after=cursor, timeout=5)
-    assert entry["_PID"] == str(pid)
 
 
 def test_stop_idle_and_with_a_request_in_flight(fresh: Booted) -> None:
