@@ -26,8 +26,16 @@ and prefork workers. Then:
   sockets, the pidfile's lock kept (record locks survive exec), fork children adopted (reaped
   as strangers, as PID 1 does). The control connection that asked is answered by the new code.
 
-Messages on the channel are JSON objects, one per line. New -> old: {"ready": PID, "version":
-V} or {"error": LINE, "status": N}. Old -> new: {"go": COUNTERS}, then {"final": COUNTERS}.
+Spawned, the new interpreter forks once at its start and its first process exits: the new
+supervisor is then an orphan, a child of init (or of the nearest subreaper), not of the old one.
+Under systemd that makes it the service manager's own child by the time MAINPID= names it:
+systemd 252 supervises a main process that is not its child as an "alien" one (it warns
+"Supervising process N which is not our child"), whose exit it may not see and which it does not
+wait for on stop, killing the whole unit with SIGKILL right after SIGTERM.
+
+Messages on the channel are JSON objects, one per line. New -> old: {"pid": PID} (from the
+bootstrap, once forked), then {"ready": PID, "version": V} or {"error": LINE, "status": N}. Old
+-> new: {"go": COUNTERS}, then {"final": COUNTERS}.
 """
 
 import contextlib
@@ -36,6 +44,7 @@ import json
 import logging
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -59,9 +68,10 @@ MAX_MESSAGE = 64 * 1024 * 1024  # bytes: counters of many thousands of servers
 
 # Run by the new interpreter (`-c`): the one place where the new code failing to import can be
 # caught and said on the channel (for `run`, what it imports too). Standard library only; calls
-# supervisor.cli.main, the command's entry point in every version.
+# supervisor.cli.main, the command's entry point in every version. Spawned (a channel), it first
+# forks, says the new pid and exits, the new one going on once it is an orphan (see above).
 BOOTSTRAP = """\
-import json, os, sys
+import json, os, sys, time
 first = os.environ.pop("SUPERVISOR_UPGRADE_PATH", None)
 if first is not None:
     sys.path.insert(0, first)
@@ -72,6 +82,15 @@ if name:
         ctypes.CDLL(None).prctl(15, name.encode()[:15], 0, 0, 0)
     except Exception:
         pass
+channel = os.environ.get("SUPERVISOR_UPGRADE", "").partition(":")[0]
+if channel.isdigit():
+    parent = os.getpid()
+    pid = os.fork()
+    if pid:
+        os.write(int(channel), (json.dumps({"pid": pid}) + "\\n").encode())
+        os._exit(0)
+    while os.getppid() == parent:
+        time.sleep(0.001)
 try:
     from supervisor.cli import main
     if sys.argv[1:2] == ["run"]:
@@ -79,7 +98,6 @@ try:
 except BaseException as exc:
     reason = " ".join(f"{type(exc).__name__}: {exc}".split())
     line = f"cannot import the new supervisor code ({reason})"
-    channel = os.environ.get("SUPERVISOR_UPGRADE", "").partition(":")[0]
     if channel.isdigit():
         os.write(int(channel), (json.dumps({"error": line, "status": 70}) + "\\n").encode())
     print("supervisor: " + line, file=sys.stderr)
@@ -245,7 +263,9 @@ def environment(value: str | None) -> dict[str, str]:
 
 
 class Spawned:
-    """A new supervisor started by the old one, until it is ready or has failed."""
+    """A new supervisor started by the old one, until it is ready or has failed. `pid` is the
+    bootstrap's (our child) until it says the pid it forked, the new supervisor's then (see
+    BOOTSTRAP), which is signalled through a pidfd."""
 
     def __init__(  # noqa: PLR0917 (each one needed, and all different)
         self,
@@ -279,6 +299,8 @@ class Spawned:
             theirs.close()
             os.close(manifest_fd)
         self.pid = self.process.pid
+        self._pidfd: int | None = None
+        self._pid_gone = False  # (forked, and gone before its pidfd was taken)
         self.channel.setblocking(False)
         loop.add_reader(self.channel, self._read)
         self._timer: Timer | None = loop.call_later(READY_TIMEOUT, self._timed_out)
@@ -292,7 +314,7 @@ class Spawned:
             chunk = b""
         if not chunk:
             self._loop.remove_reader(self.channel)
-            status = self.process.poll()
+            status = self.process.poll() if self.pid == self.process.pid else None
             said = "" if status is None else f" with status {status}"
             self._fail(f"the new supervisor (pid {self.pid}) exited{said} before it was ready")
             return
@@ -311,6 +333,8 @@ class Spawned:
             self.version = str(message.get("version", "?"))
             self._finish()
             self._on_ready(self)
+        elif isinstance(message, dict) and set(message) == {"pid"} and self.pid == self.process.pid:
+            self._forked(message["pid"])
         elif isinstance(message, dict) and "error" in message:
             status = message.get("status")
             self._fail(
@@ -318,6 +342,28 @@ class Spawned:
             )
         else:
             self._fail(f"the new supervisor (pid {self.pid}) said something unexpected")
+
+    def _forked(self, pid: object) -> None:
+        if not isinstance(pid, int) or pid <= 1:
+            self._fail(f"the new supervisor (pid {self.pid}) said something unexpected")
+            return
+        self.pid = pid
+        try:
+            self._pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            self._pid_gone = True  # (the channel's end of file says so next)
+        except (AttributeError, OSError):
+            pass  # no pidfds on this kernel: killed by pid
+
+    def _kill(self) -> None:
+        """SIGKILL to the new supervisor (its workers see it gone and exit)."""
+        with contextlib.suppress(OSError):
+            if self.pid == self.process.pid:
+                self.process.kill()  # (the bootstrap, our child, has not forked)
+            elif self._pidfd is not None:
+                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+            elif not self._pid_gone:
+                os.kill(self.pid, signal.SIGKILL)
 
     def _timed_out(self) -> None:
         self._timer = None
@@ -330,23 +376,24 @@ class Spawned:
             self._timer = None
         with contextlib.suppress(KeyError, ValueError):
             self._loop.remove_reader(self.channel)
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
 
     def _fail(self, reason: str, status: int = os.EX_SOFTWARE) -> None:
         if self.done:
             return
+        self._kill()
         self._finish()
         self.channel.close()
-        with contextlib.suppress(ProcessLookupError):
-            self.process.kill()  # (its workers see it gone and exit)
         self._on_failed(reason, status)
 
     def abandon(self) -> None:
         """The old supervisor stops instead: the new one is killed, unless it took over."""
         if not self.done:
+            self._kill()
             self._finish()
             self.channel.close()
-            with contextlib.suppress(ProcessLookupError):
-                self.process.kill()
 
     def go(self, counters: Mapping[str, Any]) -> None:
         """The old one has let go: the new one may run."""
@@ -368,8 +415,10 @@ class Spawned:
         return self.process.poll()
 
     def close_in_child(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self.channel.fileno())
+        for fd in (self.channel.fileno(), self._pidfd):
+            if fd is not None and fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
 
 # -- the new supervisor ------------------------------------------------------------------
