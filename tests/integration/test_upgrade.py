@@ -617,7 +617,14 @@ def test_a_stop_during_an_upgrade_kills_the_new_process_and_stops(
     start_line = len(supervisor.lines)
     supervisor.signal(signal.SIGUSR2)
     supervisor.wait_for_log("blocking import: waiting", start=start_line)  # the new one, stuck
-    (new,) = [child for child in psutil.Process(pid).children() if "-P" in child.cmdline()]
+    # (an orphan since the bootstrap forked, not the old one's child: found by its command line)
+    (new,) = [
+        each
+        for each in psutil.process_iter(["pid", "cmdline"])
+        if each.info["pid"] != pid
+        and "-P" in (each.info["cmdline"] or [])
+        and str(supervisor.config) in (each.info["cmdline"] or [])
+    ]
     supervisor.signal(signal.SIGTERM)
     assert supervisor.process.wait(30) == 0
     supervisor.wait_for_log(
