@@ -126,6 +126,7 @@ class Supervisor(Admission):
         self._handed_to: Spawned | None = None  # the supervisor that took over from this one
         self._in_place: Timer | None = None  # waiting for request threads, then exec
         self._new_code: list[subprocess.Popen[bytes]] = []  # started, to be collected
+        self._old_drain: Timer | None = None  # stopped, waiting for the old one's requests
         self.modes = Modes(self)
         super().__init__()
         self._shutdown = Shutdown(self)
@@ -648,8 +649,31 @@ class Supervisor(Admission):
         self._shutdown.begin(reason, fast)
 
     def stopped(self) -> None:
-        """Nothing left to wait for (shutdown.py): end the loop."""
+        """Nothing left to wait for (shutdown.py): end the loop; but a supervisor that took
+        over waits for the old one to finish its requests first (up to shutdown_timeout and
+        twice kill_grace, the old one's own limit): a service manager kills what is left of
+        the service once its main process exits (systemd's KillMode), the old one included."""
         if self._handed_to is not None:
             self._handed_to.final(self._counters())
+        if self._old_drain is not None:
+            return  # (waiting already)
+        takeover = self._takeover
+        if takeover is not None and takeover.channel is not None:
+            log.info(
+                "waiting for the old supervisor (pid %s) to finish its requests",
+                takeover.old.get("pid"),
+            )
+            settings = self.settings
+            limit = settings.shutdown_timeout + 2 * settings.kill_grace
+            self._old_drain = self.loop.call_later(limit, self._end)
+            takeover.on_gone = self._end
+            return
+        self._end()
+
+    def _end(self) -> None:
+        if self.state is State.STOPPED:
+            return
+        if self._old_drain is not None:
+            self._old_drain.cancel()
         self.state = State.STOPPED  # STOPPING -> STOPPED
         self.loop.stop()

@@ -455,6 +455,7 @@ class Takeover:
         self.unused: list[Listener] = []  # handed sockets no server uses now: closed at `go`
         self._buffer = bytearray()
         self._said = False  # ready, or failed
+        self.on_gone: Callable[[], None] | None = None  # the old one has drained (or died)
 
     @property
     def in_place(self) -> bool:
@@ -551,6 +552,8 @@ class Takeover:
                 message = json.loads(line) if line else None
                 if isinstance(message, dict) and isinstance(message.get("final"), dict):
                     on_final(message["final"])
+            if self.on_gone is not None:
+                self.on_gone()
 
         channel.setblocking(False)
         loop.add_reader(channel, read)

@@ -708,3 +708,31 @@ def test_sigusr2_to_the_workers_and_the_fork_server_upgrades_only_the_supervisor
     for sock in held:
         finish(sock)  # the held requests' processes and threads lived on
     assert not [line for line in supervisor.lines[start_line:] if "SIGUSR2" in line]
+
+
+def test_a_supervisor_that_took_over_stops_only_once_the_old_one_has_drained(
+    start: StartSupervisor, tmp_path: Path, code: Code
+) -> None:
+    """systemd kills what is left of a service once its main process exits (KillMode): the
+    new supervisor, stopped while the old one still finishes a request, waits for it."""
+    supervisor = start(
+        supervisor_table(pidfile=str(tmp_path / "supervisor.pid"), shutdown_timeout=30)
+        + server_table("held", "PidHandler", mode="fork"),
+        env=code.env,
+        wrapper=code.wrapper,
+    )
+    held = connect(supervisor.inet("held"), timeout=60)
+    assert readline(held).strip().isdigit()
+    assert upgrade(supervisor.config).returncode == 0
+    new = psutil.Process(main_pid(supervisor.config))
+    start_line = len(supervisor.lines)
+    new.terminate()
+    supervisor.wait_for_log(
+        rf"supervisor\[{new.pid}\]: waiting for the old supervisor \(pid {supervisor.pid}\) "
+        "to finish its requests",
+        start=start_line,
+    )
+    assert new.status() != psutil.STATUS_ZOMBIE  # still there: the old one is not done
+    finish(held)
+    new.wait(30)
+    supervisor.wait_for_log(rf"supervisor\[{new.pid}\]: stopped", start=start_line)
