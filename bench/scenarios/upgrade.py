@@ -298,6 +298,13 @@ def read_marks(
             upgrade.marks["stopped"] = read
 
 
+def run_command(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`supervisor upgrade` (or it under nsenter), its output captured."""
+    return subprocess.run(  # noqa: S603 (our own command)
+        command, env=env, capture_output=True, text=True, timeout=UPGRADE_TIMEOUT, check=False
+    )
+
+
 def how_to_upgrade(supervised: Supervised, variant: Variant) -> tuple[list[str] | None, str]:
     """The command that upgrades it (None: SIGUSR2), and a note on how it was chosen. In
     place, `supervisor upgrade` from here is tried first (the supervisor is not serving load
@@ -305,14 +312,7 @@ def how_to_upgrade(supervised: Supervised, variant: Variant) -> tuple[list[str] 
     command = [SUPERVISOR, "upgrade", "-c", str(supervised.path)]
     if not variant.in_place:
         return command, ""
-    outside = subprocess.run(  # noqa: S603 (our own command)
-        command,
-        env=supervised.env,
-        capture_output=True,
-        text=True,
-        timeout=UPGRADE_TIMEOUT,
-        check=False,
-    )
+    outside = run_command(command, supervised.env)
     text = (outside.stderr or outside.stdout).replace(str(supervised.path.parent), "DIR")
     said = text.strip().splitlines()
     note = f"`supervisor upgrade` from outside the namespace: exit status {outside.returncode}"
@@ -346,14 +346,7 @@ def upgrade_once(
         os.kill(supervised.pid, signal.SIGUSR2)
     else:
         try:
-            done = subprocess.run(  # noqa: S603 (our own command)
-                command,
-                env=supervised.env,
-                capture_output=True,
-                text=True,
-                timeout=UPGRADE_TIMEOUT,
-                check=False,
-            )
+            done = run_command(command, supervised.env)
         except subprocess.TimeoutExpired:
             upgrade.error = f"`supervisor upgrade` still running after {UPGRADE_TIMEOUT:g}s"
         else:
