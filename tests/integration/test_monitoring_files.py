@@ -423,6 +423,7 @@ def test_dashboard_panels_have_ids_a_place_and_targets(dashboard: dict[str, Any]
         ("supervisor_children_memory_bytes", {"server"}),
         ("supervisor_handler_errors_total", {"server"}),
         ("supervisor_reloads_total", {"result"}),
+        ("supervisor_upgrades_total", {"result"}),
         ("supervisor_rejected_total", {"server", "reason"}),
     ],
 )
