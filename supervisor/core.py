@@ -13,7 +13,6 @@ How a request runs is its server's mode's (modes/); the supervisor accepts and a
 """
 
 import contextlib
-import dataclasses
 import enum
 import gc
 import logging
@@ -36,6 +35,8 @@ from supervisor.control import ControlServer
 from supervisor.errors import SupervisorError, describe
 from supervisor.exporter import HttpServer
 from supervisor.guards import Source
+from supervisor.inplace import Preflight, changed_since, exec_in_place
+from supervisor.inplace import in_place as upgrade_in_place
 from supervisor.loop import Loop, Timer
 from supervisor.modes import Modes
 from supervisor.pidfile import PidFile
@@ -47,8 +48,7 @@ from supervisor.shutdown import Shutdown
 from supervisor.signals import Intent, SignalWakeup
 from supervisor.sockets import Listener
 from supervisor.spawn import Spawner
-from supervisor.upgrade import Outcome, Preflight, Sockets, Spawned, Takeover, exec_in_place
-from supervisor.upgrade import in_place as upgrade_in_place
+from supervisor.upgrade import Counted, Outcome, Sockets, Spawned, Takeover
 from supervisor.upgrade import manifest as upgrade_manifest
 
 log = logging.getLogger("supervisor")
@@ -362,7 +362,7 @@ class Supervisor(Admission):
                 log.warning("upgrade refused: %s", outcome.message)
             return
         in_place = upgrade_in_place()
-        if in_place and (changed := self._file_changed()) is not None:
+        if in_place and (changed := changed_since(self.config_path, self.config)) is not None:
             outcome = Outcome(False, changed, os.EX_CONFIG, os.getpid())
             if reply is not None:
                 reply.give(control.encode(outcome.answer()))
@@ -380,38 +380,13 @@ class Supervisor(Admission):
                     self.loop,
                     self.config_path,
                     self._sockets(),
-                    {
-                        "pid": os.getpid(),
-                        "version": __version__,
-                        "pidfile": None if self._pidfile is None else self._pidfile.path,
-                    },
+                    self._old_facts(),
                     self._take_over_from_here,
                     self._upgrade_failed,
                 )
                 self._new_code.append(spawned.process)
         except (OSError, subprocess.SubprocessError) as exc:
             self._upgrade_failed(f"cannot start the new code ({describe(exc)})", os.EX_OSERR)
-
-    def _file_changed(self) -> str | None:
-        """An upgrade in place must find the configuration file as it runs: the exec'd code
-        has nothing to fall back on if it cannot bind a new address or a check refuses it
-        (reload it first). Why not, or None."""
-        try:
-            loaded = config.load(self.config_path)
-        except SupervisorError as exc:
-            return f"an upgrade in place needs the running configuration: {exc}"
-        running = self.config
-        pidfile = dataclasses.replace(loaded.supervisor, pidfile=running.supervisor.pidfile)
-        if (loaded.servers, loaded.metrics, pidfile) != (
-            running.servers,
-            running.metrics,
-            running.supervisor,
-        ):
-            return (
-                f"{self.config_path} has changed since it was loaded: an upgrade in place runs "
-                "the configuration that runs now (supervisor reload first)"
-            )
-        return None
 
     def _sockets(self) -> Sockets:
         return Sockets(
@@ -433,14 +408,19 @@ class Supervisor(Admission):
         log.error("upgrade failed, %s", message)
         self._upgraded(Outcome(False, message, exit_status, os.getpid()))
 
-    def _counters(self) -> dict[str, Any]:
-        """What this supervisor counted, carried over to the one taking over."""
-        return {
-            "servers": {name: stats.snapshot(s.stats) for name, s in self.servers.items()},
-            "reloads": [self.reload_stats.successes, self.reload_stats.failures],
-            "upgrades": [self.upgrades.ok, self.upgrades.failed],
-            "faults": self.loop.faults,
-        }
+    def _counted(self) -> Counted:
+        """The counters carried over an upgrade (upgrade.py)."""
+        stats_by_name = {name: server.stats for name, server in self.servers.items()}
+        return Counted(stats_by_name, self.reload_stats, self.upgrades, self.loop.faults)
+
+    def _carry(self, counted: Mapping[str, Any] | None, before: Mapping[str, Any] | None) -> None:
+        """Add what the old supervisor counted (beyond `before`) to this one's counters."""
+        self.loop.faults += self._counted().add(counted, before)
+
+    def _old_facts(self) -> dict[str, Any]:
+        """What the new code is told of this supervisor (the manifest's `old`)."""
+        pidfile = None if self._pidfile is None else self._pidfile.path
+        return {"pid": os.getpid(), "version": __version__, "pidfile": pidfile}
 
     def _take_over_from_here(self, new: Spawned) -> None:
         """The new supervisor is ready: let go of everything it takes, then drain here."""
@@ -453,7 +433,7 @@ class Supervisor(Admission):
         self._let_go()
         systemd.notify(f"MAINPID={new.pid}")
         os.environ.pop("NOTIFY_SOCKET", None)  # (the new main process's to use from now on)
-        new.go(self._counters())
+        new.go(self._counted().snapshot())
         self._upgraded(Outcome(True, message, 0, new.pid))
         self._shutdown.begin("upgrade", fast=False)
 
@@ -504,29 +484,6 @@ class Supervisor(Admission):
         if takeover.reply_fd is not None:
             takeover.answer(Outcome(True, message, 0, os.getpid()).answer())
 
-    def _carry(self, counted: Mapping[str, Any] | None, before: Mapping[str, Any] | None) -> None:
-        """Add what the old supervisor counted (beyond `before`) to this one's counters."""
-        if not isinstance(counted, Mapping):
-            return
-        previous = before or {}
-        for name, server_counts in (counted.get("servers") or {}).items():
-            server = self.servers.get(name)
-            if server is None:
-                continue
-            try:
-                stats.add(server.stats, server_counts, (previous.get("servers") or {}).get(name))
-            except (ValueError, TypeError, KeyError, IndexError):
-                log.warning("upgrade: %s: the old supervisor's counters are not readable", name)
-        reloads, upgrades = counted.get("reloads") or [0, 0], counted.get("upgrades") or [0, 0]
-        before_reloads = previous.get("reloads") or [0, 0]
-        before_upgrades = previous.get("upgrades") or [0, 0]
-        with contextlib.suppress(ValueError, TypeError, IndexError):
-            self.reload_stats.successes += int(reloads[0]) - int(before_reloads[0])
-            self.reload_stats.failures += int(reloads[1]) - int(before_reloads[1])
-            self.upgrades.ok += int(upgrades[0]) - int(before_upgrades[0])
-            self.upgrades.failed += int(upgrades[1]) - int(before_upgrades[1])
-            self.loop.faults += int(counted.get("faults", 0)) - int(previous.get("faults", 0))
-
     def _abandon_upgrade(self, reason: str) -> None:
         """Stopping while an upgrade is under way: the new code is not run (a new process is
         killed before it takes anything; an exec in place is called off)."""
@@ -570,9 +527,7 @@ class Supervisor(Admission):
         self.upgrades.ok += 1
         sockets = self._sockets()
         reply = self._upgrade_reply
-        old: dict[str, Any] = {"pid": os.getpid(), "version": __version__}
-        old["counters"] = self._counters()
-        old["pidfile"] = None if self._pidfile is None else self._pidfile.path
+        old = {**self._old_facts(), "counters": self._counted().snapshot()}
         keep = [listener.socket.fileno() for listener in sockets.all()]
         if self._pidfile is not None:
             old["pidfile_fd"] = self._pidfile.fileno()
@@ -619,7 +574,8 @@ class Supervisor(Admission):
     def _reap(self) -> None:
         if self._upgrading is not None:
             self._upgrading.reap()  # (before the table: a stranger it would take, as PID 1)
-        self._new_code = [process for process in self._new_code if process.poll() is None]
+        if self._new_code:  # (started by upgrades: collected here, not by the table)
+            self._new_code = [process for process in self._new_code if process.poll() is None]
         for mode in self.modes:
             mode.reap()
         for reaped in self.children.reap():
@@ -654,7 +610,7 @@ class Supervisor(Admission):
         twice kill_grace, the old one's own limit): a service manager kills what is left of
         the service once its main process exits (systemd's KillMode), the old one included."""
         if self._handed_to is not None:
-            self._handed_to.final(self._counters())
+            self._handed_to.final(self._counted().snapshot())
         if self._old_drain is not None:
             return  # (waiting already)
         takeover = self._takeover

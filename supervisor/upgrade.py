@@ -17,14 +17,9 @@ and prefork workers. Then:
   before `ready` (its code does not import, the configuration is refused, it crashes, it is not
   ready within READY_TIMEOUT) has changed nothing: the old one says why and goes on serving.
   Both accept for a moment: a connection in the listen queue is served by whichever takes it.
-- In place (PID 1, which cannot hand over and exit: the container would end): the new code is
-  checked first in a child (`preflight`: the code imports, the configuration loads, the
-  handlers import), so what would fail there fails with the old one still serving. Then the
-  supervisor stops accepting (clients wait in the listen queues, datagrams in the socket
-  buffers), lets its prefork workers and fork servers finish, waits for its request threads
-  (which an exec would end) up to shutdown_timeout, and execs the new code: same pid, same
-  sockets, the pidfile's lock kept (record locks survive exec), fork children adopted (reaped
-  as strangers, as PID 1 does). The control connection that asked is answered by the new code.
+- In place (inplace.py), as PID 1 (which cannot hand over and exit: the container would end)
+  or under a parent that waits for its child: the new code is checked in a child, then exec'd
+  in this very process, which passes the same description across the exec (no channel).
 
 Spawned, the new interpreter forks once at its start and its first process exits: the new
 supervisor is then an orphan, a child of init (or of the nearest subreaper), not of the old one.
@@ -43,21 +38,21 @@ import dataclasses
 import json
 import logging
 import os
-import re
 import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from supervisor import __version__
+from supervisor import __version__, stats
 from supervisor.addresses import Address
 from supervisor.config import SocketFile
 from supervisor.errors import SupervisorError
 from supervisor.loop import Loop, Timer
 from supervisor.sockets import Listener
+from supervisor.stats import ReloadStats, ServerStats, UpgradeStats
 
 log = logging.getLogger("supervisor")
 
@@ -200,7 +195,7 @@ def manifest(sockets: Sockets, old: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _memfd(data: bytes) -> int:
+def memfd(data: bytes) -> int:
     fd = os.memfd_create("supervisor-upgrade", os.MFD_CLOEXEC)
     try:
         view = memoryview(data)
@@ -211,31 +206,6 @@ def _memfd(data: bytes) -> int:
         os.close(fd)
         raise
     return fd
-
-
-def in_place() -> bool:
-    """Whether an upgrade execs the new code in this very process rather than handing over to
-    a child and exiting: as PID 1 (the container would end), and when nothing would follow
-    the new process: a parent that waits for this one (a shell, tini or `docker run --init`,
-    runit, s6) would see it exit. systemd follows MAINPID (NOTIFY_SOCKET), and a daemon's
-    parent is the system's init (not a container's tini, which waits for its child: ppid 1
-    alone does not tell). $SUPERVISOR_UPGRADE_MODE (`handover` or `exec`) decides instead,
-    except as PID 1."""
-    if os.getpid() == 1:
-        return True
-    chosen = os.environ.get("SUPERVISOR_UPGRADE_MODE", "")
-    if chosen in ("handover", "exec"):
-        return chosen == "exec"
-    if os.environ.get("NOTIFY_SOCKET"):
-        return False
-    if os.getppid() != 1:
-        return True
-    try:
-        with open("/proc/1/comm") as comm:
-            init = comm.read().strip()
-    except OSError:
-        return True
-    return init not in ("systemd", "init")
 
 
 def command(config_path: str, *arguments: str) -> list[str]:
@@ -257,6 +227,55 @@ def environment(value: str | None) -> dict[str, str]:
         env["SUPERVISOR_UPGRADE_NAME"] = comm.read().strip()
     env.pop("WATCHDOG_PID", None)  # (the watchdog is the new main process's to keep)
     return env
+
+
+# -- what is carried over: the counters ---------------------------------------------------
+
+
+@dataclass
+class Counted:
+    """The counters a supervisor carries over an upgrade, its own objects."""
+
+    servers: Mapping[str, ServerStats]
+    reloads: ReloadStats
+    upgrades: UpgradeStats
+    faults: int
+
+    def snapshot(self) -> dict[str, Any]:
+        """As JSON values, for the supervisor taking over."""
+        return {
+            "servers": {name: stats.snapshot(each) for name, each in self.servers.items()},
+            "reloads": [self.reloads.successes, self.reloads.failures],
+            "upgrades": [self.upgrades.ok, self.upgrades.failed],
+            "faults": self.faults,
+        }
+
+    def add(self, counted: Mapping[str, Any] | None, before: Mapping[str, Any] | None) -> int:
+        """Add what the old supervisor counted (beyond `before`, what was added already) to
+        these counters; return what to add to the loop's faults (an int of the caller's)."""
+        if not isinstance(counted, Mapping):
+            return 0
+        previous = before or {}
+        for name, server_counts in (counted.get("servers") or {}).items():
+            target = self.servers.get(name)
+            if target is None:
+                continue
+            try:
+                stats.add(target, server_counts, (previous.get("servers") or {}).get(name))
+            except (ValueError, TypeError, KeyError, IndexError):
+                log.warning("upgrade: %s: the old supervisor's counters are not readable", name)
+        pairs: tuple[tuple[object, tuple[str, str], str], ...] = (
+            (self.reloads, ("successes", "failures"), "reloads"),
+            (self.upgrades, ("ok", "failed"), "upgrades"),
+        )
+        with contextlib.suppress(ValueError, TypeError, IndexError):
+            for totals, fields, key in pairs:
+                now, then = counted.get(key) or [0, 0], previous.get(key) or [0, 0]
+                for index, name in enumerate(fields):
+                    grown = int(now[index]) - int(then[index])
+                    setattr(totals, name, getattr(totals, name) + grown)
+            return int(counted.get("faults", 0)) - int(previous.get("faults", 0))
+        return 0
 
 
 # -- the old supervisor, spawning the new one --------------------------------------------
@@ -283,7 +302,7 @@ class Spawned:
         self.done = False  # ready or failed
         self.version = "?"
         self.channel, theirs = socket.socketpair()
-        manifest_fd = _memfd(json.dumps(manifest(sockets, old)).encode())
+        manifest_fd = memfd(json.dumps(manifest(sockets, old)).encode())
         fds = [theirs.fileno(), manifest_fd, *(each.socket.fileno() for each in sockets.all())]
         try:
             self.process = subprocess.Popen(  # noqa: S603 (our own interpreter and code)
@@ -587,105 +606,3 @@ def inherited() -> Takeover | None:
         return Takeover(channel, described)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise UpgradeError(f"${ENV}: not a handover from a supervisor ({exc})") from exc
-
-
-# -- in place (PID 1) --------------------------------------------------------------------
-
-
-class Preflight:
-    """The new code, checked in a child before an exec in place (`check --preflight`): its
-    one-line error, if any. Success is its `ok` line, not its exit status, which PID 1's
-    reaping of strangers may have collected first."""
-
-    def __init__(self, config_path: str, on_done: Callable[[str | None], None]) -> None:
-        self._on_done = on_done
-        self.process = subprocess.Popen(  # noqa: S603 (our own interpreter and code)
-            command(config_path, "check", "--preflight"),
-            env=environment(None),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        self.pid = self.process.pid
-        self._output = bytearray()
-        self._reported = False
-        self._timer: Timer | None = None
-
-    def attach(self, loop: Loop) -> None:
-        assert self.process.stdout is not None  # noqa: S101
-        output = self.process.stdout
-
-        def too_long() -> None:
-            if not self._reported:
-                with contextlib.suppress(ProcessLookupError):
-                    self.process.kill()
-                self._reported = True
-                self._on_done(f"the check of the new code took over {READY_TIMEOUT:g}s")
-
-        self._timer = loop.call_later(READY_TIMEOUT, too_long)
-        os.set_blocking(output.fileno(), False)
-
-        def read() -> None:
-            try:
-                chunk = os.read(output.fileno(), 65536)
-            except BlockingIOError:
-                return
-            self._output = (self._output + chunk)[-4096:]
-            if not chunk:
-                loop.remove_reader(output)
-                output.close()
-                self._report()
-
-        loop.add_reader(output, read)
-
-    def _report(self) -> None:
-        if self._reported:
-            return
-        self._reported = True
-        if self._timer is not None:
-            self._timer.cancel()
-        lines = self._output.decode(errors="replace").strip().splitlines() or ["no output"]
-        last = lines[-1]
-        if re.search(r": ok, \d+ servers$", last):
-            self._on_done(None)
-        else:
-            self._on_done(last.removeprefix("supervisor: "))
-
-    def reap(self) -> bool:
-        """Collect it once it has exited (its output says how it went)."""
-        return self.process.poll() is not None
-
-    def abandon(self) -> None:
-        """Stopping instead: no exec (the caller cancels it); the check is killed."""
-        self._reported = True
-        if self._timer is not None:
-            self._timer.cancel()
-        with contextlib.suppress(ProcessLookupError):
-            self.process.kill()
-
-    def close_in_child(self) -> None:
-        if self.process.stdout is not None and not self.process.stdout.closed:
-            with contextlib.suppress(OSError):
-                os.close(self.process.stdout.fileno())
-
-
-def exec_in_place(config_path: str, described: Mapping[str, Any], keep: Iterable[int]) -> None:
-    """Replace this process with the new code (it returns only if the exec failed: OSError).
-    The descriptors in `keep` are passed on; the caller has blocked its signals (the mask and
-    the pending signals survive exec, and a signal to PID 1 without a handler is dropped)."""
-    manifest_fd = _memfd(json.dumps(described).encode())
-    kept = [manifest_fd, *keep]
-    try:
-        for fd in kept:
-            os.set_inheritable(fd, True)
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(OSError, ValueError):
-                stream.flush()
-        arguments = command(config_path, "run")
-        os.execve(arguments[0], arguments, environment(f"-:{manifest_fd}"))  # noqa: S606
-    except OSError:
-        for fd in kept[1:]:
-            with contextlib.suppress(OSError):
-                os.set_inheritable(fd, False)
-        os.close(manifest_fd)
-        raise

@@ -56,7 +56,7 @@ class Code:
     @property
     def env(self) -> dict[str, str]:
         """PYTHONPATH, and a handover to a new process: the test is the parent that waits,
-        which would otherwise make the supervisor exec in place (upgrade.in_place)."""
+        which would otherwise make the supervisor exec in place (inplace.in_place)."""
         return {"PYTHONPATH": str(self.path), "SUPERVISOR_UPGRADE_MODE": "handover"}
 
     @property
