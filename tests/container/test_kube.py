@@ -209,12 +209,17 @@ def test_the_deployment_serves_through_its_published_ports(play_kube: PlayKube) 
     status, body = http_get(played.address("7080/tcp"), "/kube")
     assert (status, body.split(b" (")[0]) == (200, b"Hello from hello")
     assert http_get(played.address("9464/tcp"), "/healthz") == (200, b"ok\n")
+    # Published where the variant says and nowhere else (without hostIP and hostPort, podman
+    # 4.3 would publish every containerPort on all the host's interfaces).
+    published = podman("port", played.container).stdout.split()
+    assert sorted(published[2::3]) == sorted(f"127.0.0.1:{port}" for port in played.ports.values())
 
 
 def test_the_probes_the_configmap_and_the_security_context(play_kube: PlayKube) -> None:
     played = play_kube()
     # The livenessProbe is podman's healthcheck: `supervisor health` in the container.
-    liveness = played.deployment["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]
+    (container,) = played.deployment["spec"]["template"]["spec"]["containers"]
+    liveness = container["livenessProbe"]
     assert " ".join(liveness["exec"]["command"]) in played.inspect("{{.Config.Healthcheck.Test}}")
     checked = podman("healthcheck", "run", played.container, check=False)
     assert checked.returncode == 0, checked.stdout + checked.stderr
@@ -236,6 +241,9 @@ def test_the_probes_the_configmap_and_the_security_context(play_kube: PlayKube) 
     assert int(status["CapEff"], 16) == int(status["CapBnd"], 16) == 0
     assert status["NoNewPrivs"] == "1"
     assert status["Seccomp"] == "2"  # a filter
+    memory = container["resources"]["limits"]["memory"]
+    assert memory.endswith("Mi")
+    assert played.inspect("{{.HostConfig.Memory}}") == str(int(memory[:-2]) * 2**20)
 
 
 # --- stopping -------------------------------------------------------------------------------
