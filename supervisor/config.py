@@ -8,6 +8,7 @@ Nothing here opens a socket or imports a handler: see `sockets.py` and `handlers
 import difflib
 import enum
 import grp
+import hashlib
 import ipaddress
 import json
 import math
@@ -196,6 +197,7 @@ class SupervisorConfig:
     credentials: Credentials | None = None
     allow_root: bool = False  # let handlers run as root (refused otherwise: see privileges.py)
     limits: Limits = field(default_factory=Limits)  # the servers' defaults
+    watch_config: bool = False  # reload when the file changes (watch.py)
 
     @property
     def control_socket(self) -> str | None:
@@ -223,11 +225,18 @@ class Config:
     supervisor: SupervisorConfig
     servers: Mapping[str, ServerConfig]
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    digest: str = field(default="", compare=False)  # of the bytes read (watch_config's)
 
 
 def load(path: str) -> Config:
     """Read and validate the file at `path`; raise ConfigError naming the first problem."""
-    return parse(read_document(path), path)
+    data = read_bytes(path)
+    return replace(parse(_decode(path, data), path), digest=content_digest(data))
+
+
+def content_digest(data: bytes) -> str:
+    """A configuration file's content, as compared by watch_config."""
+    return hashlib.sha256(data).hexdigest()
 
 
 def load_metrics(path: str) -> MetricsConfig:
@@ -430,6 +439,7 @@ def _supervisor(table: "_Table", source: str) -> SupervisorConfig:
         "user",
         "group",
         "allow_root",
+        "watch_config",
         *LIMIT_KEYS,
     )
     base = _base(source)
@@ -451,6 +461,7 @@ def _supervisor(table: "_Table", source: str) -> SupervisorConfig:
         fork_server=table.boolean("fork_server", True),
         credentials=table.credentials(),
         allow_root=table.boolean("allow_root", False),
+        watch_config=table.boolean("watch_config", False),
         limits=_limits(table, Limits(), None),
     )
 

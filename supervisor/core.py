@@ -50,6 +50,7 @@ from supervisor.sockets import Listener
 from supervisor.spawn import Spawner
 from supervisor.upgrade import Counted, Outcome, Sockets, Spawned, Takeover
 from supervisor.upgrade import manifest as upgrade_manifest
+from supervisor.watch import ConfigWatch
 
 log = logging.getLogger("supervisor")
 
@@ -127,6 +128,7 @@ class Supervisor(Admission):
         self._in_place: Timer | None = None  # waiting for request threads, then exec
         self._new_code: list[subprocess.Popen[bytes]] = []  # started, to be collected
         self._old_drain: Timer | None = None  # stopped, waiting for the old one's requests
+        self._watch: ConfigWatch | None = None  # watch_config
         self.modes = Modes(self)
         super().__init__()
         self._shutdown = Shutdown(self)
@@ -162,6 +164,7 @@ class Supervisor(Admission):
             self._refresh(server)
             monitoring.log_listening(server, self.modes[server.mode])
         self.modes.start(self.servers.values())  # (the loop has not run: no accept yet)
+        self._update_watch()
         for listener in self.spare:
             log.warning(
                 "inherited socket %s (name %r) matches no server", listener.bound, listener.fd_name
@@ -196,6 +199,7 @@ class Supervisor(Admission):
             self._metrics.close()
         if self._signals is not None:
             self._signals.close()
+        self._stop_watching()
         self.loop.close()
 
     def _descriptors(self) -> Iterable[int]:
@@ -217,6 +221,8 @@ class Supervisor(Admission):
             self._metrics.close_in_child()
         if self._readiness is not None:
             self._readiness.close_in_child()
+        if self._watch is not None:
+            self._watch.close_in_child()
         for fd in self._parent_only_fds:
             os.close(fd)
         for talking in (self._takeover, self._upgrading, self._handed_to):
@@ -294,6 +300,7 @@ class Supervisor(Admission):
         old, new = self.config, prepared.config
         changes = str(config.diff(old, new))
         self._switch(prepared)
+        self._update_watch()
         log.info("reloaded: %s", changes)
         if new.supervisor.log_file not in (old.supervisor.log_file, None):
             self._reopen_logs("log_file changed")
@@ -319,6 +326,23 @@ class Supervisor(Admission):
             monitoring.log_listening(server, self.modes[server.mode])
         _freeze_for_fork(again=True)
         self.modes.start(self.servers.values())  # the new handlers, in every mode
+
+    def _update_watch(self) -> None:
+        """Watch the file if the configuration says so (and no longer if it does not); tell the
+        watch what was loaded."""
+        if not self.settings.watch_config:
+            self._stop_watching()
+        elif self._watch is not None:
+            self._watch.loaded = self.config.digest
+        else:
+            self._watch = ConfigWatch(self.loop, self.config_path, self.config.digest, self.reload)
+            if self._watch.start():
+                log.info("watch_config: reloading when %s changes", self._watch.path)
+
+    def _stop_watching(self) -> None:
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
 
     def _retire(self, server: Server, released: bool) -> None:
         """A server the new configuration removes: stop accepting, let its requests finish."""
@@ -443,6 +467,7 @@ class Supervisor(Admission):
         selector before its descriptor is closed: epoll watches the socket, which lives on in
         the new process, and would go on reporting it here."""
         self.state = State.STOPPING  # RUNNING -> STOPPING (handed over)
+        self._stop_watching()
         sockets = self._sockets()
         for mode in self.modes:
             mode.stop()
@@ -595,6 +620,7 @@ class Supervisor(Admission):
             return
         self.state = State.STOPPING  # RUNNING -> STOPPING
         systemd.notify("STOPPING=1")
+        self._stop_watching()
         for mode in self.modes:
             mode.stop()  # prefork workers and fork servers finish what they have and exit
         for server in [*self.servers.values(), *self.draining]:
