@@ -23,6 +23,7 @@ import random
 import re
 import socket
 import subprocess
+import textwrap
 import threading
 import time
 import tomllib
@@ -251,6 +252,55 @@ def test_the_probes_the_configmap_and_the_security_context(play_kube: PlayKube) 
     memory = container["resources"]["limits"]["memory"]
     assert memory.endswith("Mi")
     assert played.inspect("{{.HostConfig.Memory}}") == str(int(memory[:-2]) * 2**20)
+
+
+# --- a new configuration ----------------------------------------------------------------------
+
+
+def kubelet_update(volume: Path, name: str, text: str) -> None:
+    """Update a ConfigMap volume as the kubelet does: the files in a new directory, `..data`
+    swapped to it by a rename, `name` a symlink through `..data` (made the first time: podman
+    writes the file itself)."""
+    version = volume / f"..{time.time_ns()}"
+    version.mkdir(mode=0o755)
+    (version / name).write_text(text)
+    (version / name).chmod(0o644)
+    (volume / "..data_tmp").symlink_to(version.name)
+    (volume / "..data_tmp").rename(volume / "..data")
+    if not (volume / name).is_symlink():
+        (volume / f"{name}.tmp").symlink_to(f"..data/{name}")
+        (volume / f"{name}.tmp").rename(volume / name)
+
+
+def test_a_configmap_update_is_reloaded_by_the_pod(play_kube: PlayKube) -> None:
+    """watch_config in the ConfigMap: the pod reloads an edited ConfigMap by itself, through
+    the read-only mount, and keeps serving on a broken one."""
+    played = play_kube()
+    volume = Path(
+        podman(
+            "volume", "inspect", "--format", "{{.Mountpoint}}", played.config_volume
+        ).stdout.strip()
+    )
+    kubelet_update(volume, "supervisor.toml", played.toml)  # the kubelet's layout, same content
+    added = textwrap.dedent(
+        """
+        [servers.added]
+        address = "tcp://127.0.0.1:7101"
+        handler = "supervisor_services.echo:EchoHandler"
+        """
+    )
+    seen = len(played.log.lines)
+    kubelet_update(volume, "supervisor.toml", played.toml + added)
+    played.log.wait_for_log(r"reloaded: ", start=seen)
+    assert "added" in played.exec("supervisor", "status").stdout
+
+    seen = len(played.log.lines)
+    kubelet_update(volume, "supervisor.toml", played.toml + "[servers.broken]\n")
+    played.log.wait_for_log(
+        r"reload failed, still running the previous configuration: .*servers\.broken", start=seen
+    )
+    assert exchange(played.address("7007/tcp"), b"still\n") == b"still\n"
+    assert "added" in played.exec("supervisor", "status").stdout
 
 
 # --- stopping -------------------------------------------------------------------------------

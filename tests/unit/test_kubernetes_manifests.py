@@ -248,6 +248,7 @@ def test_the_configuration_is_mounted_where_the_image_looks(loaded: config.Confi
     (mount,) = container()["volumeMounts"]
     assert (mount["mountPath"], mount.get("readOnly")) == (directory, True)
     assert "subPath" not in mount  # a subPath mount never sees the ConfigMap's updates
+    assert loaded.supervisor.watch_config  # and the pods reload them themselves
     (volume,) = [v for v in pod_spec()["volumes"] if v["name"] == mount["name"]]
     assert volume["configMap"]["name"] == one("ConfigMap")["metadata"]["name"]
     assert list(one("ConfigMap")["data"]) == [name]
