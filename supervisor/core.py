@@ -312,6 +312,7 @@ class Supervisor(Admission):
         self.servers, self.config = done.servers, prepared.config
         self.spawner.forget()
         logs.set_level(prepared.config.supervisor.log_level)
+        logs.set_format(prepared.config.supervisor.log_format)
         for server in self.servers.values():
             self._update(server)  # max_children or the mode may have changed
         for name in done.moved:
