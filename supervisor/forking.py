@@ -27,7 +27,7 @@ from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from supervisor import forkserver
+from supervisor import forkserver, logs
 from supervisor.children import ExitStatus
 from supervisor.loop import Loop
 
@@ -398,6 +398,7 @@ class ForkServer:
                 "requests itself",
                 record[1],
                 record[2],
+                extra=logs.about(record[1]),
             )
 
     def _gone(self) -> None:

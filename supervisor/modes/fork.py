@@ -222,6 +222,7 @@ class Fork(Mode):
                 owner.name,
                 handover.client_address,
                 reason,
+                extra=logs.about(owner.name, handover.client_address),
             )
             owner.stats.errors += 1
         self.host.count(owner, -1, handover.source)

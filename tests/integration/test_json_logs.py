@@ -104,6 +104,21 @@ def test_every_line_is_json_with_server_and_client(start_supervisor: StartSuperv
     forked = check_failure(supervisor, "failing")
     assert forked["pid"] != supervisor.pid
     assert check_failure(supervisor, "failing-thread")["pid"] == supervisor.pid
+    # The supervisor's own lines about a server say it too (the metrics endpoint is none).
+    listening = [
+        r for r in records(supervisor) if ": listening on tcp://127.0.0.1:" in r["message"]
+    ]
+    metrics = listening.pop(next(i for i, r in enumerate(listening) if "/metrics" in r["message"]))
+    assert "server" not in metrics, metrics
+    assert {r["server"] for r in listening} == {
+        "fork-log",
+        "thread-log",
+        "inline-log",
+        "prefork-log",
+        "failing",
+        "failing-thread",
+    }
+    assert all("client" not in r for r in listening)
     supervisor.signal(signal.SIGTERM)
     assert supervisor.wait() == 0
     final = records(supervisor)
@@ -130,6 +145,20 @@ def test_a_reload_switches_text_to_json_and_back(start_supervisor: StartSupervis
     check_request_lines(supervisor, ["thread-log", "fork-log"], start)
     back = reload_to(supervisor, servers)
     assert TEXT.match(back), back
+
+
+def test_a_rejected_client_is_a_field(start_supervisor: StartSupervisor) -> None:
+    toml = supervisor_table(log_format="json") + server_table(
+        "guarded", LOGGING, mode="thread", deny=["127.0.0.1"]
+    )
+    supervisor = start_supervisor(toml)
+    with connect(supervisor.inet("guarded")) as sock:
+        host, port = sock.getsockname()[:2]
+        assert sock.recv(1) == b""  # (closed unanswered)
+    supervisor.wait_for_log(r"guarded: rejected client")
+    (record,) = [r for r in records(supervisor) if "rejected client" in r["message"]]
+    assert (record["level"], record["server"]) == ("warning", "guarded"), record
+    assert record["client"] == f"{host}:{port}", record
 
 
 @pytest.mark.parametrize("name", ["failing", "failing-thread"])
