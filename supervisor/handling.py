@@ -20,7 +20,8 @@ imported already: the fork server runs it under `python -S`, loaded by its locat
 forkserver.py), and every import here would cost each of its children page faults. So: no
 `typing` (annotations are strings; types come under TYPE_CHECKING), no `logging` (the caller
 passes a function that returns the logger, called only when a line is logged), and no new object
-per request (no `contextlib.suppress`, no closures).
+per request (no `contextlib.suppress`, no closures) but REQUEST's tuple and token: contextvars
+is two small modules, once in the fork server, and setting and resetting it takes 0.2 us.
 """
 
 from __future__ import annotations  # (no typing module at run time: see above)

@@ -34,7 +34,6 @@ if TYPE_CHECKING:
     from typing import Any
 
 LOG_FORMAT = "%(asctime)s %(levelname)s supervisor[%(process)d]: %(message)s"
-FORMATS = ("text", "json")
 
 _handler: logging.Handler | None = None  # ours, on the root logger (see setup)
 _json = False  # log_format = "json" (see set_format)
