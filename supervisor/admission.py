@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
-from supervisor import guards
+from supervisor import guards, logs
 from supervisor.config import SupervisorConfig
 from supervisor.guards import RejectionLog, Source
 from supervisor.loop import Loop
@@ -89,7 +89,11 @@ class Admission:
             self.loop.remove_reader(server.listener.socket)
         server.listening = wanted
         log.debug(
-            "%s: %s (%d active)", server.name, "accepting" if wanted else "paused", server.active
+            "%s: %s (%d active)",
+            server.name,
+            "accepting" if wanted else "paused",
+            server.active,
+            extra=logs.about(server.name),
         )
 
     def _unlisten(self, server: Server) -> None:
@@ -179,6 +183,7 @@ class Admission:
             server.name,
             exc.strerror or exc,
             ACCEPT_BACKOFF,
+            extra=logs.about(server.name),
         )
         self._pause(server, ACCEPT_BACKOFF)
 
@@ -200,6 +205,7 @@ class Admission:
                 "%s: %d more requests could not be started while it was paused; accepting again",
                 server.name,
                 server.start_failures,
+                extra=logs.about(server.name),
             )
             server.start_failures = 0
         self._refresh(server)
@@ -222,5 +228,6 @@ class Admission:
             client_address,
             reason,
             delay,
+            extra=logs.about(server.name, client_address),
         )
         self._pause(server, delay)

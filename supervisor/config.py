@@ -26,6 +26,7 @@ from supervisor.addresses import Address
 from supervisor.errors import ConfigError, describe, message, shown
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
 DEFAULT_METRICS_ADDRESS = "tcp://127.0.0.1:9464"
 MAX_SECONDS = 86400.0  # a day: the longest wait a setting may ask for
 # Every integer has a largest value, so that nothing downstream (JSON, float metrics, a token
@@ -189,6 +190,7 @@ class SupervisorConfig:
     kill_grace: float = 2.0
     max_children: int | None = None
     log_level: str = "info"
+    log_format: str = "text"  # or "json": one object per line (logs.JsonFormatter)
     path: tuple[str, ...] = ()
     pidfile: str | None = None
     log_file: str | None = None
@@ -432,6 +434,7 @@ def _supervisor(table: "_Table", source: str) -> SupervisorConfig:
         "kill_grace",
         "max_children",
         "log_level",
+        "log_format",
         "path",
         "pidfile",
         "log_file",
@@ -457,6 +460,7 @@ def _supervisor(table: "_Table", source: str) -> SupervisorConfig:
         kill_grace=table.number("kill_grace", 2.0, minimum=0, maximum=MAX_SECONDS),
         max_children=table.optional_integer("max_children", minimum=1, maximum=MAX_CHILDREN),
         log_level=table.choice("log_level", "info", LOG_LEVELS),
+        log_format=table.choice("log_format", "text", LOG_FORMATS),
         path=tuple(os.path.join(base, entry) for entry in table.strings("path")),
         fork_server=table.boolean("fork_server", True),
         credentials=table.credentials(),

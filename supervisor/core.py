@@ -319,6 +319,7 @@ class Supervisor(Admission):
         self.servers, self.config = done.servers, prepared.config
         self.spawner.forget()
         logs.set_level(prepared.config.supervisor.log_level)
+        logs.set_format(prepared.config.supervisor.log_format)
         for server in self.servers.values():
             self._update(server)  # max_children or the mode may have changed
         for name in done.moved:
@@ -354,9 +355,14 @@ class Supervisor(Admission):
             server.close_handler_socket()
         if server.active:
             self.draining.add(server)
-            log.info("%s: removed; %d requests still running", server.name, server.active)
+            log.info(
+                "%s: removed; %d requests still running",
+                server.name,
+                server.active,
+                extra=logs.about(server.name),
+            )
         else:
-            log.info("%s: removed", server.name)
+            log.info("%s: removed", server.name, extra=logs.about(server.name))
 
     def _release(self, listener: Listener) -> None:
         """A listener no server uses any more: close it, or keep it if systemd passed it in."""
@@ -590,7 +596,7 @@ class Supervisor(Admission):
             self.draining.discard(server)
             server.close_handler_socket()
             self.spawner.forget()
-            log.info("%s: removed server drained", server.name)
+            log.info("%s: removed server drained", server.name, extra=logs.about(server.name))
         if self._in_place is not None:
             self._exec_when_idle()
         elif self.state is State.STOPPING:

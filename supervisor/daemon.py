@@ -23,6 +23,7 @@ from supervisor import (
     config,
     control,
     forking,
+    handling,
     logs,
     privileges,
     readiness,
@@ -55,7 +56,7 @@ def _run(path: str, detach: bool, takeover: upgrade.Takeover | None) -> int:
     loaded = config.load(path)
     loaded = replace(loaded, supervisor=rundir.secure_pidfile(loaded))
     settings = loaded.supervisor
-    logs.setup(settings.log_level)
+    logs.setup(settings.log_level, log_format=settings.log_format, request=handling.REQUEST)
     if detach and (settings.pidfile is None or settings.log_file is None):
         raise ConfigError(path, "supervisor", "run --daemon needs both pidfile and log_file")
     pid = None if settings.pidfile is None or takeover else running_pid(settings.pidfile)

@@ -27,7 +27,7 @@ from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from supervisor import forkserver
+from supervisor import forkserver, logs
 from supervisor.children import ExitStatus
 from supervisor.loop import Loop
 
@@ -70,8 +70,11 @@ class Events(Protocol):
     def fork_server_gone(self, fork_server: "ForkServer") -> None: ...
 
 
-def setup_for(servers: Iterable[Any], log_format: str, log_level: str, journal_pid: int) -> bytes:
-    """The setup the process reads: sys.path, logging, and what `self.server` shows per server."""
+def setup_for(
+    servers: Iterable[Any], log_format: str, log_level: str, journal_pid: int, log_json: bool
+) -> bytes:
+    """The setup the process reads: sys.path, logging (`log_format`: the text one; `log_json`:
+    JSON lines instead), and what `self.server` shows per server."""
     specs = []
     for server in servers:
         listening = server.listener.socket
@@ -101,6 +104,7 @@ def setup_for(servers: Iterable[Any], log_format: str, log_level: str, journal_p
         "log_format": log_format,
         "log_level": log_level.upper(),
         "journal_pid": journal_pid,
+        "log_json": log_json,
     }
     return marshal.dumps({**setup, "servers": specs})
 
@@ -394,6 +398,7 @@ class ForkServer:
                 "requests itself",
                 record[1],
                 record[2],
+                extra=logs.about(record[1]),
             )
 
     def _gone(self) -> None:

@@ -23,11 +23,11 @@ location next to this file: not through sys.path, where handler modules would se
 modules as top-level ones, and without the package's __init__. The protocol, on a SOCK_SEQPACKET
 socket pair (fd 3 here), each message a marshal'd tuple:
 
-- setup (fd 4, a file): sys.path, the log format and level, and per server its name, handler
-  (`module:Class`) and the attributes its handlers see as `self.server`; or, for a hosted
-  server, its `server` callable (`module:callable`): the object is made here, once, and adopted
-  as in the supervisor (adoption.py, loaded like handling.py), so that children inherit it as
-  ForkingMixIn's do.
+- setup (fd 4, a file): sys.path, the log format (text or JSON) and level, and per server its
+  name, handler (`module:Class`) and the attributes its handlers see as `self.server`; or, for
+  a hosted server, its `server` callable (`module:callable`): the object is made here, once,
+  and adopted as in the supervisor (adoption.py, loaded like handling.py), so that children
+  inherit it as ForkingMixIn's do.
 - done (fd 5, the write end of a pipe the supervisor reads): a child of a server with
   `max_per_source` writes handling.DONE (this process's pid, the request's seq, its own pid)
   when its handler has returned, before its connection is shut down, so that the supervisor
@@ -175,17 +175,20 @@ class ServerView:
         request.close()
 
 
-LogSetup = tuple[str, str, int]  # the text format, the level, the journal's pid or 0
+# The text format, the level, the journal's pid or 0, JSON lines (log_format = "json")
+LogSetup = tuple[str, str, int, bool]
 
 
 def log_setup_of(setup: dict[str, Any]) -> LogSetup:
     """What the supervisor's setup says of logging (forking.setup_for)."""
-    return (setup["log_format"], setup["log_level"], setup["journal_pid"])
+    json = setup.get("log_json", False)
+    return (setup["log_format"], setup["log_level"], setup["journal_pid"], json)
 
 
 def _configure_logging(log_setup: LogSetup, force: bool = False) -> None:
-    """Log as the supervisor does (format, level, stderr; the journal's format when the
-    supervisor uses it). `force`: also when something configured the root logger already (a
+    """Log as the supervisor does (format, level, stderr; the journal's format or JSON lines
+    when the supervisor uses them, with the server and client of the request being handled:
+    logs.RequestFields). `force`: also when something configured the root logger already (a
     handler module's logging.basicConfig(), which in the supervisor, configured first, does
     nothing)."""
     import logging  # noqa: PLC0415 (only where a line is logged: the process stays small)
@@ -194,10 +197,11 @@ def _configure_logging(log_setup: LogSetup, force: bool = False) -> None:
     if root.handlers and not force:
         return
     handler = logging.StreamHandler(sys.stderr)
-    text_format, level, journal_pid = log_setup
-    if journal_pid:
+    text_format, level, journal_pid, json = log_setup
+    if journal_pid or json:
         logs = importlib.import_module("supervisor.logs") if __package__ else _load_sibling("logs")
-        handler.setFormatter(logs.JournalFormatter(journal_pid))
+        handler.setFormatter(logs.formatter(json, journal_pid))
+        handler.addFilter(logs.RequestFields(handling.REQUEST))  # (this file's handling.py)
     else:
         handler.setFormatter(logging.Formatter(text_format))
     root.handlers[:] = [handler]
@@ -246,6 +250,7 @@ def set_up_child(name: str, setup: Any, log: Any) -> bool:
             name,
             os.getpid(),
             getattr(exc, "strerror", None) or exc,
+            extra={"server": name},  # (logs.about: not imported here)
         )
         return False
     return True
@@ -409,7 +414,10 @@ class ForkServer:
                 status = _handle(server, fd, client_address, done)
         except BaseException:
             _logger(self.log_setup).exception(
-                "%s: child %d failed outside its handler", server.name, os.getpid()
+                "%s: child %d failed outside its handler",
+                server.name,
+                os.getpid(),
+                extra={"server": server.name, "client": client_address},
             )
         finally:
             handling.flush_output()
@@ -595,7 +603,7 @@ def warm_up() -> None:
             "max_packet_size": 0,
         },
         _Idle,
-        ("%(message)s", "INFO", 0),
+        ("%(message)s", "INFO", 0, False),
     )
     for _ in range(WARM_UP_RUNS):
         ours, theirs = socket.socketpair()

@@ -33,7 +33,7 @@ from dataclasses import replace
 from typing import Any
 
 from supervisor.config import Limits, Peer, Rule
-from supervisor.logs import Throttle, since
+from supervisor.logs import Throttle, about, since
 
 log = logging.getLogger("supervisor")
 
@@ -250,7 +250,14 @@ class RejectionLog:
         if left_out is None:
             return
         client = f"uid {peer[0]}" if peer is not None else client_address
-        log.warning("%s: rejected client %s (%s)%s", server, client, _TEXT[reason], since(left_out))
+        log.warning(
+            "%s: rejected client %s (%s)%s",
+            server,
+            client,
+            _TEXT[reason],
+            since(left_out),
+            extra=about(server, client),
+        )
 
 
 _TEXT = {

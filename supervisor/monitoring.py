@@ -9,7 +9,7 @@ import os
 import time
 from typing import Any, Protocol
 
-from supervisor import exposition, metrics, systemd
+from supervisor import exposition, logs, metrics, systemd
 from supervisor.config import Config
 from supervisor.exporter import HttpServer, Response
 from supervisor.loop import Loop, Timer
@@ -74,6 +74,7 @@ def log_listening(server: Server, mode: Mode) -> None:
         server.config.code_key,
         server.config.code,
         limit,
+        extra=logs.about(server.name),
     )
 
 

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from supervisor import logs
 from supervisor.guards import RejectionLog
 from supervisor.loop import Loop, Timer
 from supervisor.server import Server
@@ -141,6 +142,7 @@ def _prepare(server: Server, stop_fd: int) -> int:
             server.name,
             config.max_rss,
             start // 1024,
+            extra=logs.about(server.name),
         )
     if not config.max_requests:
         return 0
@@ -156,14 +158,26 @@ def _accept_failed(server: Server, exc: OSError, stop_fd: int) -> bool:
         return True  # the supervisor shut the socket down: stopping, moved or removed
     if exc.errno in TRANSIENT_ERRNOS:
         return False
-    log.warning("%s: worker %d: accept failed (%s)", server.name, os.getpid(), exc)
+    log.warning(
+        "%s: worker %d: accept failed (%s)",
+        server.name,
+        os.getpid(),
+        exc,
+        extra=logs.about(server.name),
+    )
     return bool(select.select([stop_fd], [], [], RESOURCE_PAUSE)[0])
 
 
 def _recycled(server: Server, served: int, limit: int) -> bool:
     """Whether the worker has done its share: max_requests, or max_rss passed."""
     if limit and served >= limit:
-        log.info("%s: worker %d recycled after %d requests", server.name, os.getpid(), served)
+        log.info(
+            "%s: worker %d recycled after %d requests",
+            server.name,
+            os.getpid(),
+            served,
+            extra=logs.about(server.name),
+        )
         return True
     max_rss = server.config.max_rss
     if max_rss and resource.getrusage(resource.RUSAGE_SELF).ru_maxrss > max_rss * 1024:
@@ -172,6 +186,7 @@ def _recycled(server: Server, served: int, limit: int) -> bool:
             server.name,
             os.getpid(),
             max_rss,
+            extra=logs.about(server.name),
         )
         return True
     return False
@@ -250,7 +265,12 @@ class Pool:
                 os.close(stop_write)
                 raise
         except OSError as exc:
-            log.error("%s: cannot start a worker (%s)", self.server.name, exc.strerror or exc)
+            log.error(
+                "%s: cannot start a worker (%s)",
+                self.server.name,
+                exc.strerror or exc,
+                extra=logs.about(self.server.name),
+            )
             return False
 
         def body() -> int:
@@ -309,7 +329,12 @@ class Pool:
             elif not worker.ready:
                 worker.ready = True
                 self.failures = 0  # a worker got as far as its loop: the handler is fine
-                log.debug("%s: worker %d ready", self.server.name, worker.pid)
+                log.debug(
+                    "%s: worker %d ready",
+                    self.server.name,
+                    worker.pid,
+                    extra=logs.about(self.server.name),
+                )
         if eof:
             self._close_reports(worker)
 
@@ -342,7 +367,13 @@ class Pool:
         if self._respawn is not None or self.closed:
             return
         delay = min(BACKOFF_FIRST * 2 ** max(self.failures - 1, 0), BACKOFF_MAX)
-        log.warning("%s: %s; starting the next in %.1fs", self.server.name, reason, delay)
+        log.warning(
+            "%s: %s; starting the next in %.1fs",
+            self.server.name,
+            reason,
+            delay,
+            extra=logs.about(self.server.name),
+        )
 
         def again() -> None:
             self._respawn = None

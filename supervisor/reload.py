@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from supervisor import addresses, config, handlers, hosting, privileges
+from supervisor import addresses, config, handlers, hosting, logs, privileges
 from supervisor.config import Config, ServerConfig, SocketFile
 from supervisor.errors import BindError, describe
 from supervisor.hosting import Code
@@ -232,6 +232,7 @@ def warn_reuse_port(name: str, server: ServerConfig, listener: Listener) -> None
                 "ReusePort=yes in its .socket unit",
                 name,
                 listener.bound,
+                extra=logs.about(name),
             )
     elif server.reuse_port != listener.reuse_port:
         log.warning(
@@ -241,6 +242,7 @@ def warn_reuse_port(name: str, server: ServerConfig, listener: Listener) -> None
             "true" if server.reuse_port else "false",
             listener.bound,
             "with" if listener.reuse_port else "without",
+            extra=logs.about(name),
         )
 
 

@@ -27,7 +27,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from supervisor import adoption, handling, hosting, privileges
+from supervisor import adoption, handling, hosting, logs, privileges
 from supervisor.config import Mode, ServerConfig
 from supervisor.guards import Guard, RejectionLog, Source, peer_credentials
 from supervisor.hosting import Code
@@ -267,7 +267,7 @@ class Server:
             sock.send(self.banner, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
             sock.shutdown(socket.SHUT_WR)
         except OSError as exc:
-            log.debug("%s: banner_fail not sent (%s)", self.name, exc)
+            log.debug("%s: banner_fail not sent (%s)", self.name, exc, extra=logs.about(self.name))
         sock.close()
 
     def close_request(self, request: Request | int) -> None:
@@ -285,7 +285,12 @@ class Server:
             if self.hosted.verify_request(request, client_address):
                 return True
         except BaseException:  # (its SystemExit must not end the supervisor: a refusal)
-            log.exception("%s: verify_request failed for client %s", self.name, client_address)
+            log.exception(
+                "%s: verify_request failed for client %s",
+                self.name,
+                client_address,
+                extra=logs.about(self.name, client_address),
+            )
         self.stats.rejected["verify_request"] += 1
         handling.shutdown_hosted(self, request, _logger)
         return False
@@ -297,7 +302,7 @@ class Server:
             self.hosted.service_actions()
         except BaseException:  # (its SystemExit must not end the supervisor)
             if not self.service_failing:
-                log.exception("%s: service_actions failed", self.name)
+                log.exception("%s: service_actions failed", self.name, extra=logs.about(self.name))
             self.service_failing = True
         else:
             self.service_failing = False

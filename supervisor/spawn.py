@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable
 from functools import partial
 from typing import NoReturn, Protocol
 
+from supervisor import logs
 from supervisor.children import ChildTable, Reaped
 from supervisor.forkserver import set_up_child
 from supervisor.guards import Source
@@ -128,7 +129,12 @@ class Spawner:
             ):
                 status = run()
         except BaseException:
-            log.exception("%s: child %d failed outside its handler", server.name, os.getpid())
+            log.exception(
+                "%s: child %d failed outside its handler",
+                server.name,
+                os.getpid(),
+                extra=logs.about(server.name),
+            )
         finally:
             flush_output()
             os._exit(status)

@@ -16,6 +16,7 @@ connections it serves) the mode registers with `host.spawner.on_child`.
 import logging
 from typing import Any, ClassVar, Protocol
 
+from supervisor import logs
 from supervisor.children import Child, ChildTable, Reaped
 from supervisor.config import SupervisorConfig
 from supervisor.guards import Source
@@ -187,4 +188,5 @@ def log_exit(child: Child[Server], reaped: Reaped[Server], debug: bool) -> None:
         status,
         reaped.duration,
         " (request_timeout)" if child.timed_out else "",
+        extra=logs.about(server.name),
     )

@@ -12,6 +12,7 @@ import signal
 import time
 from collections.abc import Callable
 
+from supervisor import logs
 from supervisor.children import Child
 from supervisor.loop import Loop, Timer
 from supervisor.server import Server
@@ -84,6 +85,7 @@ class Deadlines:
                 child.pid,
                 timeout,
                 now - child.started,
+                extra=logs.about(name),
             )
             self._send(child, signal.SIGTERM)
             return
@@ -94,5 +96,6 @@ class Deadlines:
             name,
             child.pid,
             now - child.started,
+            extra=logs.about(name),
         )
         self._send(child, signal.SIGKILL)

@@ -159,7 +159,13 @@ class Fork(Mode):
         settings = self.host.settings
         if not self._streams or not settings.fork_server or not self.host.running:
             return
-        setup = setup_for(self._streams, logs.LOG_FORMAT, settings.log_level, logs.journal_pid())
+        setup = setup_for(
+            self._streams,
+            logs.LOG_FORMAT,
+            settings.log_level,
+            logs.journal_pid(),
+            logs.log_json(),
+        )
         try:
             self.fork_server = ForkServer(self.host.loop, self, setup, self._done.write_fd)
         except OSError as exc:
@@ -216,6 +222,7 @@ class Fork(Mode):
                 owner.name,
                 handover.client_address,
                 reason,
+                extra=logs.about(owner.name, handover.client_address),
             )
             owner.stats.errors += 1
         self.host.count(owner, -1, handover.source)

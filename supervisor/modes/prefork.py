@@ -10,6 +10,7 @@ requests, as its children (a fixed set of workers is never "saturated").
 import logging
 from collections.abc import Callable
 
+from supervisor import logs
 from supervisor.children import Reaped
 from supervisor.modes.base import Host, Mode, account_exit
 from supervisor.prefork import Pool
@@ -59,7 +60,12 @@ class Prefork(Mode):
         try:
             pid = self.host.spawner.spawn(server, run, keep_listener=True, keeper=self)
         except OSError as exc:
-            log.error("%s: fork failed for a worker (%s)", server.name, exc.strerror or exc)
+            log.error(
+                "%s: fork failed for a worker (%s)",
+                server.name,
+                exc.strerror or exc,
+                extra=logs.about(server.name),
+            )
             return None
         self.host.count(server, +1)
         return pid

@@ -408,6 +408,17 @@ def test_out_of_range_supervisor_values(extra: str, message: str) -> None:
     assert error_of(f"[supervisor]\n{extra}\n" + ECHO) == f"{SOURCE}: supervisor.{message}"
 
 
+def test_log_format_is_text_unless_json_is_asked() -> None:
+    assert parse(ECHO).supervisor.log_format == "text"
+    assert parse('[supervisor]\nlog_format = "json"\n' + ECHO).supervisor.log_format == "json"
+    assert error_of('[supervisor]\nlog_format = "xml"\n' + ECHO) == (
+        f"{SOURCE}: supervisor.log_format: must be one of text, json, got 'xml'"
+    )
+    assert error_of("[supervisor]\nlog_format = 1\n" + ECHO) == (
+        f"{SOURCE}: supervisor.log_format: must be a string, got integer 1"
+    )
+
+
 def test_a_huge_integer_duration_is_one_config_error() -> None:
     toml = f"[supervisor]\nshutdown_timeout = 1{'0' * 400}\n" + ECHO
     with pytest.raises(ConfigError) as caught:
