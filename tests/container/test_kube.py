@@ -19,6 +19,7 @@ SIGTERM and SIGKILL when the rest of the grace period is over (`podman stop --ti
 """
 
 import http.client
+import json
 import random
 import re
 import socket
@@ -199,6 +200,11 @@ def http_get(address: tuple[str, int], path: str) -> tuple[int, bytes]:
         connection.close()
 
 
+def json_lines(lines: list[str]) -> list[dict[str, Any]]:
+    """The log's lines, each one JSON object (the ConfigMap's log_format)."""
+    return [json.loads(line) for line in lines]
+
+
 def proc_status(pid: int) -> dict[str, str]:
     lines = Path(f"/proc/{pid}/status").read_text().splitlines()
     return dict(line.split(":\t", 1) for line in lines if ":\t" in line)
@@ -217,6 +223,11 @@ def test_the_deployment_serves_through_its_published_ports(play_kube: PlayKube) 
     status, body = http_get(played.address("7080/tcp"), "/kube")
     assert (status, body.split(b" (")[0]) == (200, b"Hello from hello")
     assert http_get(played.address("9464/tcp"), "/healthz") == (200, b"ok\n")
+    # The ConfigMap's log_format: every line one JSON object; the request's names its server.
+    record = json.loads(played.log.wait_for_log(r"GET /kube HTTP/1\.1\S* 200").string)
+    assert (record["server"], record["level"]) == ("hello", "info")
+    assert record["client"]
+    assert len(json_lines(played.log.lines)) == len(played.log.lines)
     # Published where the variant says and nowhere else (without hostIP and hostPort, podman
     # 4.3 would publish every containerPort on all the host's interfaces).
     published = podman("port", played.container).stdout.split()
@@ -430,7 +441,10 @@ def test_a_stop_drains_under_load_and_the_pod_goes_down(play_kube: PlayKube) -> 
     assert load.cut == []
     assert load.answered == accepted
     assert played.inspect("{{.State.ExitCode}}") == "0"
-    played.log.wait_for_log(r"INFO supervisor\[1\]: stopped$", start=seen)
+    (stopped,) = [
+        line for line in json_lines(played.log.lines[seen:]) if line["message"] == "stopped"
+    ]
+    assert (stopped["pid"], stopped["level"]) == (1, "info")
     assert stopped_in < played.stop_timeout
     print(
         f"stop: {stopped_in:.2f}s; hello: {load.answered} answered (= accepted; "

@@ -249,6 +249,7 @@ def test_the_configuration_is_mounted_where_the_image_looks(loaded: config.Confi
     assert (mount["mountPath"], mount.get("readOnly")) == (directory, True)
     assert "subPath" not in mount  # a subPath mount never sees the ConfigMap's updates
     assert loaded.supervisor.watch_config  # and the pods reload them themselves
+    assert loaded.supervisor.log_format == "json"
     (volume,) = [v for v in pod_spec()["volumes"] if v["name"] == mount["name"]]
     assert volume["configMap"]["name"] == one("ConfigMap")["metadata"]["name"]
     assert list(one("ConfigMap")["data"]) == [name]
