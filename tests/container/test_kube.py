@@ -393,7 +393,7 @@ def test_a_stop_drains_under_load_and_the_pod_goes_down(play_kube: PlayKube) -> 
         thread.start()
     stop: subprocess.Popen[bytes] | None = None
     try:
-        load.wait_for(lambda: load.answered >= 50, CLIENT_TIMEOUT)  # the load is on
+        load.wait_for(lambda: load.answered >= 200, CLIENT_TIMEOUT)  # the load is on
         # A request held open across the stop: echo answers each line until the client ends.
         with connect(played.address("7007/tcp"), CLIENT_TIMEOUT) as held:
             held.sendall(b"before\n")
