@@ -24,7 +24,7 @@ import sys
 import time
 from collections.abc import Iterable, Mapping
 from functools import partial
-from os import EX_SOFTWARE
+from os import EX_CONFIG, EX_SOFTWARE
 from typing import Any
 
 from supervisor import __version__, config, control, logs, monitoring, signals, stats, systemd
@@ -268,7 +268,7 @@ class Supervisor(Admission):
         if self.state is not State.RUNNING or self._upgrading is not None:
             doing = "upgrading" if self._upgrading is not None else self.state.value
             log.warning("reload refused: cannot reload while %s", doing)
-            return ReloadResult(False, f"cannot reload while {doing}", exit_status=69)
+            return ReloadResult(False, f"cannot reload while {doing}", exit_status=69, refused=True)
         systemd.notify(systemd.reloading_message())
         log.info("reloading %s", self.config_path)
         current = {name: server.listener for name, server in self.servers.items()}
@@ -334,11 +334,16 @@ class Supervisor(Admission):
         if not self.settings.watch_config:
             self._stop_watching()
         elif self._watch is not None:
-            self._watch.loaded = self.config.digest
+            self._watch.reloaded(self.config.digest)
         else:
-            self._watch = ConfigWatch(self.loop, self.config_path, self.config.digest, self.reload)
-            if self._watch.start():
-                log.info("watch_config: reloading when %s changes", self._watch.path)
+            self._watch = ConfigWatch(
+                self.loop, self.config_path, self.config.digest, self._reload_for_watch
+            )
+            self._watch.start()
+
+    def _reload_for_watch(self) -> bool:
+        """watch_config's reload: False if it was refused (not now: upgrading, stopping)."""
+        return not self.reload().refused
 
     def _stop_watching(self) -> None:
         if self._watch is not None:
@@ -555,6 +560,10 @@ class Supervisor(Admission):
         self._in_place = None
         if any(server.threads for server in self.servers.values()):
             log.warning("upgrade: request threads still running after shutdown_timeout: ended")
+        changed = changed_since(self.config_path, self.config)  # (the check saw it earlier)
+        if changed is not None:  # (watch_config: a ConfigMap update may come any time)
+            self._resume_after_failed_exec(changed, EX_CONFIG)
+            return
         self.upgrades.ok += 1
         sockets = self._sockets()
         reply = self._upgrade_reply
@@ -576,14 +585,16 @@ class Supervisor(Admission):
             if waiting is not None:
                 waiting.done = False
             self.upgrades.ok -= 1
-            self._resume_after_failed_exec(f"cannot exec the new code ({describe(exc)})")
+            self._resume_after_failed_exec(
+                f"cannot exec the new code ({describe(exc)})", os.EX_OSERR
+            )
 
-    def _resume_after_failed_exec(self, reason: str) -> None:
+    def _resume_after_failed_exec(self, reason: str, exit_status: int) -> None:
         self.state = State.RUNNING  # STOPPING -> RUNNING (the exec failed: nothing changed)
         for server in self.servers.values():
             self._refresh(server)
         self.modes.start(self.servers.values())
-        self._upgrade_failed(reason, os.EX_OSERR)
+        self._upgrade_failed(reason, exit_status)
 
     # -- counting and reaping --------------------------------------------------------------
 

@@ -202,6 +202,7 @@ def _configure_logging(log_setup: LogSetup, force: bool = False) -> None:
         logs = importlib.import_module("supervisor.logs") if __package__ else _load_sibling("logs")
         handler.setFormatter(logs.formatter(json, journal_pid))
         handler.addFilter(logs.RequestFields(handling.REQUEST))  # (this file's handling.py)
+        logs.python_output_logged(json)
     else:
         handler.setFormatter(logging.Formatter(text_format))
     root.handlers[:] = [handler]

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 from collections import Counter
 
@@ -141,12 +142,13 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         fields = self.fields(record)
         try:
-            line = json.dumps(fields, ensure_ascii=True, default=_jsonable)
-        except (TypeError, ValueError):  # an extra field JSON cannot take (a tuple key, a cycle)
+            line = json.dumps(fields, ensure_ascii=True, allow_nan=False, default=_jsonable)
+        except (TypeError, ValueError, RecursionError):  # an extra field JSON cannot take
+            # (a tuple key, a cycle, NaN, a structure too deep): its text instead
             text = {
                 key: value if key in _FIELDS else _jsonable(value) for key, value in fields.items()
             }
-            line = json.dumps(text, ensure_ascii=True)
+            line = json.dumps(text, ensure_ascii=True, allow_nan=False)
         return f"<{priority(record.levelno)}>{line}" if self.journal else line
 
     def fields(self, record: logging.LogRecord) -> dict[str, Any]:
@@ -235,6 +237,27 @@ def set_format(log_format: str) -> None:
     global _json  # noqa: PLW0603 (one per process)
     _json = log_format == "json"
     _use_format()
+    python_output_logged(_json)
+
+
+def python_output_logged(enabled: bool) -> None:
+    """What Python itself prints on stderr goes through logging (as one JSON line) when
+    `enabled`, else is printed as Python does: a warning (two lines of text), an exception
+    escaping a thread that a handler started."""
+    logging.captureWarnings(enabled)
+    threading.excepthook = _log_thread_exception if enabled else threading.__excepthook__
+
+
+def _log_thread_exception(args: threading.ExceptHookArgs) -> None:
+    """threading.excepthook in JSON mode: the exception as one line, error level."""
+    if args.exc_type is SystemExit:
+        return  # (as the default hook: a thread's sys.exit() is not an error)
+    name = args.thread.name if args.thread is not None else "a thread"
+    logging.getLogger("supervisor").error(
+        "exception in %s, which ended",
+        name,
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback),  # type: ignore[arg-type]
+    )
 
 
 def log_json() -> bool:

@@ -47,6 +47,7 @@ class ReloadResult:
     message: str  # what changed, or the one-line error
     at: float = field(default_factory=time.time)
     exit_status: int = 0
+    refused: bool = False  # not tried: the supervisor was busy (upgrading, stopping)
 
 
 class Reloads:

@@ -181,3 +181,26 @@ def check_failure_in_journal(supervisor: Supervisor, name: str) -> dict[str, Any
         assert re.fullmatch(r"<[2-7]>", priority), other
         json.loads(brace + rest)
     return record
+
+
+@pytest.mark.parametrize("mode", ["fork", "thread", "prefork"])
+def test_what_python_prints_is_json_too(start_supervisor: StartSupervisor, mode: str) -> None:
+    """A warning and an exception escaping a handler's own thread: one JSON line each."""
+    keys: dict[str, Any] = {"mode": mode, **({"workers": 1} if mode == "prefork" else {})}
+    supervisor = start_supervisor(
+        supervisor_table(log_format="json")
+        + server_table("noisy", "tests.logging_handler:NoisyHandler", **keys)
+    )
+    start = len(supervisor.lines)
+    with connect(supervisor.inet("noisy")) as sock:
+        sock.sendall(b"go\n")
+        assert readline(sock) == b"noisy\n"
+    supervisor.wait_for_log("a thread's own failure", start=start)
+    supervisor.wait_for_log("a warning from the handler", start=start)
+    found = records(supervisor, start)  # (every line an object)
+    (warning,) = [r for r in found if "a warning from the handler" in r["message"]]
+    assert warning["level"] == "warning", warning
+    assert warning["server"] == "noisy", warning
+    (failure,) = [r for r in found if "handler-thread" in r["message"]]
+    assert failure["level"] == "error", failure
+    assert "ValueError: a thread's own failure" in failure["exc_info"], failure

@@ -109,6 +109,22 @@ def test_extra_fields_follow_and_anything_becomes_text() -> None:
     assert "_private" not in fields_of(record(_private=1))
 
 
+def test_values_strict_json_has_no_place_for_become_text() -> None:
+    """NaN (which json.dumps writes bare by default, and strict parsers refuse) and a
+    structure deeper than the encoder's recursion limit."""
+
+    def strict(constant: str) -> None:
+        raise AssertionError(f"not strict JSON: {constant}")
+
+    deep: list[object] = []
+    for _ in range(sys.getrecursionlimit() + 10):
+        deep = [deep]
+    nan = json.loads(line_of(record(ratio=float("nan"))), parse_constant=strict)
+    assert nan["ratio"] == "nan"
+    fields = json.loads(line_of(record(deep=deep)), parse_constant=strict)
+    assert fields["deep"] == "<list object>"  # (even its str() is too deep)
+
+
 def test_a_message_its_arguments_do_not_fit_is_still_a_line() -> None:
     message = fields_of(record("%d items", "many"))["message"]
     assert message.startswith("'%d items' % ('many',) (TypeError: "), message
