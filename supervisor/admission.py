@@ -125,22 +125,35 @@ class Admission:
     # -- accepting -------------------------------------------------------------------------
 
     def _on_readable(self, server: Server) -> None:
+        self._accept_once(server)
+
+    def _accept_once(self, server: Server) -> bool:
+        """One accept batch; True if it found the listen queue empty."""
         mode = self.modes[server.mode]
         limit = mode.batch(server)
         try:
-            self._accept_batch(server, limit, mode.bare(server))
+            return self._accept_batch(server, limit, mode.bare(server))
         finally:
             mode.batch_done(server)
 
-    def _accept_batch(self, server: Server, limit: int, bare: bool) -> None:
+    def _take_the_queue(self) -> None:
+        """Before the listeners close at a stop: accept the clients already in their listen
+        queues, as far as each server's limits allow. Their connect() has succeeded; closing
+        the listener would reset them. (Prefork's workers accept on their own.)"""
+        for server in self.servers.values():
+            for _ in range(server.config.backlog // ACCEPT_BATCH + 2):
+                if not server.listening or self._accept_once(server):
+                    break
+
+    def _accept_batch(self, server: Server, limit: int, bare: bool) -> bool:
         """Take up to ACCEPT_BATCH requests, `limit` of them at most admitted; rejected ones
         (guards.py) are closed at once and cost no process or thread. `bare`: accepted as
-        descriptors, without socket objects."""
+        descriptors, without socket objects. True if the listen queue was found empty."""
         take = self.modes[server.mode].take
         admitted = rejected = 0
         for _ in range(ACCEPT_BATCH):
             if not server.listening or admitted >= limit:
-                return
+                return False
             request: Request | int
             try:
                 if bare:  # fork, stream: only the child needs a socket object
@@ -148,12 +161,12 @@ class Admission:
                 else:
                     request, client_address = server.get_request()
             except (BlockingIOError, InterruptedError):
-                return
+                return True
             except OSError as exc:
                 if exc.errno in TRANSIENT_ERRNOS:
                     continue
                 self._back_off(server, exc)
-                return
+                return False
             source: Source = None
             if server.guard is not None:
                 reason, source = server.admit(
@@ -162,18 +175,19 @@ class Admission:
                 if reason is not None:
                     rejected += 1
                     if rejected >= REJECT_BATCH:
-                        return
+                        return False
                     continue
             if server.verifies and not server.verify(request, client_address):
                 # (after the guards, as socketserver asks it before process_request)
                 guards.release(server.sources, source)
                 rejected += 1
                 if rejected >= REJECT_BATCH:
-                    return
+                    return False
                 continue
             admitted += 1
             server.stats.requests += 1
             take(server, request, client_address, source)
+        return False
 
     # -- pauses ----------------------------------------------------------------------------
 

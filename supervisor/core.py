@@ -635,6 +635,8 @@ class Supervisor(Admission):
                 log.info("%s again: terminating the remaining requests now", reason)
                 self._shutdown.terminate()
             return
+        if not fast:
+            self._take_the_queue()  # (while still RUNNING: as any accept)
         self.state = State.STOPPING  # RUNNING -> STOPPING
         systemd.notify("STOPPING=1")
         self._stop_watching()

@@ -144,3 +144,42 @@ def test_a_thread_mode_datagram_request_finishes_during_a_stop(
         assert client.recv(100) == b"late ping"  # answered on the handler's socket
     assert supervisor.wait() == 0
     assert "Traceback" not in supervisor.log
+
+
+@pytest.mark.parametrize("mode", ["fork", "thread", "inline"])
+def test_clients_in_the_listen_queue_at_a_stop_are_served(
+    start_supervisor: StartSupervisor, mode: str
+) -> None:
+    """Their connect() succeeded before SIGTERM: closing the listener would reset them. Made
+    to be queued by stopping the supervisor (SIGSTOP) while they connect, more of them than
+    one accept batch (16) takes."""
+    clients = 40
+    supervisor = start_supervisor(
+        server_table("echo", "LineEchoHandler", mode=mode, max_children=clients + 10)
+    )
+    address = supervisor.inet("echo")
+    supervisor.signal(signal.SIGSTOP)
+    queued = []
+    try:
+        for number in range(clients):
+            sock = connect(address)  # (the kernel completes the handshake: queued)
+            queued.append(sock)
+            sock.sendall(b"line %d\n" % number)
+            sock.shutdown(socket.SHUT_WR)
+        supervisor.signal(signal.SIGTERM)
+    finally:
+        supervisor.signal(signal.SIGCONT)
+    answers = []
+    for sock in queued:
+        with sock:
+            answer = b""
+            try:
+                while chunk := sock.recv(4096):
+                    answer += chunk
+            except ConnectionResetError:
+                answer = b"reset"
+            answers.append(answer)
+    assert [answer.endswith(b"line %d\n" % n) for n, answer in enumerate(answers)] == [
+        True
+    ] * clients, answers
+    assert supervisor.wait() == 0
