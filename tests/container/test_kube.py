@@ -324,7 +324,8 @@ class Load:
     address: tuple[str, int]
     answered: int = 0  # a whole HTTP answer
     refused: int = 0  # no connection
-    reset: int = 0  # connected, then reset with no byte of an answer: never accepted
+    reset: int = 0  # connected, then reset with no byte of an answer: never accepted (the
+    # handshake still on its way at the listener's close; those queued are accepted first)
     cut: list[str] = field(default_factory=list)  # part of an answer, then an error
     running: threading.Event = field(default_factory=threading.Event)
     changed: threading.Condition = field(default_factory=threading.Condition)
@@ -449,7 +450,7 @@ def test_a_stop_drains_under_load_and_the_pod_goes_down(play_kube: PlayKube) -> 
     print(
         f"stop: {stopped_in:.2f}s; hello: {load.answered} answered (= accepted; "
         f"{load.answered - answered} after SIGTERM), {load.refused - refused} refused after "
-        f"SIGTERM, {load.reset} reset in the listen queue"
+        f"SIGTERM, {load.reset} reset in the handshake"
     )
 
     started = time.monotonic()
