@@ -18,7 +18,6 @@ SIGTERM and SIGKILL when the rest of the grace period is over (`podman stop --ti
 `kube down` removes the pod.
 """
 
-import http.client
 import json
 import random
 import re
@@ -39,6 +38,7 @@ import yaml
 
 from tests.conftest import ROOT, LoggedProcess, connect, exchange
 from tests.container.conftest import CONTAINER_PORTS
+from tests.integration.test_hosted_servers import get_raw_path
 from tests.podman import ENV, podman
 
 pytestmark = pytest.mark.container
@@ -190,16 +190,6 @@ def remove(played: Played) -> None:
     podman("volume", "rm", "--force", played.config_volume, check=False)
 
 
-def http_get(address: tuple[str, int], path: str) -> tuple[int, bytes]:
-    connection = http.client.HTTPConnection(*address, timeout=CLIENT_TIMEOUT)
-    try:
-        connection.request("GET", path)
-        response = connection.getresponse()
-        return response.status, response.read()
-    finally:
-        connection.close()
-
-
 def json_lines(lines: list[str]) -> list[dict[str, Any]]:
     """The log's lines, each one JSON object (the ConfigMap's log_format)."""
     return [json.loads(line) for line in lines]
@@ -220,9 +210,9 @@ def test_the_deployment_serves_through_its_published_ports(play_kube: PlayKube) 
         udp.settimeout(CLIENT_TIMEOUT)
         udp.sendto(b"ping\n", played.address("7007/udp"))
         assert udp.recv(100) == b"ping\n"
-    status, body = http_get(played.address("7080/tcp"), "/kube")
+    status, body = get_raw_path(played.address("7080/tcp"), "/kube")
     assert (status, body.split(b" (")[0]) == (200, b"Hello from hello")
-    assert http_get(played.address("9464/tcp"), "/healthz") == (200, b"ok\n")
+    assert get_raw_path(played.address("9464/tcp"), "/healthz") == (200, b"ok\n")
     # The ConfigMap's log_format: every line one JSON object; the request's names its server.
     record = json.loads(played.log.wait_for_log(r"GET /kube HTTP/1\.1\S* 200").string)
     assert (record["server"], record["level"]) == ("hello", "info")
@@ -373,7 +363,7 @@ class Load:
 
 
 def scrape(played: Played) -> str:
-    status, body = http_get(played.address("9464/tcp"), "/metrics")
+    status, body = get_raw_path(played.address("9464/tcp"), "/metrics")
     assert status == 200
     return body.decode()
 
@@ -419,7 +409,7 @@ def test_a_stop_drains_under_load_and_the_pod_goes_down(play_kube: PlayKube) -> 
                 thread.join()
             # Draining: not ready, the metrics endpoint still up; the listeners are closed,
             # so the count of accepted connections is final.
-            assert http_get(played.address("9464/tcp"), "/healthz") == (503, b"stopping\n")
+            assert get_raw_path(played.address("9464/tcp"), "/healthz") == (503, b"stopping\n")
             scraped = scrape(played)
             accepted = metric(scraped, "supervisor_requests_total", "hello")
             assert metric(scraped, "supervisor_server_up", "hello") == 0
