@@ -139,7 +139,8 @@ class Admission:
     def _take_the_queue(self) -> None:
         """Before the listeners close at a stop: accept the clients already in their listen
         queues, as far as each server's limits allow. Their connect() has succeeded; closing
-        the listener would reset them. (Prefork's workers accept on their own.)"""
+        the listener would reset them. (Not prefork's: its workers accept, and the listener's
+        shutdown resets what they have not taken.)"""
         for server in self.servers.values():
             for _ in range(server.config.backlog // ACCEPT_BATCH + 2):
                 if not server.listening or self._accept_once(server):
