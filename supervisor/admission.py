@@ -124,10 +124,7 @@ class Admission:
 
     # -- accepting -------------------------------------------------------------------------
 
-    def _on_readable(self, server: Server) -> None:
-        self._accept_once(server)
-
-    def _accept_once(self, server: Server) -> bool:
+    def _on_readable(self, server: Server) -> bool:
         """One accept batch; True if it found the listen queue empty."""
         mode = self.modes[server.mode]
         limit = mode.batch(server)
@@ -143,7 +140,7 @@ class Admission:
         shutdown resets what they have not taken.)"""
         for server in self.servers.values():
             for _ in range(server.config.backlog // ACCEPT_BATCH + 2):
-                if not server.listening or self._accept_once(server):
+                if not server.listening or self._on_readable(server):
                     break
 
     def _accept_batch(self, server: Server, limit: int, bare: bool) -> bool:

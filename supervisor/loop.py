@@ -30,7 +30,7 @@ from supervisor.logs import Throttle, since
 
 log = logging.getLogger("supervisor")
 
-Callback = Callable[[], None]
+Callback = Callable[[], object]  # (what it returns is not looked at)
 FAULT_PAUSE = 0.1  # seconds a reader or writer whose callback raised stays out of the selector
 FAULT_LOG_EVERY = 10.0  # seconds: at most one traceback per place, with a count of the others
 

@@ -27,7 +27,6 @@ nobody else may write (sticky or not): anyone else could point it at a directory
 The checks then apply to the real directories, and callers use the resolved path.
 """
 
-import collections
 import contextlib
 import errno
 import os
@@ -36,11 +35,9 @@ import stat
 from collections.abc import Collection
 from dataclasses import dataclass, replace
 
-from supervisor import config
+from supervisor import config, paths
 from supervisor.errors import ConfigError, SupervisorError
 from supervisor.pidfile import PidFileError
-
-MAX_SYMLINKS = 40  # as Linux's path resolution
 
 
 class UnsafeDirectory(SupervisorError):
@@ -96,39 +93,34 @@ def check(directory: str, trusted: Collection[int], delegate: bool = True) -> Ch
 def _resolve(path: str, trusted: set[int]) -> str:
     """`path` with its symlinks resolved (realpath), refusing a symlink on the way that an
     untrusted user owns or could replace: it could point anywhere tomorrow."""
-    parts = collections.deque(path.split("/"))
-    current, hops = "/", 0
-    while parts:
-        part = parts.popleft()
-        if part in ("", "."):
-            continue
-        if part == "..":
-            current = os.path.dirname(current)
-            continue
-        candidate = os.path.join(current, part)
-        try:
-            info = os.lstat(candidate)
-        except FileNotFoundError:
-            return os.path.join(candidate, *parts)  # (nothing further to resolve)
-        if not stat.S_ISLNK(info.st_mode):
-            current = candidate
-            continue
-        holder = os.stat(current)
-        if info.st_uid not in trusted or (
-            _writable_by_others(holder) and not holder.st_mode & stat.S_ISVTX
-        ):
-            raise UnsafeDirectory(
-                f"the symlink {candidate} could be pointed elsewhere by "
-                f"{_user(info.st_uid) if info.st_uid not in trusted else 'other users'}"
-            )
-        hops += 1
-        if hops > MAX_SYMLINKS:
-            raise UnsafeDirectory(f"{path}: too many levels of symbolic links")
-        target = os.readlink(candidate)
-        if target.startswith("/"):
-            current = "/"
-        parts.extendleft(reversed(target.split("/")))
-    return current
+    real = "/"
+    try:
+        for step in paths.walk(path):
+            if step.info is None:
+                return os.path.join(step.path, *step.rest)  # (nothing further to resolve)
+            if step.is_link:
+                _check_link(step, trusted)
+            else:
+                real = step.path
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise UnsafeDirectory(str(exc.strerror)) from exc
+    return real
+
+
+def _check_link(step: paths.Step, trusted: set[int]) -> None:
+    """Refuse a symlink that an untrusted user owns, or that others can replace."""
+    assert step.info is not None  # noqa: S101 (a link exists)
+    holder = os.stat(step.directory)
+    if step.info.st_uid not in trusted or (
+        _writable_by_others(holder) and not holder.st_mode & stat.S_ISVTX
+    ):
+        owner = step.info.st_uid
+        raise UnsafeDirectory(
+            f"the symlink {step.path} could be pointed elsewhere by "
+            f"{_user(owner) if owner not in trusted else 'other users'}"
+        )
 
 
 def _check_parents(real: str, parent: str, trusted: set[int], owner: int) -> bool:

@@ -37,7 +37,7 @@ import struct
 import time
 from collections.abc import Callable
 
-from supervisor import config
+from supervisor import config, paths
 from supervisor.errors import ConfigError
 from supervisor.loop import Loop, Timer
 
@@ -46,7 +46,6 @@ log = logging.getLogger("supervisor")
 DEBOUNCE = 0.1  # seconds without an event before the file is read
 MAX_WAIT = 0.5  # seconds from the first event at most (a file written for ever still reloads)
 RETRY = 1.0  # seconds before a reload refused (the supervisor was busy) is tried again
-MAX_LINKS = 40  # symlinks followed at most (as the kernel's own limit: ELOOP)
 # <sys/inotify.h>
 IN_MODIFY, IN_CLOSE_WRITE, IN_MOVED_FROM, IN_MOVED_TO = 0x2, 0x8, 0x40, 0x80
 IN_CREATE, IN_DELETE, IN_DELETE_SELF, IN_MOVE_SELF = 0x100, 0x200, 0x400, 0x800
@@ -83,32 +82,12 @@ def digest(path: str) -> str:
 
 def places(path: str) -> dict[str, set[str]]:
     """Directory -> the names in it that matter for `path`: each symlink met on the way to the
-    file (resolved component by component, as the kernel does), the file's own name, or the
-    first name on the way that does not exist."""
+    file (paths.walk), the file's own name, or the first name on the way that does not exist."""
     found: dict[str, set[str]] = {}
-    pending = os.path.abspath(path).split("/")[::-1]  # the components, the next one last
-    resolved, links = "/", 0
-    while pending and links <= MAX_LINKS:
-        name = pending.pop()
-        if name in ("", "."):
-            continue
-        if name == "..":
-            resolved = os.path.dirname(resolved)
-            continue
-        candidate = os.path.join(resolved, name)
-        try:
-            target = os.readlink(candidate)
-        except OSError as exc:
-            if exc.errno == errno.EINVAL and pending:  # a directory on the way, not a link
-                resolved = candidate
-                continue
-            found.setdefault(resolved, set()).add(name)  # the file, or where the way ends
-            break
-        found.setdefault(resolved, set()).add(name)  # a link: swapping it is a change
-        links += 1
-        if target.startswith("/"):
-            resolved = "/"
-        pending.extend(target.split("/")[::-1])
+    with contextlib.suppress(OSError):  # (a loop of links, a file on the way: it ends there)
+        for step in paths.walk(os.path.abspath(path)):
+            if step.is_link or step.info is None or not step.rest:
+                found.setdefault(step.directory, set()).add(step.name)
     return found
 
 
@@ -209,10 +188,10 @@ class ConfigWatch:
         self.loaded = loaded
         if self._inotify is not None:
             self._watch()  # (a directory that could not be watched may be back)
-            self._catch_up()
 
     def _catch_up(self) -> None:
-        """Look at the file soon if it is not what was loaded (changed meanwhile)."""
+        """Look at the file soon if it is not what was loaded (changed before the watch was
+        set; once it is, a change has its events)."""
         if self._timer is None and digest(self.path) not in (self.loaded, self._rejected):
             self._first = self._last = time.monotonic()
             self._timer = self.loop.call_later(DEBOUNCE, self._settled)

@@ -8,7 +8,8 @@ import pytest
 from supervisor import watch as watch_module
 from supervisor.config import content_digest
 from supervisor.loop import Loop
-from supervisor.watch import IN_CLOSE_WRITE, IN_CREATE, MAX_LINKS, ConfigWatch, Inotify, places
+from supervisor.paths import MAX_LINKS
+from supervisor.watch import IN_CLOSE_WRITE, IN_CREATE, ConfigWatch, Inotify, places
 
 
 def test_a_plain_file_is_watched_in_its_directory(tmp_path: Path) -> None:
