@@ -51,19 +51,11 @@ def wants_openmetrics(accept: str) -> bool:
 
 
 def render(collectors: Iterable[Collector], openmetrics: bool) -> bytes:
-    """Every family the collectors yield, in one format."""
+    """Every family the collectors yield, in one format (OpenMetrics: up to its `# EOF`)."""
     out: list[str] = []
     for collector in collectors:
         for family in collector.collect():
-            name, kind, help_text = family.name, family.type, _escape_help(family.documentation)
-            if openmetrics:
-                out.append(f"# TYPE {name} {kind}\n")
-                if family.unit:
-                    out.append(f"# UNIT {name} {family.unit}\n")
-                out.append(f"# HELP {name} {help_text}\n")
-            else:
-                exposed = f"{name}_total" if kind == "counter" else name
-                out.append(f"# HELP {exposed} {help_text}\n# TYPE {exposed} {kind}\n")
+            out.append(header(family, openmetrics))
             samples: Iterable[Sample] = family.samples
             if not openmetrics:  # `_created` samples would need a family of their own there
                 samples = [sample for sample in samples if not sample.name.endswith("_created")]
@@ -73,14 +65,24 @@ def render(collectors: Iterable[Collector], openmetrics: bool) -> bytes:
     return "".join(out).encode()
 
 
+def header(family: Family, openmetrics: bool) -> str:
+    """The lines that come before a family's samples."""
+    name, kind, help_text = family.name, family.type, _escape_help(family.documentation)
+    if openmetrics:
+        unit = f"# UNIT {name} {family.unit}\n" if family.unit else ""
+        return f"# TYPE {name} {kind}\n{unit}# HELP {name} {help_text}\n"
+    exposed = f"{name}_total" if kind == "counter" else name
+    return f"# HELP {exposed} {help_text}\n# TYPE {exposed} {kind}\n"
+
+
 def _line(sample: Sample) -> str:
     if not sample.labels:
-        return f"{sample.name} {_value(sample.value)}\n"
-    labels = ",".join(f'{key}="{_escape(value)}"' for key, value in sample.labels.items())
-    return f"{sample.name}{{{labels}}} {_value(sample.value)}\n"
+        return f"{sample.name} {number(sample.value)}\n"
+    labels = ",".join(f'{key}="{label_value(value)}"' for key, value in sample.labels.items())
+    return f"{sample.name}{{{labels}}} {number(sample.value)}\n"
 
 
-def _value(value: float) -> str:
+def number(value: float) -> str:
     if math.isinf(value):
         return "+Inf" if value > 0 else "-Inf"
     if math.isnan(value):
@@ -88,7 +90,7 @@ def _value(value: float) -> str:
     return repr(float(value))
 
 
-def _escape(value: str) -> str:
+def label_value(value: str) -> str:
     if "\\" in value or '"' in value or "\n" in value:
         return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
     return value

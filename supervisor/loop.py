@@ -4,6 +4,11 @@ Callbacks ride in `SelectorKey.data`, so dispatch needs no table of its own. The
 until a file descriptor is ready or the next timer is due: there is no polling tick, and an idle
 supervisor does not wake up. Other threads hand work to the loop with `call_soon_threadsafe`.
 
+Work too long for one callback (a scrape of 1,000 servers, the status of each) is a `Job`: a
+generator the loop runs a step at a time, for at most SLICE seconds per turn, between the turns
+that serve every socket. Nothing else in the supervisor runs while a step does, so a job reads
+the supervisor's state without locks, and no thread is started (the process forks).
+
 It is also the supervisor's fault barrier: an exception escaping one callback (a bug, or input
 nobody foresaw) is logged with its traceback and counted (`faults`), and the loop goes on with
 the next one. A reader or writer whose callback raised is left out of the selector for
@@ -22,8 +27,9 @@ import os
 import selectors
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from supervisor.logs import Throttle, since
@@ -33,6 +39,7 @@ log = logging.getLogger("supervisor")
 Callback = Callable[[], object]  # (what it returns is not looked at)
 FAULT_PAUSE = 0.1  # seconds a reader or writer whose callback raised stays out of the selector
 FAULT_LOG_EVERY = 10.0  # seconds: at most one traceback per place, with a count of the others
+SLICE = 0.0005  # seconds of job steps per turn of the loop: what a request may wait for them
 
 
 @dataclass(order=True)
@@ -43,6 +50,22 @@ class Timer:
     sequence: int
     callback: Callback = field(compare=False)
     cancelled: bool = field(default=False, compare=False)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+@dataclass(eq=False)
+class Job:
+    """Work done a step at a time (`steps`: each `next()` is one step, of tens of microseconds);
+    `done` gets what the generator returns, `failed` is called instead if a step raised (the
+    loop has logged and counted it). `cancel()` drops the steps not run yet."""
+
+    name: str
+    steps: Generator[None, None, Any]
+    done: Callable[[Any], object]
+    failed: Callable[[], object]
+    cancelled: bool = False
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -69,6 +92,7 @@ class Loop:
         self._timers: list[Timer] = []
         self._sequence = itertools.count()
         self._pending: collections.deque[Callback] = collections.deque()
+        self._jobs: collections.deque[Job] = collections.deque()
         self._wake_pending = False  # a wake-up byte is written and not yet read
         self._wake_reader, self._wake_writer = socket.socketpair()
         self._wake_reader.setblocking(False)
@@ -108,6 +132,18 @@ class Loop:
         heapq.heappush(self._timers, timer)
         return timer
 
+    def start_job(
+        self,
+        name: str,
+        steps: Generator[None, None, Any],
+        done: Callable[[Any], object],
+        failed: Callable[[], object],
+    ) -> Job:
+        """Run `steps` a slice at a time from the next turn on (see `Job`)."""
+        job = Job(name, steps, done, failed)
+        self._jobs.append(job)
+        return job
+
     def call_soon_threadsafe(self, callback: Callback) -> None:
         """Run `callback` in the loop's thread soon; safe to call from any thread.
 
@@ -132,7 +168,8 @@ class Loop:
         self._running = True
         while self._running:
             self.turn += 1
-            for key, _ in self.selector.select(self._timeout()):
+            timeout = 0.0 if self._jobs else self._timeout()
+            for key, _ in self.selector.select(timeout):
                 try:  # (free in CPython 3.11+ while nothing is raised)
                     key.data()
                 except Exception:
@@ -140,6 +177,8 @@ class Loop:
                 if not self._running:
                     break
             self._run_timers()
+            if self._jobs and self._running:
+                self._run_jobs()
 
     def _callback_failed(self, key: selectors.SelectorKey) -> None:
         self.fault(_name(key.data))
@@ -197,6 +236,35 @@ class Loop:
                     timer.callback()
                 except Exception:
                     self.fault(_name(timer.callback))
+
+    def _run_jobs(self) -> None:
+        """Steps of the jobs in turn (one step each, round and round) until SLICE is used."""
+        jobs = self._jobs
+        deadline = time.perf_counter() + SLICE
+        while jobs:
+            job = jobs[0]
+            if job.cancelled:
+                jobs.popleft()
+                continue
+            try:
+                next(job.steps)
+            except StopIteration as stop:
+                jobs.popleft()
+                self._finish(job, partial(job.done, stop.value))
+            except Exception:
+                jobs.popleft()
+                self.fault(f"job {job.name}")
+                self._finish(job, job.failed)
+            else:
+                jobs.rotate(-1)
+            if time.perf_counter() >= deadline:
+                return
+
+    def _finish(self, job: Job, call: Callback) -> None:
+        try:
+            call()
+        except Exception:
+            self.fault(f"job {job.name}: its end")
 
     def _run_pending(self) -> None:
         with contextlib.suppress(BlockingIOError):

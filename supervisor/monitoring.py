@@ -7,17 +7,19 @@ this module never imports it); a scrape first has the workers' reports read (`co
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
-from supervisor import exposition, logs, metrics, systemd
+from supervisor import exposition, logs, systemd
 from supervisor.config import Config
-from supervisor.exporter import HttpServer, Response
+from supervisor.exporter import HttpServer, Request, Response
 from supervisor.loop import Loop, Timer
 from supervisor.metrics import Watched
 from supervisor.modes import Modes
 from supervisor.modes.base import Mode
 from supervisor.reload import ReloadResult, Reloads
 from supervisor.responder import Later
+from supervisor.scrapes import Body, Scrapes, Variant
 from supervisor.server import Server
 from supervisor.sockets import Listener
 
@@ -166,23 +168,24 @@ def _server_status(server: Server) -> dict[str, Any]:
 
 
 def serve_metrics(observed: Observed, listener: Listener) -> HttpServer:
-    """Serve /metrics and /healthz on `listener`, from the loop."""
-    collectors = metrics.collectors_for(observed)
-    rendered: dict[bool, tuple[int, bytes]] = {}  # format -> (loop turn, body)
+    """Serve /metrics and /healthz on `listener`, from the loop (/metrics rendered as a job of
+    small steps: scrapes.py)."""
+    scrapes = Scrapes(observed)
 
-    def scrape(accept: str) -> Response:
-        observed.collect()  # what workers have reported, even if not read yet
-        openmetrics = exposition.wants_openmetrics(accept)
+    def scrape(request: Request, respond: Callable[[Response], None]) -> None:
+        openmetrics = exposition.wants_openmetrics(request.accept)
+        variant = Variant(openmetrics, request.takes_gzip)
         content_type = exposition.OPENMETRICS if openmetrics else exposition.TEXT
-        # Scrapes answered in one turn of the loop share one rendering: a flood of them
-        # costs one render per turn, with every other server served in between.
-        turn, body = rendered.get(openmetrics, (-1, b""))
-        if turn != observed.loop.turn:
-            body = exposition.render(collectors, openmetrics)
-            rendered[openmetrics] = (observed.loop.turn, body)
-        return Response(200, "OK", content_type, body)
 
-    def health(accept: str) -> Response:
+        def give(body: Body | None) -> None:
+            if body is None:  # a step raised: the loop has logged and counted it
+                respond(Response(500, "Internal Server Error", "text/plain", b"see the log\n"))
+            else:
+                respond(Response(200, "OK", content_type, body, gzip=variant.gzip))
+
+        scrapes.request(variant, give)
+
+    def health(request: Request, respond: Callable[[Response], None]) -> Response:
         return _health(observed)
 
     log.info("metrics: listening on %s (/metrics, /healthz)", listener.bound)

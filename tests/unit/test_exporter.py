@@ -4,7 +4,7 @@
 import json
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +12,7 @@ import pytest
 
 from supervisor import control
 from supervisor.addresses import Address
-from supervisor.exporter import HttpServer, Response
+from supervisor.exporter import HttpServer, Request, Response
 from supervisor.loop import Loop
 from supervisor.sockets import bind
 
@@ -31,10 +31,10 @@ def endpoint() -> Iterator[tuple[str, int]]:
     loop = Loop()
     listener = bind(Address("tcp", host="127.0.0.1", port=0), 16)
 
-    def broken(accept: str) -> Response:
+    def broken(request: Request, respond: Callable[[Response], None]) -> Response:
         raise RuntimeError("a collector bug")
 
-    def fine(accept: str) -> Response:
+    def fine(request: Request, respond: Callable[[Response], None]) -> Response:
         return Response(200, "OK", "text/plain", b"fine\n")
 
     server = HttpServer(loop, listener, {"/broken": broken, "/fine": fine})

@@ -14,11 +14,12 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from supervisor import exposition, metrics, stats
+from supervisor import metrics, stats
 from supervisor.children import Child, ExitStatus, Reaped
 from supervisor.core import Supervisor
-from supervisor.metrics import SupervisorCollector, listen_queue
+from supervisor.metrics import listen_queue
 from supervisor.modes.base import exit_outcome
+from supervisor.scrapes import Scrapes, Variant, render_all
 from supervisor.server import Server
 from supervisor.stats import BUCKETS, OUTCOMES, Histogram, ReloadStats, ServerStats, UpgradeStats
 
@@ -345,7 +346,7 @@ def fake_server(name: str) -> Server:
 
 
 def collect(servers: list[Server], openmetrics: bool) -> dict[str, Metric]:
-    """A scrape of SupervisorCollector, rendered and read back with prometheus-client's
+    """A scrape's rendering (all its steps at once), read back with prometheus-client's
     parser for that format."""
     supervisor = SimpleNamespace(
         servers={server.name: server for server in servers},
@@ -354,9 +355,10 @@ def collect(servers: list[Server], openmetrics: bool) -> dict[str, Metric]:
         reload_stats=ReloadStats(),
         upgrades=UpgradeStats(),
         loop=SimpleNamespace(faults=0),
+        collect=lambda: None,
     )
-    collector = SupervisorCollector(cast(Supervisor, supervisor))
-    text = exposition.render([collector], openmetrics=openmetrics).decode()
+    scrapes = Scrapes(cast(Supervisor, supervisor))
+    text = render_all(scrapes, Variant(openmetrics, gzip=False)).decode()
     parse = parse_openmetrics if openmetrics else parse_text
     return {family.name: family for family in parse(text)}
 
