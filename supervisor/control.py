@@ -27,6 +27,7 @@ BACKLOG = 16
 REFUSED_LOG_EVERY = 10.0  # seconds: at most one line per refused user, with a count
 
 Handler = Callable[[str], dict[str, Any] | Later]  # a Later gives the JSON line itself
+INTERNAL_ERROR = b'{"ok": false, "error": "internal error in the supervisor: see its log"}\n'
 
 
 class ControlServer(Responder):
@@ -71,7 +72,7 @@ class ControlServer(Responder):
         return encode(reply)
 
     def internal_error(self) -> bytes:
-        return b'{"ok": false, "error": "internal error in the supervisor: see its log"}\n'
+        return INTERNAL_ERROR
 
 
 def encode(reply: dict[str, Any]) -> bytes:

@@ -4,13 +4,16 @@ Everything here reads the supervisor's state through `Observed` (the supervisor 
 this module never imports it); a scrape first has the workers' reports read (`collect`).
 """
 
+import json
 import logging
 import os
 import time
-from collections.abc import Callable
-from typing import Any, Protocol
+from collections.abc import Callable, Generator
+from functools import partial
+from typing import Any, Protocol, TypeVar
 
-from supervisor import exposition, logs, systemd
+from supervisor import control, exposition, logs, systemd
+from supervisor.children import Child
 from supervisor.config import Config
 from supervisor.exporter import HttpServer, Request, Response
 from supervisor.loop import Loop, Timer
@@ -25,7 +28,12 @@ from supervisor.sockets import Listener
 
 log = logging.getLogger("supervisor")
 
+# the answer when a step of /metrics or /healthz raised (the loop has logged and counted it)
+_ERROR = Response(500, "Internal Server Error", "text/plain; charset=utf-8", b"see the log\n")
+
 STATUS_EVERY = 1.0  # seconds: systemd's STATUS= is sent at most this often
+STATUS_GROUP = 100  # servers (or children) a step of `status` or /healthz reads
+T = TypeVar("T")
 
 
 class Observed(Watched, Protocol):
@@ -48,9 +56,13 @@ class Observed(Watched, Protocol):
 
 
 def answer(observed: Observed, command: str) -> dict[str, Any] | Later:
-    """The control socket's answer to `command` (an upgrade's, once it is done)."""
+    """The control socket's answer to `command` (a status once its steps are done, an
+    upgrade's once it is)."""
     if command == "status":
-        return {"ok": True, **status(observed)}
+        later = Later()
+        give_error = partial(later.give, control.INTERNAL_ERROR)
+        observed.loop.start_job("status", status(observed), later.give, give_error)
+        return later
     if command == "reload":
         result = observed.reload()
         return {"ok": result.ok, "message": result.message, "exit_status": result.exit_status}
@@ -132,10 +144,12 @@ class StatusUpdates:
             systemd.notify(f"STATUS={text}")
 
 
-def status(observed: Observed) -> dict[str, Any]:
-    """The state a `supervisor status` shows: plain data, ready for JSON."""
+def status(observed: Observed) -> Generator[None, None, bytes]:
+    """The steps of a `supervisor status` answer, which return its JSON line: STATUS_GROUP
+    servers or children a step (1,000 servers are 4.5 ms of work)."""
     last = observed.reloads.last
-    return {
+    fields: dict[str, Any] = {
+        "ok": True,
         "pid": os.getpid(),
         "state": observed.state_name,
         "config": observed.config_path,
@@ -145,12 +159,32 @@ def status(observed: Observed) -> dict[str, Any]:
         "last_reload": None
         if last is None
         else {"ok": last.ok, "message": last.message, "at": last.at},
-        "servers": [
-            _server_status(server) for server in [*observed.servers.values(), *observed.draining]
-        ],
-        "children": [{"pid": child.pid, "server": child.owner.name} for child in observed.children],
-        "fork_servers": [pid for mode in observed.modes for pid in mode.helpers()],
     }
+    encoded = {key: json.dumps(value) for key, value in fields.items()}
+    servers = [*observed.servers.values(), *observed.draining]
+    encoded["servers"] = yield from _json_list(servers, _server_status)
+    children = list(observed.children)
+    encoded["children"] = yield from _json_list(children, _child_status)
+    encoded["fork_servers"] = json.dumps([pid for mode in observed.modes for pid in mode.helpers()])
+    pairs = (f"{json.dumps(key)}: {value}" for key, value in encoded.items())
+    return ("{" + ", ".join(pairs) + "}\n").encode()
+
+
+def _json_list(
+    items: list[T], as_dict: Callable[[T], dict[str, Any]]
+) -> Generator[None, None, str]:
+    """`items` as a JSON list, STATUS_GROUP of them a step."""
+    parts = []
+    for start in range(0, len(items), STATUS_GROUP):
+        parts.append(
+            ", ".join(json.dumps(as_dict(item)) for item in items[start : start + STATUS_GROUP])
+        )
+        yield
+    return "[" + ", ".join(parts) + "]"
+
+
+def _child_status(child: Child[Server]) -> dict[str, Any]:
+    return {"pid": child.pid, "server": child.owner.name}
 
 
 def _server_status(server: Server) -> dict[str, Any]:
@@ -179,21 +213,25 @@ def serve_metrics(observed: Observed, listener: Listener) -> HttpServer:
 
         def give(body: Body | None) -> None:
             if body is None:  # a step raised: the loop has logged and counted it
-                respond(Response(500, "Internal Server Error", "text/plain", b"see the log\n"))
+                respond(_ERROR)
             else:
                 respond(Response(200, "OK", content_type, body, gzip=variant.gzip))
 
         scrapes.request(variant, give)
 
-    def health(request: Request, respond: Callable[[Response], None]) -> Response:
-        return _health(observed)
+    def health(request: Request, respond: Callable[[Response], None]) -> None:
+        observed.loop.start_job("healthz", _health(observed), respond, partial(respond, _ERROR))
 
     log.info("metrics: listening on %s (/metrics, /healthz)", listener.bound)
     return HttpServer(observed.loop, listener, {"/metrics": scrape, "/healthz": health})
 
 
-def _health(observed: Observed) -> Response:
-    down = [server.name for server in observed.servers.values() if not server.up]
+def _health(observed: Observed) -> Generator[None, None, Response]:
+    """The steps of a /healthz answer, which return it: STATUS_GROUP servers a step."""
+    servers, down = list(observed.servers.values()), []
+    for start in range(0, len(servers), STATUS_GROUP):
+        down += [server.name for server in servers[start : start + STATUS_GROUP] if not server.up]
+        yield
     ok = observed.running and not down
     if ok:
         body = b"ok\n"
