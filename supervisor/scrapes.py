@@ -72,7 +72,8 @@ class Scrapes:
         # The last scrape's numbers and text of each server, by name (the text is made of the
         # name and the numbers only): reused while the numbers do not change.
         self._texts: dict[str, tuple[Snapshot, tuple[bytes, ...]]] = {}
-        self._waiting: dict[Variant, list[Give]] = {}
+        self._waiting: dict[Variant, list[Give]] = {}  # for the next rendering
+        self._serving: dict[Variant, list[Give]] = {}  # for the one running
         self._job: Job | None = None
 
     def request(self, variant: Variant, give: Give) -> None:
@@ -87,22 +88,25 @@ class Scrapes:
             self._job.cancel()
             self._job = None
         self._waiting.clear()
+        self._serving.clear()
 
     def _start(self) -> None:
-        waiting, self._waiting = self._waiting, {}
         self._job = self._observed.loop.start_job(
-            "metrics",
-            self.render(waiting),
-            partial(self._done, waiting),
-            partial(self._done, waiting, None),
+            "metrics", self._rendering(), self._done, partial(self._done, None)
         )
 
-    def _done(self, waiting: dict[Variant, list[Give]], bodies: dict[Variant, Body] | None) -> None:
+    def _rendering(self) -> Steps:
+        # The scrapes asked before the first step (in the same turn of the loop, too) share it.
+        self._serving, self._waiting = self._waiting, {}
+        return (yield from self.render(self._serving))
+
+    def _done(self, bodies: dict[Variant, Body] | None) -> None:
         self._job = None
-        for variant, gives in waiting.items():
+        serving, self._serving = self._serving, {}
+        for variant, gives in serving.items():
             for give in gives:
                 give(None if bodies is None else bodies[variant])
-        if self._waiting:
+        if self._waiting and self._job is None:  # (a `give` may have asked again)
             self._start()
 
     def render(self, variants: Collection[Variant]) -> Steps:

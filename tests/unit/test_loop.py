@@ -6,11 +6,11 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 
 import pytest
 
-from supervisor.loop import FAULT_PAUSE, Loop
+from supervisor.loop import FAULT_PAUSE, SLICE, Loop
 
 # A loop that does not stop by itself within this many seconds has failed the test.
 GUARD = 5.0
@@ -412,3 +412,127 @@ def test_system_exit_still_ends_the_loop(loop: Loop) -> None:
     loop.call_later(0.0, leave)
     with pytest.raises(SystemExit):
         run_guarded(loop)
+
+
+# -- jobs: long work a step at a time, between the turns that serve the sockets --------------
+
+
+def then_stop(loop: Loop, results: list[object]) -> Callable[[object], None]:
+    """A job's `done`: keep what it returned, and stop the loop."""
+
+    def done(value: object) -> None:
+        results.append(value)
+        loop.stop()
+
+    return done
+
+
+def test_a_job_runs_its_steps_and_hands_on_what_it_returns(loop: Loop) -> None:
+    done: list[object] = []
+
+    def steps() -> Generator[None, None, str]:
+        for _ in range(3):
+            yield
+        return "rendered"
+
+    loop.start_job("test", steps(), then_stop(loop, done), loop.stop)
+    run_guarded(loop)
+    assert done == ["rendered"]
+
+
+def test_a_reader_is_served_between_the_slices_of_a_long_job(
+    loop: Loop, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    """A job of steps worth 50 slices: the loop stops running them after SLICE and serves a
+    ready socket before the job's end, not after."""
+    events: list[str] = []
+    a, b = pair
+
+    def steps() -> Generator[None, None, None]:
+        for _ in range(200):
+            time.sleep(SLICE / 4)  # (a step of work: 4 of them use one slice)
+            events.append("step")
+            yield
+
+    def on_readable() -> None:
+        a.recv(16)
+        events.append("read")
+        loop.remove_reader(a)
+
+    loop.start_job("test", steps(), lambda _: loop.stop(), loop.stop)
+    loop.add_reader(a, on_readable)
+    b.send(b"x")
+    run_guarded(loop)
+    assert events.count("step") == 200
+    assert "read" in events[:10], events.index("read")  # within the first slices
+
+
+def test_two_jobs_take_turns(loop: Loop) -> None:
+    events: list[str] = []
+
+    def steps(name: str) -> Generator[None, None, None]:
+        for _ in range(3):
+            events.append(name)
+            yield
+
+    loop.start_job("a", steps("a"), lambda _: None, loop.stop)
+    loop.start_job("b", steps("b"), lambda _: loop.stop(), loop.stop)
+    run_guarded(loop)
+    assert events == ["a", "b"] * 3
+
+
+def test_a_failing_step_is_counted_and_the_job_told_and_the_loop_goes_on(
+    loop: Loop, caplog: pytest.LogCaptureFixture
+) -> None:
+    failed: list[bool] = []
+    finished: list[object] = []
+
+    def broken() -> Generator[None, None, None]:
+        yield
+        raise RuntimeError("a bug in a step")
+
+    def fine() -> Generator[None, None, int]:
+        yield
+        yield
+        return 7
+
+    loop.start_job("broken", broken(), finished.append, lambda: failed.append(True))
+    loop.start_job("fine", fine(), then_stop(loop, finished), loop.stop)
+    run_guarded(loop)
+    assert (failed, finished, loop.faults) == ([True], [7], 1)
+    assert "internal error in job broken; going on" in caplog.text
+
+
+def test_a_cancelled_job_runs_no_more_steps(loop: Loop) -> None:
+    steps_run: list[int] = []
+    told: list[str] = []
+
+    def steps() -> Generator[None, None, None]:
+        for index in itertools.count():
+            steps_run.append(index)
+            yield
+
+    job = loop.start_job("endless", steps(), told.append, lambda: told.append("failed"))
+    loop.call_later(0.01, job.cancel)
+    loop.call_later(0.05, loop.stop)
+    run_guarded(loop)
+    count = len(steps_run)
+    assert count > 0
+    assert not told
+    loop.call_later(0.01, loop.stop)
+    run_guarded(loop)
+    assert len(steps_run) == count
+
+
+def test_without_jobs_the_loop_sleeps_until_its_timer(loop: Loop) -> None:
+    """A job makes the loop poll (select with no wait) only while it has steps left."""
+
+    def one_step() -> Generator[None, None, None]:
+        yield
+
+    loop.start_job("short", one_step(), lambda _: None, lambda: None)
+    loop.call_later(0.2, loop.stop)
+    turns_before = loop.turn
+    elapsed = run_guarded(loop)
+    assert elapsed >= 0.2
+    assert loop.turn - turns_before <= 3  # (the job's turn, the sleep, the timer's)
