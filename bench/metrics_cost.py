@@ -1,4 +1,4 @@
-"""What the supervisor's metrics cost: recording one event, and one scrape with 1-100 servers.
+"""What the supervisor's metrics cost: recording one event, and one scrape with 1-1,000 servers.
 
 Issue 4, section 5 claims that recording an event costs about a dict update and that a scrape
 with 100 servers takes a few milliseconds. This shows both, as ratios against peers measured
@@ -34,17 +34,18 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.harness.machine import cpu_line, utc_now
 from bench.harness.report import write_atomically
-from supervisor import __version__, exposition, metrics
+from supervisor import __version__
 from supervisor.core import State, Supervisor
 from supervisor.reload import prepare
-from supervisor.stats import BUCKETS, OUTCOMES, ServerStats
+from supervisor.scrapes import Scrapes, Variant, render_all
+from supervisor.stats import BUCKETS, OUTCOMES, REJECT_REASONS, ServerStats
 
 RESULTS = Path(__file__).resolve().parent / "results" / "metrics_cost.txt"
 EVENT_ROUNDS = 15
 EVENTS_PER_ROUND = 200_000
 SCRAPE_ROUNDS = 15
 SCRAPE_SECONDS = 0.02  # each scrape measurement repeats generate_latest for about this long
-SERVER_COUNTS = (1, 10, 100)
+SERVER_COUNTS = (1, 10, 100, 1000)
 EVENTS_PER_SERVER = 200  # recorded into every server's stats before scraping
 DURATION = 0.0042  # seconds: the value observed in the event benchmarks (a mid-range bucket)
 HANDLER = "supervisor_services.echo:EchoHandler"
@@ -209,6 +210,10 @@ def peer_registry(supervisor: Supervisor, rusage: resource.struct_rusage) -> Col
     )
     reloads.labels("success")
     reloads.labels("failure")
+    upgrades = Counter("supervisor_upgrades", "Upgrades, by result.", ["result"], registry=registry)
+    upgrades.labels("ok")
+    upgrades.labels("failed")
+    Counter("supervisor_internal_errors", "Unexpected exceptions.", registry=registry)
     Gauge(
         "supervisor_config_last_reload_successful",
         "1 if the last reload (or the start) succeeded.",
@@ -243,6 +248,7 @@ class PeerMetrics:
     exits: Counter
     cpu: Counter
     queue: Gauge
+    rejected: Counter
     durations: Histogram
     memory: Gauge
 
@@ -285,6 +291,11 @@ class PeerMetrics:
             queue=gauge(
                 "supervisor_listen_queue", "Connections waiting in a TCP listener's accept queue."
             ),
+            rejected=counter(
+                "supervisor_rejected",
+                "Clients turned away before being served, by reason.",
+                ("server", "reason"),
+            ),
             durations=Histogram(
                 "supervisor_request_duration_seconds",
                 "Request duration: fork to reap in fork mode, handler start to end otherwise.",
@@ -310,6 +321,8 @@ class PeerMetrics:
         """One server's series, its events recorded as a prometheus_client user would."""
         for outcome in OUTCOMES:
             self.exits.labels(name, outcome)
+        for reason in REJECT_REASONS:
+            self.rejected.labels(name, reason)
         for counter in (self.requests, self.saturated_seconds, self.errors):
             counter.labels(name)
         for outcome, duration in recorded:
@@ -336,10 +349,10 @@ def series(exposition: bytes) -> set[tuple[str, tuple[tuple[str, str], ...]]]:
 
 
 SCRAPE_CASES = (
-    Case(  # what GET /metrics runs: our collectors, rendered by supervisor.exposition
-        "supervisor: the endpoint (text format)",
-        "render(collectors, False)",
-        "collectors = _collectors",
+    Case(  # what GET /metrics runs (all its steps at once), with every server's text to make
+        "supervisor: the endpoint, first scrape (text)",
+        "render_all(Scrapes(supervisor), TEXT)",
+        "supervisor = _supervisor",
     ),
     Case(
         "prometheus_client peer, same series",
@@ -351,15 +364,15 @@ SCRAPE_CASES = (
         "generate_latest(registry)",
         "created_series(True); registry = _peer",
     ),
-    Case(  # where the supervisor's time goes: building the families, without rendering them
-        "  of which SupervisorCollector.collect()",
-        "list(collector.collect())",
-        "collector = _collector",
+    Case(  # the usual scrape: most servers' numbers unchanged since the last one
+        "supervisor: the endpoint, numbers unchanged",
+        "render_all(scrapes, TEXT)",
+        "scrapes = _scrapes",
     ),
     Case(
-        "supervisor: the endpoint (OpenMetrics)",
-        "render(collectors, True)",
-        "collectors = _collectors",
+        "supervisor: the endpoint, first scrape (OpenMetrics)",
+        "render_all(Scrapes(supervisor), OPENMETRICS)",
+        "supervisor = _supervisor",
     ),
     Case(
         "prometheus_client peer, OpenMetrics",
@@ -367,6 +380,7 @@ SCRAPE_CASES = (
         "created_series(False); registry = _peer",
     ),
 )
+TEXT, OPENMETRICS = Variant(openmetrics=False, gzip=False), Variant(openmetrics=True, gzip=False)
 
 
 def scrape_rows(count: int) -> list[str]:
@@ -374,16 +388,20 @@ def scrape_rows(count: int) -> list[str]:
     rusage = resource.getrusage(resource.RUSAGE_SELF)  # stands in for the reaped children's
     with supervisor_with(count, rusage) as supervisor:
         peer = peer_registry(supervisor, rusage)
+        scrapes = Scrapes(supervisor)
         namespace: dict[str, object] = {
             "generate_latest": generate_latest,
             "openmetrics_latest": openmetrics_latest,
-            "render": exposition.render,
-            "_collectors": metrics.collectors_for(supervisor),
+            "render_all": render_all,
+            "Scrapes": Scrapes,
+            "TEXT": TEXT,
+            "OPENMETRICS": OPENMETRICS,
+            "_supervisor": supervisor,
+            "_scrapes": scrapes,
             "created_series": created_series,
             "_peer": peer,
-            "_collector": metrics.SupervisorCollector(supervisor),
         }
-        outputs = expositions(exposition.render(metrics.collectors_for(supervisor), False), peer)
+        outputs = expositions(render_all(scrapes, TEXT), peer)
         numbers = [calibrate(case, namespace) for case in SCRAPE_CASES]
         medians = interleaved(SCRAPE_CASES, namespace, numbers, SCRAPE_ROUNDS)
         created_series(True)  # prometheus_client's default again
@@ -411,7 +429,7 @@ def expositions(ours: bytes, peer: CollectorRegistry) -> list[bytes | None]:
     created_series(False)
     rendered: list[bytes | None] = [ours, generate_latest(peer)]
     created_series(True)
-    rendered += [generate_latest(peer), None, None, None]
+    rendered += [generate_latest(peer), ours, None, None]
     return rendered
 
 

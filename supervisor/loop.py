@@ -59,16 +59,12 @@ class Timer:
 class Job:
     """Work done a step at a time (`steps`: each `next()` is one step, of tens of microseconds);
     `done` gets what the generator returns, `failed` is called instead if a step raised (the
-    loop has logged and counted it). `cancel()` drops the steps not run yet."""
+    loop has logged and counted it)."""
 
     name: str
     steps: Generator[None, None, Any]
     done: Callable[[Any], object]
     failed: Callable[[], object]
-    cancelled: bool = False
-
-    def cancel(self) -> None:
-        self.cancelled = True
 
 
 @dataclass
@@ -243,9 +239,6 @@ class Loop:
         deadline = time.perf_counter() + SLICE
         while jobs:
             job = jobs[0]
-            if job.cancelled:
-                jobs.popleft()
-                continue
             try:
                 next(job.steps)
             except StopIteration as stop:

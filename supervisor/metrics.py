@@ -1,10 +1,12 @@
-"""Prometheus metrics: counters kept as plain numbers, read by a Collector at scrape time.
+"""Prometheus metrics: counters kept as plain numbers, read at scrape time.
 
 Recording an event is an attribute increment or a bisect into a bucket list, done in the loop's
 thread only; nothing is shared with forked children and no exporter thread runs (a process that
-forks must not have one). `SupervisorCollector` turns the supervisor's live state into metric
-families when Prometheus scrapes, and `ProcessCollector` adds the standard `process_*` ones;
-exposition.py renders them (text or OpenMetrics).
+forks must not have one). What a scrape reads of each server is a `Snapshot` (its numbers at one
+instant), which `server_lines` turns into text; scrapes.py does that a server per step, and
+reuses the text while the numbers stay the same. `SupervisorCollector` (the supervisor-wide
+families) and `ProcessCollector` (the standard `process_*` ones) yield families that
+exposition.py renders.
 
 The families are plain objects shaped like prometheus-client's (name, documentation, type,
 unit, samples), not prometheus-client's own: importing prometheus-client keeps 8.7 MB resident

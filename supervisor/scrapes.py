@@ -82,14 +82,6 @@ class Scrapes:
         if self._job is None:
             self._start()
 
-    def cancel(self) -> None:
-        """Render nothing more (the endpoint is closing)."""
-        if self._job is not None:
-            self._job.cancel()
-            self._job = None
-        self._waiting.clear()
-        self._serving.clear()
-
     def _start(self) -> None:
         self._job = self._observed.loop.start_job(
             "metrics", self._rendering(), self._done, partial(self._done, None)

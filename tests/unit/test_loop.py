@@ -503,27 +503,6 @@ def test_a_failing_step_is_counted_and_the_job_told_and_the_loop_goes_on(
     assert "internal error in job broken; going on" in caplog.text
 
 
-def test_a_cancelled_job_runs_no_more_steps(loop: Loop) -> None:
-    steps_run: list[int] = []
-    told: list[str] = []
-
-    def steps() -> Generator[None, None, None]:
-        for index in itertools.count():
-            steps_run.append(index)
-            yield
-
-    job = loop.start_job("endless", steps(), told.append, lambda: told.append("failed"))
-    loop.call_later(0.01, job.cancel)
-    loop.call_later(0.05, loop.stop)
-    run_guarded(loop)
-    count = len(steps_run)
-    assert count > 0
-    assert not told
-    loop.call_later(0.01, loop.stop)
-    run_guarded(loop)
-    assert len(steps_run) == count
-
-
 def test_without_jobs_the_loop_sleeps_until_its_timer(loop: Loop) -> None:
     """A job makes the loop poll (select with no wait) only while it has steps left."""
 
