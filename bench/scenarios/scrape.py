@@ -1,10 +1,10 @@
 """Scenario 8: a metrics scrape: what it costs another server, and how long it takes (issue 19).
 
-The endpoint is served from the supervisor's loop, so while a scrape is rendered no other
-server of that supervisor is served. Three supervisors, with 1, 100 and 1000 servers, every
-server inline (`bench.handler:Handler`), so that a round trip to one of them is the loop's
-latency and nothing else (no fork, no thread hand-off); the stall measured is the loop's, which
-every mode shares.
+The endpoint is served from the supervisor's loop, so while a scrape is worked on no other
+server of that supervisor is served. Supervisors with 1, 100 and 1000 servers, every server
+inline (`bench.handler:Handler`), so that a round trip to one of them is the loop's latency and
+nothing else (no fork, no thread hand-off); the stall measured is the loop's, which every mode
+shares. Each has a twin, started the same way.
 
 The probe: `bench/c/rtt.c` with one client thread on the server `bench` (not the metrics
 endpoint) of the supervisor measured, a round trip (new connection, the bench's exchange, the
@@ -13,13 +13,17 @@ when one took longer), each timed on its own. A round trip that meets a renderin
 rest of it. Being one at a time, the probe sees a stall as one long round trip where clients
 arriving on a schedule would have queued many: p50 and p99 are of the round trips on that
 schedule (roundtrips.on_schedule: a round trip of T also stands for those due during it, waiting
-T - 1 ms, T - 2 ms, ...), "timed" ones of the round trips as measured. Per round and per
-supervisor the probe runs through two windows of `--seconds`, unscraped (the harness sleeps) and
-scraped (the harness scrapes /metrics back to back on new connections, cycling through the four
-variants below, checking only the status line between scrapes so that the next begins at once),
-in alternating order from round to round, the supervisors in turn; each window counts the round
-trips that began and ended in it. Target: at 1000 servers, p99 scraped - p99 unscraped (median
-of the rounds' pairs) < 1 ms.
+T - 1 ms, T - 2 ms, ...), "timed" ones of the round trips as measured.
+
+Per round and per supervisor, the probe runs through three windows of `--seconds`: unscraped
+(the harness sleeps), scraped (the harness scrapes its /metrics back to back on new connections,
+cycling through the four variants below, checking only the status line between scrapes so that
+the next begins at once), and twin scraped (the same scrapes sent to the twin: the same client
+work and the same load on the machine's two CPUs, but another loop; what remains of the rise
+there is this machine's, not the loop's). The order rotates from round to round, the supervisors
+in turn; each window counts the round trips that began and ended in it. Target: at 1000
+servers, p99 scraped - p99 unscraped (median of the rounds' pairs) < 1 ms; the twin's rise is
+shown beside it for reference.
 
 Then the scrape itself (bench/harness/scrapes.py): `config.scrapes` rounds of one scrape per
 supervisor and variant, interleaved, nothing else running: text and OpenMetrics, each without
@@ -53,8 +57,9 @@ from bench.harness.settings import Settings
 from bench.harness.supervisors import SupervisorSpec, start_supervisor
 
 PROBE_INTERVAL = 0.001  # seconds: the probe begins a round trip at most this often
-SETTLE = 0.2  # seconds before each window: the probe running, the last scrape's close done
+SETTLE = 0.1  # seconds before each window: the probe running, the last scrape's close done
 RISE_LIMIT = 1e-3  # seconds: the p99 rise allowed at the largest size
+UNSCRAPED, SCRAPED, TWIN = "unscraped", "scraped", "twin scraped"  # the probe's windows
 MAX_NOTES = 6  # lines naming the kinds of invalid exposition
 SCRAPE_LIMITS: Mapping[int, float] = {100: 5.0, 1000: 40.0}  # servers -> ms, each variant
 
@@ -74,7 +79,9 @@ class Window:
     failed: int  # scrapes whose reply was not `200 OK`
 
 
-Windows = dict[int, dict[bool, list[Window]]]  # servers -> scraped -> one window per round
+Windows = dict[int, dict[str, list[Window]]]  # servers -> phase -> one window per round
+Pair = tuple[Contender, Contender | None]  # the supervisor measured, and its twin
+Pairs = dict[int, Pair]  # servers -> the pair
 Timed = dict[int, dict[Variant, list[Scrape]]]  # servers -> variant -> scrapes
 
 
@@ -82,26 +89,42 @@ def label(servers: int) -> str:
     return f"{servers} server" + ("" if servers == 1 else "s")
 
 
-def start_all(
-    procs: Processes, workdir: Path, sizes: Sequence[int]
-) -> tuple[dict[int, Contender], list[str]]:
-    """The supervisors that started, and a line for each that did not."""
-    started: dict[int, Contender] = {}
+def start_one(procs: Processes, workdir: Path, key: str, size: int) -> Contender | str:
+    """A supervisor of `size` inline servers, or why it is unavailable."""
+    spec = SupervisorSpec("inline", idle=size - 1, idle_mode="inline")
+    try:
+        contender = start_supervisor(procs, workdir, key, label(size), spec)
+    except Unavailable as exc:
+        return str(exc)
+    if contender.metrics_port is None or not wait_serving(contender.port):
+        if contender.proc is not None:
+            procs.stop(contender.proc)
+        return "no metrics port, or `bench` not serving"
+    return contender
+
+
+def start_all(procs: Processes, workdir: Path, sizes: Sequence[int]) -> tuple[Pairs, list[str]]:
+    """Each size's supervisor and its twin (None if it did not start); a line for each that
+    did not start."""
+    pairs: Pairs = {}
     lines: list[str] = []
     for size in sizes:
-        spec = SupervisorSpec("inline", idle=size - 1, idle_mode="inline")
-        try:
-            contender = start_supervisor(procs, workdir, f"scrape-{size}", label(size), spec)
-        except Unavailable as exc:
-            lines.append(f"{label(size)}: unavailable ({exc})")
+        measured = start_one(procs, workdir, f"scrape-{size}", size)
+        if isinstance(measured, str):
+            lines.append(f"{label(size)}: unavailable ({measured})")
             continue
-        if contender.metrics_port is None or not wait_serving(contender.port):
-            lines.append(f"{label(size)}: unavailable (no metrics port, or `bench` not serving)")
-            if contender.proc is not None:
+        twin = start_one(procs, workdir, f"scrape-twin-{size}", size)
+        if isinstance(twin, str):
+            lines.append(f"{label(size)}, twin: unavailable ({twin})")
+        pairs[size] = (measured, None if isinstance(twin, str) else twin)
+    return pairs, lines
+
+
+def stop_all(procs: Processes, pairs: Pairs) -> None:
+    for pair in pairs.values():
+        for contender in pair:
+            if contender is not None and contender.proc is not None:
                 procs.stop(contender.proc)
-            continue
-        started[size] = contender
-    return started, lines
 
 
 def scrape_back_to_back(port: int, until: float) -> tuple[int, int]:
@@ -118,31 +141,31 @@ def probe_block(
     procs: Processes,
     rtt: Path,
     out: Path,
-    contender: Contender,
+    probed: int,
     *,
+    windows: Mapping[str, int | None],
     seconds: float,
-    scraped_first: bool,
-) -> dict[bool, Window]:
-    """The probe on `bench` through an unscraped and a scraped window (its records in `out`)."""
-    proc = start_clients(procs, rtt, out, [contender.port], clients=1, interval=PROBE_INTERVAL)
+) -> dict[str, Window]:
+    """The probe on port `probed` through each window, in order: the metrics port scraped
+    meanwhile, or None (its records in `out`)."""
+    proc = start_clients(procs, rtt, out, [probed], clients=1, interval=PROBE_INTERVAL)
     if proc is None:
         raise Unavailable("bench/c/rtt did not start")
-    spans: dict[bool, tuple[float, float, int, int]] = {}
-    for scraped in (scraped_first, not scraped_first):
+    spans: dict[str, tuple[float, float, int, int]] = {}
+    for phase, port in windows.items():
         time.sleep(SETTLE)
         begin = time.perf_counter()
-        if scraped:
-            assert contender.metrics_port is not None  # noqa: S101 (start_all checked)
-            count, failed = scrape_back_to_back(contender.metrics_port, begin + seconds)
-        else:
+        if port is None:
             time.sleep(seconds)
             count = failed = 0
-        spans[scraped] = (begin, time.perf_counter(), count, failed)
+        else:
+            count, failed = scrape_back_to_back(port, begin + seconds)
+        spans[phase] = (begin, time.perf_counter(), count, failed)
     trips = stop_clients(procs, proc, out)
     out.unlink(missing_ok=True)
     return {
-        scraped: window_of([t for t in trips if t.begin >= begin and t.end <= end], count, failed)
-        for scraped, (begin, end, count, failed) in spans.items()
+        phase: window_of([t for t in trips if t.begin >= begin and t.end <= end], count, failed)
+        for phase, (begin, end, count, failed) in spans.items()
     }
 
 
@@ -163,26 +186,39 @@ def window_of(inside: Sequence[RoundTrip], scrapes: int, failed: int) -> Window:
     )
 
 
-def probe_rounds(ctx: Context, rtt: Path, started: Mapping[int, Contender]) -> Windows:
-    """Every supervisor's block once per round, in turn; unscraped or scraped first by turns."""
+def block_windows(pair: Pair, index: int) -> dict[str, int | None]:
+    """Round `index`'s windows for one supervisor, in order (rotated from round to round):
+    the metrics port each scrapes, None for none."""
+    measured, twin = pair
+    ports = {UNSCRAPED: None, SCRAPED: measured.metrics_port}
+    if twin is not None:
+        ports[TWIN] = twin.metrics_port
+    phases = list(ports)
+    turn = index % len(phases)
+    return {phase: ports[phase] for phase in phases[turn:] + phases[:turn]}
+
+
+def probe_rounds(ctx: Context, rtt: Path, pairs: Pairs) -> Windows:
+    """Every supervisor's block once per round, in turn."""
     config, out = ctx.config, ctx.workdir / "scrape-probe.bin"
-    windows: Windows = {size: {False: [], True: []} for size in started}
+    windows: Windows = {size: {} for size in pairs}
     for index in range(config.rounds):
         print(f"  probe round {index + 1}/{config.rounds}", flush=True)
-        for size, contender in started.items():
+        for size, pair in pairs.items():
+            order = block_windows(pair, index)
             block = probe_block(
-                ctx.procs, rtt, out, contender, seconds=config.seconds, scraped_first=index % 2 == 1
+                ctx.procs, rtt, out, pair[0].port, windows=order, seconds=config.seconds
             )
-            for scraped, window in block.items():
-                windows[size][scraped].append(window)
+            for phase, window in block.items():
+                windows[size].setdefault(phase, []).append(window)
     return windows
 
 
-def time_scrapes(started: Mapping[int, Contender], config: Settings) -> Timed:
+def time_scrapes(pairs: Pairs, config: Settings) -> Timed:
     """`config.scrapes` rounds of one scrape per supervisor and variant, one at a time."""
-    timed: Timed = {size: {variant: [] for variant in VARIANTS} for size in started}
+    timed: Timed = {size: {variant: [] for variant in VARIANTS} for size in pairs}
     for _ in range(config.scrapes):
-        for size, contender in started.items():
+        for size, (contender, _twin) in pairs.items():
             assert contender.metrics_port is not None  # noqa: S101 (start_all checked)
             for variant in VARIANTS:
                 timed[size][variant].append(scrape(contender.metrics_port, variant, size))
@@ -190,12 +226,12 @@ def time_scrapes(started: Mapping[int, Contender], config: Settings) -> Timed:
 
 
 def rise(
-    windows: Mapping[bool, list[Window]], what: Callable[[Window], float | None]
+    by_phase: Mapping[str, list[Window]], phase: str, what: Callable[[Window], float | None]
 ) -> float | None:
-    """The median over rounds of scraped - unscraped, each pair one round's."""
+    """The median over rounds of `phase` - unscraped, each pair one round's."""
     rises = []
-    for calm, scraped in zip(windows[False], windows[True], strict=True):
-        before, after = what(calm), what(scraped)
+    for calm, other in zip(by_phase[UNSCRAPED], by_phase.get(phase, []), strict=False):
+        before, after = what(calm), what(other)
         if before is not None and after is not None:
             rises.append(after - before)
     return statistics.median(rises) if rises else None
@@ -209,12 +245,13 @@ def p99(window: Window) -> float | None:
     return window.p99
 
 
-def probe_row(size: int, by_phase: Mapping[bool, list[Window]], scraped: bool) -> list[str]:
-    got = by_phase[scraped]
+def probe_row(size: int, by_phase: Mapping[str, list[Window]], phase: str) -> list[str]:
+    got = by_phase[phase]
     worst = max((w.worst for w in got if w.worst is not None), default=None)
+    scraped = phase != UNSCRAPED
     return [
         label(size),
-        "scraped" if scraped else "unscraped",
+        phase,
         f"{sum(w.trips for w in got):,}",
         fmt(median([w.p50 for w in got]), ".3f", 1e3),
         fmt(median([w.p99 for w in got]), ".3f", 1e3),
@@ -224,16 +261,17 @@ def probe_row(size: int, by_phase: Mapping[bool, list[Window]], scraped: bool) -
         str(sum(w.errors for w in got)),
         f"{sum(w.scrapes for w in got):,}" if scraped else "-",
         str(sum(w.failed for w in got)) if scraped else "-",
-        fmt(rise(by_phase, p50), "+.3f", 1e3) if scraped else "",
-        fmt(rise(by_phase, p99), "+.3f", 1e3) if scraped else "",
+        fmt(rise(by_phase, phase, p50), "+.3f", 1e3) if scraped else "",
+        fmt(rise(by_phase, phase, p99), "+.3f", 1e3) if scraped else "",
     ]
 
 
 def probe_table(windows: Windows) -> list[str]:
     rows = [
-        probe_row(size, by_phase, scraped)
+        probe_row(size, by_phase, phase)
         for size, by_phase in windows.items()
-        for scraped in (False, True)
+        for phase in (UNSCRAPED, SCRAPED, TWIN)
+        if phase in by_phase
     ]
     headers = ["supervisor", "window", "round trips", "p50 ms", "p99 ms", "timed p50", "timed p99"]
     headers += ["max ms", "errors", "scrapes", "failed", "p50 rise", "p99 rise"]
@@ -277,15 +315,27 @@ def scrape_table(timed: Timed) -> tuple[list[str], list[str]]:
     return render(headers, rows, left=3), notes
 
 
-def rise_target(windows: Windows, largest: int) -> Target:
-    value = rise(windows[largest], p99) if largest in windows else None
-    return Target(
-        f"{label(largest)}: another server's p99 scraped - unscraped (median of pairs)",
-        value,
-        f"< {RISE_LIMIT * 1e3:g} ms",
-        None if value is None else value < RISE_LIMIT,
-        "-" if value is None else f"{value * 1e3:+.3f} ms",
-    )
+def rise_targets(windows: Windows, largest: int) -> list[Target]:
+    """The p99 rise at the largest size, and the twin's beside it for reference."""
+    by_phase = windows.get(largest, {})
+    value = rise(by_phase, SCRAPED, p99) if by_phase else None
+    twin = rise(by_phase, TWIN, p99) if by_phase else None
+    return [
+        Target(
+            f"{label(largest)}: another server's p99 scraped - unscraped (median of pairs)",
+            value,
+            f"< {RISE_LIMIT * 1e3:g} ms",
+            None if value is None else value < RISE_LIMIT,
+            "-" if value is None else f"{value * 1e3:+.3f} ms",
+        ),
+        Target(
+            f"{label(largest)}: the same, its twin scraped instead (this machine's share)",
+            twin,
+            "(reference)",
+            None,
+            "-" if twin is None else f"{twin * 1e3:+.3f} ms",
+        ),
+    ]
 
 
 def scrape_targets(timed: Timed) -> list[Target]:
@@ -333,20 +383,21 @@ def description(config: Settings) -> list[str]:
     interval = f"{PROBE_INTERVAL * 1e3:g} ms"
     sizes = ", ".join(map(str, config.many_sizes[:-1])) + f" and {config.many_sizes[-1]}"
     return wrapped(
-        f"Supervisors with {sizes} servers, every server inline (bench.handler:Handler). "
-        "The probe: bench/c/rtt, one client on the server `bench`, a round trip (new "
-        f"connection, the exchange, the reply read to the close) begun every {interval}, one "
-        f"at a time, each timed. {config.rounds} round(s); each round, each supervisor in turn, "
-        f"the probe through a {config.seconds:g} s window unscraped and one scraped (/metrics "
-        "scraped back to back on new connections, text and OpenMetrics, without and with gzip, "
-        "in turn), in alternating order from round to round; round trips counted in the window "
-        f"they began and ended in. p50, p99: as clients arriving every {interval} would have "
-        f"seen them (a round trip of T > {interval} also counted for those due during it, "
-        f"waiting T - {interval}, T - 2x{interval}, ...: the probe waits for each round trip, "
-        "so it would otherwise see a stall once); timed p50, p99: the round trips as measured; "
-        "medians over rounds. max: over all. errors: failed round trips. failed: scrapes not "
-        "answered 200 OK. rise: scraped - unscraped, p50 and p99, the median of the rounds' "
-        "pairs."
+        f"Supervisors with {sizes} servers, every server inline (bench.handler:Handler), each "
+        "with a twin. The probe: bench/c/rtt, one client on the server `bench`, a round trip "
+        f"(new connection, the exchange, the reply read to the close) begun every {interval}, "
+        f"one at a time, each timed. {config.rounds} round(s); each round, each supervisor in "
+        f"turn, the probe through three windows of {config.seconds:g} s, in an order rotated "
+        "from round to round: unscraped; scraped (its /metrics scraped back to back on new "
+        "connections, text and OpenMetrics, without and with gzip, in turn); twin scraped (the "
+        "same scrapes sent to its twin: the same load on this machine, another loop). Round "
+        f"trips count in the window they began and ended in. p50, p99: as clients arriving "
+        f"every {interval} would have seen them (a round trip of T > {interval} also counted "
+        f"for those due during it, waiting T - {interval}, T - 2x{interval}, ...: the probe "
+        "waits for each round trip, so it would otherwise see a stall once); timed p50, p99: "
+        "the round trips as measured; medians over rounds. max: over all. errors: failed round "
+        "trips. failed: scrapes not answered 200 OK. rise: that window - unscraped, p50 and "
+        "p99, the median of the rounds' pairs."
     )
 
 
@@ -363,12 +414,12 @@ def scrape_description(config: Settings) -> list[str]:
     )
 
 
-def measure(ctx: Context, started: Mapping[int, Contender]) -> tuple[list[str], Windows]:
+def measure(ctx: Context, pairs: Pairs) -> tuple[list[str], Windows]:
     """The probe rounds, or a line saying why there are none."""
     if ctx.pool.build is None:
         return ["probe unavailable: bench/c/ could not be compiled (gcc)"], {}
     try:
-        return [], probe_rounds(ctx, ctx.pool.build / "rtt", started)
+        return [], probe_rounds(ctx, ctx.pool.build / "rtt", pairs)
     except Unavailable as exc:
         return [f"probe unavailable: {exc}"], {}
 
@@ -376,15 +427,13 @@ def measure(ctx: Context, started: Mapping[int, Contender]) -> tuple[list[str], 
 def run(ctx: Context) -> Section:
     config = ctx.config
     sizes = list(config.many_sizes)
-    started, lines = start_all(ctx.procs, ctx.workdir, sizes)
+    pairs, lines = start_all(ctx.procs, ctx.workdir, sizes)
     try:
         print("  timing scrapes", flush=True)
-        timed = time_scrapes(started, config)
-        probe_lines, windows = measure(ctx, started)
+        timed = time_scrapes(pairs, config)
+        probe_lines, windows = measure(ctx, pairs)
     finally:
-        for contender in started.values():
-            if contender.proc is not None:
-                ctx.procs.stop(contender.proc)
+        stop_all(ctx.procs, pairs)
     table, notes = scrape_table(timed)
     lines += [
         *description(config),
@@ -397,7 +446,7 @@ def run(ctx: Context) -> Section:
         *table,
         *notes,
     ]
-    return lines, [rise_target(windows, sizes[-1]), *scrape_targets(timed), *reply_targets(timed)]
+    return lines, [*rise_targets(windows, sizes[-1]), *scrape_targets(timed), *reply_targets(timed)]
 
 
 SCENARIO = Scenario(
