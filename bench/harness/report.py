@@ -70,6 +70,17 @@ def below_ms(what: str, seconds: float | None, limit_ms: float, digits: int = 1)
     )
 
 
+def within_ms(what: str, seconds: float | None, limit_ms: float, digits: int = 1) -> Target:
+    """A time in seconds against a limit in milliseconds, the limit itself allowed."""
+    return Target(
+        what,
+        seconds,
+        f"<= {limit_ms:g} ms",
+        None if seconds is None else seconds * 1e3 <= limit_ms,
+        "-" if seconds is None else f"{seconds * 1e3:.{digits}f} ms",
+    )
+
+
 def info(what: str, value: float | None) -> Target:
     """A ratio shown for information, with no goal."""
     return Target(what, value, "(info)", None, fmt(value, ".2f") + "x")

@@ -1,11 +1,13 @@
 """Round trips timed one by one: bench/c/rtt.c, its records, and what is made of them.
 
 wrk reports a run's latency distribution, not when each request happened; a pause that lasts
-a fraction of a second (an upgrade) needs each round trip's begin and end, on the clock the
-harness reads (CLOCK_MONOTONIC: time.perf_counter on Linux), to be told apart from the rest of
-the run. rtt runs a bounded number of client threads, each starting a round trip (a new
-connection, the exchange, the reply read to the server's close) at most every INTERVAL, and
-writes its records to a file when it is stopped (SIGTERM): nothing is written meanwhile.
+a fraction of a second (an upgrade, a scrape rendered in one piece) needs each round trip's
+begin and end, on the clock the harness reads (CLOCK_MONOTONIC: time.perf_counter on Linux), to
+be told apart from the rest of the run. rtt runs a bounded number of client threads, each
+starting a round trip (a new connection, the exchange, the reply read to the server's close) at
+most every INTERVAL, and writes its records to a file when it is stopped (SIGTERM): nothing is
+written meanwhile. `on_schedule` makes of one client's round trips what clients arriving on a
+schedule would have seen.
 """
 
 import contextlib
@@ -87,3 +89,22 @@ def percentile(ordered: Sequence[float], share: float) -> float | None:
         return None
     rank = min(len(ordered), max(1, math.ceil(share * len(ordered))))
     return ordered[rank - 1]
+
+
+def on_schedule(durations: Sequence[float], interval: float) -> list[float]:
+    """The round trips as clients arriving every `interval` would have seen them.
+
+    rtt's clients wait for each round trip before the next (a closed loop): a pause of the server
+    shows up as one long round trip, however many clients it would have kept waiting. Each round
+    trip of T > `interval` also stands for those an open schedule would have begun during it,
+    each waiting for the rest of it: T - interval, T - 2 * interval, ... down to `interval`
+    (HdrHistogram's correction for coordinated omission). Sorted.
+    """
+    values: list[float] = []
+    for duration in durations:
+        values.append(duration)
+        missed = duration - interval
+        while missed >= interval:
+            values.append(missed)
+            missed -= interval
+    return sorted(values)

@@ -26,6 +26,7 @@ class SupervisorSpec:
 
     mode: str
     idle: int = 0
+    idle_mode: str = ""  # the idle servers' mode ("": the configuration's default, fork)
     code: str = 'handler = "bench.handler:Handler"'  # what serves `bench` (or `server = ...`)
     extra: str = ""  # more keys for `bench`
     servers: str = ""  # more [servers.*] tables
@@ -52,6 +53,7 @@ class SupervisorSpec:
                 f"[servers.idle{index:04d}]",
                 f'address = "tcp://{LOOPBACK}:0"',
                 'handler = "bench.handler:Handler"',
+                *([f'mode = "{self.idle_mode}"'] if self.idle_mode else []),
                 "",
             ]
         return "\n".join(lines) + self.servers
