@@ -1,0 +1,253 @@
+"""Issue 19, a scrape never stalls a request: /metrics compressed for the clients that ask for
+it (curl, urllib, http.client; promtool and prometheus-client's parsers read what they decode),
+and sent as it is to those that do not.
+"""
+
+import contextlib
+import gzip
+import http.client
+import shutil
+import subprocess
+import tempfile
+import urllib.request
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import pytest
+
+from supervisor import exposition
+from tests.configs import METRICS_ANY_PORT, server_table, supervisor_table
+from tests.conftest import (
+    Supervisor,
+    exchange,
+)
+from tests.integration.test_metrics import (
+    PROMETHEUS_ACCEPT,
+    RawAnswer,
+    Scrape,
+    idle,
+    openmetrics_families,
+    raw,
+    scrape_until,
+)
+
+N = 5  # requests made on the endpoint fixture's server before any test reads it
+
+
+# -- HTTP ------------------------------------------------------------------------------------
+
+
+def http_request(path: str, headers: Mapping[str, str] | None = None, method: str = "GET") -> bytes:
+    """A request as sent on the wire: exactly these headers (http.client would add its own
+    `Accept-Encoding: identity`)."""
+    lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1"]
+    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def tokens(value: str) -> set[str]:
+    """The lower-case items of a comma-separated header (Vary)."""
+    return {item.strip().lower() for item in value.split(",") if item.strip()}
+
+
+def decoded(answer: RawAnswer) -> bytes:
+    """The body as the client reads it: gunzipped if the answer says it is gzip."""
+    if answer.headers.get("content-encoding") == "gzip":
+        return gzip.decompress(answer.body)  # (checks the stream's CRC and length too)
+    return answer.body
+
+
+def assert_compressed(answer: RawAnswer) -> bytes:
+    """A 200 whose body is a gzip stream of its declared length; return the decoded body."""
+    assert answer.status_line == "HTTP/1.1 200 OK", answer.status_line
+    assert answer.headers.get("content-encoding") == "gzip", answer.headers
+    assert "accept-encoding" in tokens(answer.headers.get("vary", "")), answer.headers
+    assert int(answer.headers["content-length"]) == len(answer.body)  # the compressed size
+    assert answer.body[:2] == b"\x1f\x8b", answer.body[:20]  # the gzip magic
+    return gzip.decompress(answer.body)
+
+
+def assert_plain(answer: RawAnswer) -> bytes:
+    """A 200 sent as it is: no Content-Encoding; return the body."""
+    assert answer.status_line == "HTTP/1.1 200 OK", answer.status_line
+    assert "content-encoding" not in answer.headers, answer.headers
+    assert int(answer.headers["content-length"]) == len(answer.body)
+    return answer.body
+
+
+# -- a supervisor of this module's own -------------------------------------------------------
+
+
+@contextlib.contextmanager
+def supervisor_of(servers: str, timeout: float = 20.0) -> Iterator[Supervisor]:
+    """A supervisor of `servers` (with a pidfile, so a control socket, in a short directory)
+    for a whole module; stopped with its children and the directory removed."""
+    directory = Path(tempfile.mkdtemp(prefix="sv-", dir="/tmp"))
+    config = directory / "supervisor.toml"
+    config.write_text(supervisor_table(pidfile=f"{directory}/sv.pid") + servers + METRICS_ANY_PORT)
+    supervisor = Supervisor(config)
+    try:
+        supervisor.wait_ready(timeout)
+        yield supervisor
+    finally:
+        supervisor.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def endpoint() -> Iterator[Supervisor]:
+    """A supervisor that has served exactly N requests on `echo` (and nothing else runs)."""
+    with supervisor_of(server_table("echo", "LineEchoHandler", mode="thread")) as sv:
+        for _ in range(N):
+            assert exchange(sv.inet("echo"), b"ping\n").endswith(b" ping\n")
+        scrape_until(sv, idle("echo"))
+        yield sv
+
+
+def echoed(current: Scrape) -> float:
+    return current.value("supervisor_requests_total", server="echo")
+
+
+# -- real clients decode the compressed scrape ------------------------------------------------
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_curl_decodes_the_compressed_scrape(endpoint: Supervisor) -> None:
+    host, port = endpoint.inet("metrics")
+    result = subprocess.run(  # curl asks for every coding it can decode: gzip among them
+        [
+            "curl",
+            "--compressed",
+            "-sS",
+            "-D",
+            "-",
+            "--max-time",
+            "30",
+            f"http://{host}:{port}/metrics",
+        ],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert (result.returncode, result.stderr) == (0, b"")
+    head, separator, body = result.stdout.partition(b"\r\n\r\n")
+    assert separator, result.stdout[:500]
+    answer = RawAnswer.parse(head + b"\r\n\r\n")  # (curl shows the headers as they came)
+    assert answer.status_line == "HTTP/1.1 200 OK"
+    assert answer.headers.get("content-encoding") == "gzip", answer.headers
+    assert "accept-encoding" in tokens(answer.headers.get("vary", "")), answer.headers
+    assert answer.headers["content-type"] == exposition.TEXT
+    assert int(answer.headers["content-length"]) < len(body)  # curl wrote what it decoded
+    assert echoed(Scrape(body.decode())) == N
+
+
+def test_http_client_and_urllib_decode_the_compressed_scrape(endpoint: Supervisor) -> None:
+    host, port = endpoint.inet("metrics")
+    connection = http.client.HTTPConnection(host, port, timeout=10)
+    try:
+        connection.request("GET", "/metrics", headers={"Accept-Encoding": "gzip"})
+        response = connection.getresponse()
+        body = response.read()
+        headers = {name.lower(): value for name, value in response.getheaders()}
+    finally:
+        connection.close()
+    assert response.status == 200
+    assert headers.get("content-encoding") == "gzip", headers
+    assert "accept-encoding" in tokens(headers.get("vary", ""))
+    assert headers["content-type"] == exposition.TEXT
+    assert echoed(Scrape(gzip.decompress(body).decode())) == N
+
+    request = urllib.request.Request(
+        f"http://{host}:{port}/metrics", headers={"Accept-Encoding": "gzip"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as reply:  # noqa: S310 (http to loopback)
+        assert reply.headers["Content-Encoding"] == "gzip", dict(reply.headers)
+        assert echoed(Scrape(gzip.decompress(reply.read()).decode())) == N
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
+def test_promtool_accepts_the_decoded_text(endpoint: Supervisor) -> None:
+    answer = raw(endpoint.inet("metrics"), http_request("/metrics", {"Accept-Encoding": "gzip"}))
+    text = assert_compressed(answer).decode()
+    result = subprocess.run(
+        ["promtool", "check", "metrics"],
+        input=text,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", ""), text
+
+
+def test_openmetrics_compressed_as_prometheus_asks_for_it(endpoint: Supervisor) -> None:
+    answer = raw(
+        endpoint.inet("metrics"),
+        http_request("/metrics", {"Accept": PROMETHEUS_ACCEPT, "Accept-Encoding": "gzip"}),
+    )
+    text = assert_compressed(answer).decode()
+    assert answer.headers["content-type"] == exposition.OPENMETRICS
+    assert text.endswith("# EOF\n")
+    found = {family.name: family for family in openmetrics_families(text)}
+    (requests,) = found["supervisor_requests"].samples
+    assert (requests.name, requests.labels, requests.value) == (
+        "supervisor_requests_total",
+        {"server": "echo"},
+        N,
+    )
+    assert found["supervisor_request_duration_seconds"].type == "histogram"
+
+
+@pytest.mark.parametrize(
+    ("accept_encoding", "compressed"),
+    [
+        ("gzip", True),  # what Prometheus sends
+        ("deflate, gzip", True),
+        ("gzip;q=0.5, identity", True),
+        ("br;q=1.0, gzip;q=0.1, *;q=0", True),
+        ("identity;q=0.5, gzip", True),
+        (None, False),
+        ("identity", False),
+        ("gzip;q=0", False),
+        ("gzip;q=0.0", False),
+        ("gzip;q=0, identity", False),
+        ("deflate, br", False),
+    ],
+)
+def test_compressed_exactly_when_asked_for_gzip(
+    endpoint: Supervisor, accept_encoding: str | None, compressed: bool
+) -> None:
+    headers = {} if accept_encoding is None else {"Accept-Encoding": accept_encoding}
+    answer = raw(endpoint.inet("metrics"), http_request("/metrics", headers))
+    body = assert_compressed(answer) if compressed else assert_plain(answer)
+    assert answer.headers["content-type"] == exposition.TEXT
+    assert echoed(Scrape(body.decode())) == N
+
+
+def test_head_has_the_headers_of_get_without_a_body(endpoint: Supervisor) -> None:
+    address = endpoint.inet("metrics")
+    gzipped = {"Accept-Encoding": "gzip"}
+    get_zipped = raw(address, http_request("/metrics", gzipped))
+    head_zipped = raw(address, http_request("/metrics", gzipped, method="HEAD"))
+    head_plain = raw(address, http_request("/metrics", method="HEAD"))
+    assert_compressed(get_zipped)
+    for head in (head_zipped, head_plain):
+        assert head.status_line == "HTTP/1.1 200 OK"
+        assert head.body == b""
+        assert head.headers["content-type"] == exposition.TEXT
+    assert head_zipped.headers.get("content-encoding") == "gzip", head_zipped.headers
+    assert "accept-encoding" in tokens(head_zipped.headers.get("vary", ""))
+    assert "content-encoding" not in head_plain.headers
+    # Lengths of other renderings (process_* values move between scrapes): the compressed
+    # one's, a fraction of the plain one's.
+    zipped = int(head_zipped.headers["content-length"])
+    assert 0.8 * len(get_zipped.body) < zipped < 1.25 * len(get_zipped.body)
+    assert zipped < int(head_plain.headers["content-length"]) / 2
+
+
+def test_healthz_stays_small_plain_text(endpoint: Supervisor) -> None:
+    answer = raw(endpoint.inet("metrics"), http_request("/healthz", {"Accept-Encoding": "gzip"}))
+    assert answer.status_line == "HTTP/1.1 200 OK"
+    assert answer.headers["content-type"] == "text/plain; charset=utf-8"
+    assert int(answer.headers["content-length"]) == len(answer.body) <= 64
+    assert decoded(answer) == b"ok\n"  # (compressed or not: either is fine)
