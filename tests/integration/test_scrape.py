@@ -1,23 +1,29 @@
 """Issue 19, a scrape never stalls a request: /metrics compressed for the clients that ask for
 it (curl, urllib, http.client; promtool and prometheus-client's parsers read what they decode),
-and sent as it is to those that do not.
+and figures that stay exact while requests and scrapes overlap.
 """
 
 import contextlib
 import gzip
 import http.client
+import math
 import shutil
 import subprocess
 import tempfile
+import threading
 import urllib.request
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
 
 from supervisor import exposition
 from tests.configs import METRICS_ANY_PORT, server_table, supervisor_table
 from tests.conftest import (
+    StartSupervisor,
     Supervisor,
     exchange,
 )
@@ -73,6 +79,14 @@ def assert_plain(answer: RawAnswer) -> bytes:
     assert "content-encoding" not in answer.headers, answer.headers
     assert int(answer.headers["content-length"]) == len(answer.body)
     return answer.body
+
+
+def families(answer: RawAnswer) -> list[Metric]:
+    """The answer's metric families, read by prometheus-client's parser for its format."""
+    text = decoded(answer).decode()
+    if answer.headers["content-type"].startswith("application/openmetrics-text"):
+        return openmetrics_families(text)
+    return list(text_string_to_metric_families(text))
 
 
 # -- a supervisor of this module's own -------------------------------------------------------
@@ -251,3 +265,153 @@ def test_healthz_stays_small_plain_text(endpoint: Supervisor) -> None:
     assert answer.headers["content-type"] == "text/plain; charset=utf-8"
     assert int(answer.headers["content-length"]) == len(answer.body) <= 64
     assert decoded(answer) == b"ok\n"  # (compressed or not: either is fine)
+
+
+# -- exact figures while requests and scrapes overlap ----------------------------------------
+
+LOAD_MODES = ("fork", "thread", "inline")
+CLIENTS = 4  # per server, each one request at a time; max_children too (fork, thread)
+REQUESTS = 40  # per client
+# Requests the supervisor may have counted but not yet timed, per server: a fork child or a
+# thread at most max_children, an inline request none (it is counted and timed in one turn).
+IN_FLIGHT = {"fork": CLIENTS, "thread": CLIENTS, "inline": 0}
+MAX_SCRAPES = 500
+# The formats a scrape asks for, in turn.
+SCRAPE_HEADERS: tuple[dict[str, str], ...] = (
+    {},
+    {"Accept-Encoding": "gzip"},
+    {"Accept": PROMETHEUS_ACCEPT, "Accept-Encoding": "gzip"},
+)
+
+SampleKey = tuple[str, frozenset[tuple[str, str]]]
+
+
+@dataclass(frozen=True)
+class Figures:
+    """One scrape's samples, in whatever format it came."""
+
+    values: dict[SampleKey, float]
+    growing: frozenset[SampleKey]  # counters and histograms: never lower in a later scrape
+
+    @classmethod
+    def of(cls, answer: RawAnswer) -> "Figures":
+        values: dict[SampleKey, float] = {}
+        growing = set()
+        for family in families(answer):
+            for sample in family.samples:
+                key = (sample.name, frozenset(sample.labels.items()))
+                values[key] = sample.value
+                if family.type in ("counter", "histogram") and not sample.name.endswith("_created"):
+                    growing.add(key)
+        return cls(values, frozenset(growing))
+
+    def value(self, name: str, **labels: str) -> float:
+        return self.values[(name, frozenset(labels.items()))]
+
+    def buckets(self, server: str) -> list[tuple[float, float]]:
+        """(le, cumulative count) of a server's request durations, by le."""
+        return sorted(
+            (float(dict(labels)["le"]), value)
+            for (name, labels), value in self.values.items()
+            if name == "supervisor_request_duration_seconds_bucket"
+            and dict(labels)["server"] == server
+        )
+
+
+def check_figures(current: Figures, previous: Figures | None, made: int) -> None:
+    """What every scrape must show, however it overlaps requests: per server, cumulative
+    buckets ending at _count, _count <= requests <= what the clients made, the difference no
+    more than could be in flight; nothing that counts lower than in the scrape before."""
+    for server in LOAD_MODES:
+        requests = current.value("supervisor_requests_total", server=server)
+        count = current.value("supervisor_request_duration_seconds_count", server=server)
+        buckets = current.buckets(server)
+        cumulative = [value for _, value in buckets]
+        assert len(buckets) > 10, buckets
+        assert cumulative == sorted(cumulative), (server, buckets)
+        assert buckets[-1] == (math.inf, count), (server, buckets)
+        assert count <= requests <= made, (server, count, requests)
+        assert requests - count <= IN_FLIGHT[server], (server, count, requests)
+    if previous is not None:
+        common = current.growing & previous.growing
+        assert ("supervisor_requests_total", frozenset({("server", "fork")})) in common
+        lower = {key: (previous.values[key], current.values[key]) for key in common}
+        lower = {key: pair for key, pair in lower.items() if pair[1] < pair[0]}
+        assert not lower, lower
+
+
+def load_client(address: tuple[str, int], failures: list[str]) -> None:
+    for _ in range(REQUESTS):
+        try:
+            reply = exchange(address, b"ping\n")
+        except OSError as exc:
+            failures.append(repr(exc))
+            continue
+        if not reply.endswith(b" ping\n"):
+            failures.append(repr(reply))
+
+
+@contextlib.contextmanager
+def started(threads: list[threading.Thread]) -> Iterator[list[threading.Thread]]:
+    """Start the threads; join them at the end, even if the test fails meanwhile (each one is
+    bounded: its sockets have deadlines)."""
+    try:
+        for thread in threads:
+            thread.start()
+        yield threads
+    finally:
+        for thread in threads:
+            if thread.ident is not None:
+                thread.join(60)
+
+
+def test_figures_stay_exact_while_requests_and_scrapes_overlap(
+    start_supervisor: StartSupervisor,
+) -> None:
+    supervisor = start_supervisor(
+        "".join(
+            server_table(
+                mode,
+                "LineEchoHandler",
+                mode=mode,
+                **({} if mode == "inline" else {"max_children": CLIENTS}),
+            )
+            for mode in LOAD_MODES
+        )
+    )
+    metrics = supervisor.inet("metrics")
+    made = CLIENTS * REQUESTS
+    failures: list[str] = []
+    clients = [
+        threading.Thread(target=load_client, args=(supervisor.inet(mode), failures))
+        for mode in LOAD_MODES
+        for _ in range(CLIENTS)
+    ]
+    previous: Figures | None = None
+    during = midway = 0  # scrapes while clients ran; of those, with some but not all counted
+    with started(clients):
+        while during < MAX_SCRAPES and any(client.is_alive() for client in clients):
+            headers = SCRAPE_HEADERS[during % len(SCRAPE_HEADERS)]
+            current = Figures.of(raw(metrics, http_request("/metrics", headers)))
+            check_figures(current, previous, made)
+            total = sum(current.value("supervisor_requests_total", server=m) for m in LOAD_MODES)
+            midway += 0 < total < len(LOAD_MODES) * made
+            previous, during = current, during + 1
+    assert not failures, failures[:10]
+    assert midway >= 3, f"only {midway} of {during} scrapes came while requests were counted"
+
+    final = scrape_until(supervisor, idle(*LOAD_MODES))
+    for mode in LOAD_MODES:
+        assert final.value("supervisor_requests_total", server=mode) == made, mode
+        assert final.value("supervisor_request_duration_seconds_count", server=mode) == made
+        assert (
+            final.value("supervisor_request_duration_seconds_bucket", server=mode, le="+Inf")
+            == made
+        )
+    assert final.exits("fork")["ok"] == made
+    for headers in SCRAPE_HEADERS:  # at rest, every format says the same
+        again = Figures.of(raw(metrics, http_request("/metrics", headers)))
+        check_figures(again, None, made)
+        for mode in LOAD_MODES:
+            assert again.value("supervisor_requests_total", server=mode) == made, headers
+            assert again.value("supervisor_request_duration_seconds_count", server=mode) == made
