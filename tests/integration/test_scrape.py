@@ -1,16 +1,29 @@
 """Issue 19, a scrape never stalls a request: /metrics compressed for the clients that ask for
 it (curl, urllib, http.client; promtool and prometheus-client's parsers read what they decode),
-and figures that stay exact while requests and scrapes overlap.
+figures that stay exact while requests and scrapes overlap, and floods of scrapes and `status`
+requests on a supervisor of 1,000 servers that leave a probe's round trips going between them.
+
+The flood tests count, they do not time: for each scrape (or status answer) they count the
+round trips of a probe (tests/round_trips.py, a process of its own) that began and ended
+inside it, from the request's sending to the answer's last byte. While the loop renders a whole
+answer in one piece, that count is 0 or 1 (on 1,000 servers, a scrape holds the loop for about
+100 ms, a status for about 6 ms); while it renders in slices between loop turns, the probe gets
+its turns in the middle of the answer.
 """
 
 import contextlib
 import gzip
 import http.client
+import json
 import math
+import resource
 import shutil
+import statistics
 import subprocess
+import sys
 import tempfile
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -23,10 +36,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from supervisor import exposition
 from tests.configs import METRICS_ANY_PORT, server_table, supervisor_table
 from tests.conftest import (
+    CLI_ENV,
+    ROOT,
     StartSupervisor,
     Supervisor,
+    connect,
     exchange,
+    run_cli,
 )
+from tests.integration.test_commands import server_rows
 from tests.integration.test_metrics import (
     PROMETHEUS_ACCEPT,
     RawAnswer,
@@ -93,13 +111,32 @@ def families(answer: RawAnswer) -> list[Metric]:
 
 
 @contextlib.contextmanager
-def supervisor_of(servers: str, timeout: float = 20.0) -> Iterator[Supervisor]:
+def descriptors(needed: int) -> Iterator[None]:
+    """This process's soft RLIMIT_NOFILE at least `needed` for what it starts meanwhile (a
+    child inherits it; the supervisor does not raise its own), restored afterwards."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        yield
+        return
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        pytest.skip(f"needs {needed} file descriptors; the hard limit is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@contextlib.contextmanager
+def supervisor_of(servers: str, files: int = 0, timeout: float = 20.0) -> Iterator[Supervisor]:
     """A supervisor of `servers` (with a pidfile, so a control socket, in a short directory)
-    for a whole module; stopped with its children and the directory removed."""
+    for a whole module, started with at least `files` descriptors; stopped with its children
+    and the directory removed."""
     directory = Path(tempfile.mkdtemp(prefix="sv-", dir="/tmp"))
     config = directory / "supervisor.toml"
     config.write_text(supervisor_table(pidfile=f"{directory}/sv.pid") + servers + METRICS_ANY_PORT)
-    supervisor = Supervisor(config)
+    with descriptors(files):
+        supervisor = Supervisor(config)
     try:
         supervisor.wait_ready(timeout)
         yield supervisor
@@ -415,3 +452,170 @@ def test_figures_stay_exact_while_requests_and_scrapes_overlap(
         for mode in LOAD_MODES:
             assert again.value("supervisor_requests_total", server=mode) == made, headers
             assert again.value("supervisor_request_duration_seconds_count", server=mode) == made
+
+
+# -- floods on 1,000 servers, a probe's round trips counted between --------------------------
+
+SERVERS = 1000  # the probe is one of them
+PROBE = "probe"
+MIN_INTERLEAVED_SCRAPES = 5  # median round trips while a scrape is rendered (today: 0)
+MIN_INTERLEAVED_STATUS = 3  # while a status is answered: a twentieth of a scrape's work (today: 0)
+SCRAPERS, SCRAPES = 2, 20  # threads, and scrapes in all
+STATUS_CLIENTS, STATUSES = 2, 40
+
+
+def thousand_servers() -> str:
+    names = [PROBE, *(f"s{i:04d}" for i in range(1, SERVERS))]
+    handler = "supervisor_services.echo:EchoHandler"
+    return "".join(server_table(name, handler, mode="inline") for name in names)
+
+
+@pytest.fixture(scope="module")
+def thousand() -> Iterator[Supervisor]:
+    """A supervisor of 1,000 inline echo servers (about a second to start), shared by the flood
+    tests: every one of them leaves it at rest."""
+    with supervisor_of(thousand_servers(), files=SERVERS + 256, timeout=120) as supervisor:
+        assert len(supervisor.addresses) == SERVERS + 1  # and the metrics endpoint
+        yield supervisor
+
+
+@dataclass(frozen=True)
+class Window:
+    """A stretch of time, on the monotonic clock (which every process shares on Linux)."""
+
+    start: float
+    end: float
+
+
+@dataclass(frozen=True)
+class Timed:
+    """One request's answer, and its window: from just before the request was sent (once
+    connected: until a client sends its request, the loop has nothing to do for it) to the
+    arrival of the answer's last byte."""
+
+    data: bytes
+    window: Window
+
+
+class Probe:
+    """Back-to-back round trips on an echo server, each one's Window kept: tests/round_trips.py,
+    in a process of its own (in a thread here, it would hold up the clients it is measured
+    against as it takes the GIL between its system calls, and the loop would be free
+    meanwhile)."""
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        self.address = address
+        self.trips: list[Window] = []
+        self.failures: list[str] = []
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator["Probe"]:
+        """Started (its first round trip done) on entry; stopped, its trips read, on exit."""
+        host, port = self.address
+        command = [sys.executable, "-m", "tests.round_trips", host, str(port)]
+        with subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=CLI_ENV, cwd=ROOT
+        ) as process:
+            try:
+                assert process.stdout is not None
+                assert process.stdout.readline() == "started\n"
+                yield self
+                output, _ = process.communicate(timeout=60)  # (closing its input stops it)
+            finally:
+                if process.poll() is None:
+                    process.kill()
+        result = json.loads(output)
+        self.trips = [Window(start, end) for start, end in result["trips"]]
+        self.failures = result["failures"]
+
+    def inside(self, window: Window) -> int:
+        """Round trips that began and ended inside `window`."""
+        return sum(window.start <= trip.start and trip.end <= window.end for trip in self.trips)
+
+
+def timed(address: tuple[str, int] | str, request: bytes) -> Timed:
+    """Connect, send a request, read the answer until the server closes."""
+    chunks = []
+    with connect(address, 60) as sock:
+        start = last = time.monotonic()
+        sock.sendall(request)
+        while chunk := sock.recv(1 << 20):
+            last = time.monotonic()
+            chunks.append(chunk)
+    assert chunks, "closed without an answer"
+    return Timed(b"".join(chunks), Window(start, last))
+
+
+def flood(address: tuple[str, int] | str, request: bytes, clients: int, total: int) -> list[Timed]:
+    """`total` requests from `clients` threads, each sending its next one as soon as it has
+    read the answer to the last."""
+    answers: list[Timed] = []
+    errors: list[str] = []
+
+    def client() -> None:
+        for _ in range(total // clients):
+            try:
+                answers.append(timed(address, request))
+            except (OSError, AssertionError) as exc:
+                errors.append(repr(exc))
+
+    with started([threading.Thread(target=client) for _ in range(clients)]):
+        pass
+    assert not errors, errors
+    assert len(answers) == total
+    return answers
+
+
+def interleaved(probe: Probe, answers: list[Timed]) -> tuple[float, str]:
+    """The median number of the probe's round trips inside an answer's window, and the
+    figures."""
+    windows = [answer.window for answer in answers]
+    counts = [probe.inside(window) for window in windows]
+    durations = [round(1000 * (window.end - window.start)) for window in windows]
+    figures = (
+        f"round trips inside each: {sorted(counts)}; their ms: {sorted(durations)}; "
+        f"{len(probe.trips)} round trips in all"
+    )
+    return statistics.median(counts), figures
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("encoding", ["identity", "gzip"])
+def test_a_scrape_flood_leaves_the_probe_its_turns(thousand: Supervisor, encoding: str) -> None:
+    request = http_request("/metrics", {"Accept-Encoding": encoding})
+    with Probe(thousand.inet(PROBE)).running() as probe:
+        answers = flood(thousand.inet("metrics"), request, SCRAPERS, SCRAPES)
+    assert not probe.failures, probe.failures[:10]
+    median, figures = interleaved(probe, answers)
+    assert median >= MIN_INTERLEAVED_SCRAPES, figures
+    for each in answers:
+        answer = RawAnswer.parse(each.data)
+        body = assert_compressed(answer) if encoding == "gzip" else assert_plain(answer)
+        assert body.count(b"\nsupervisor_requests_total{server=") == SERVERS
+    current = Scrape(body.decode())  # the last one, read whole
+    assert len(current.servers("supervisor_requests_total")) == SERVERS
+
+
+@pytest.mark.slow
+def test_status_lists_all_1000_servers(thousand: Supervisor) -> None:
+    result = run_cli("status", "-c", str(thousand.config))
+    assert (result.returncode, result.stderr) == (0, "")
+    rows = server_rows(result.stdout)
+    assert len(rows) == SERVERS
+    assert {row[0]: row[1] for row in rows} == {
+        name: address for name, address in thousand.addresses.items() if name != "metrics"
+    }
+
+
+@pytest.mark.slow
+def test_a_status_flood_leaves_the_probe_its_turns(thousand: Supervisor) -> None:
+    control = str(thousand.config.parent / "sv.sock")
+    with Probe(thousand.inet(PROBE)).running() as probe:
+        answers = flood(control, b'{"command": "status"}\n', STATUS_CLIENTS, STATUSES)
+    assert not probe.failures, probe.failures[:10]
+    median, figures = interleaved(probe, answers)
+    assert median >= MIN_INTERLEAVED_STATUS, figures
+    for each in answers:
+        status = json.loads(each.data)
+        assert status["ok"] is True
+        assert len(status["servers"]) == SERVERS
