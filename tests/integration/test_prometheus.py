@@ -1,12 +1,17 @@
-"""A real Prometheus scrapes a real supervisor: known traffic shows up in its query API."""
+"""A real Prometheus scrapes a real supervisor: known traffic shows up in its query API, and
+its scrapes, compressed as it asks, are read (a relay in between records them)."""
 
+import gzip
 import http.client
 import json
 import math
 import shutil
+import socket
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +19,7 @@ import pytest
 
 from tests.configs import server_table
 from tests.conftest import LoggedProcess, StartSupervisor, exchange
+from tests.integration.test_metrics import RawAnswer, openmetrics_families, read_until_closed
 
 pytestmark = [
     pytest.mark.slow,
@@ -151,3 +157,140 @@ def test_prometheus_sees_the_traffic(
     for name, value in median.items():
         assert 0 < value <= 1.0, (name, value)  # requests of a few milliseconds
     assert prometheus.by_server("supervisor_server_up") == {"forked": 1, "threaded": 1}
+
+
+# -- compressed scrapes ----------------------------------------------------------------------
+
+MAX_HEAD = 65536  # bytes of a request's head the relay reads
+
+
+@dataclass(frozen=True)
+class Relayed:
+    """One scrape as it went through the relay."""
+
+    request: RawAnswer  # (parsed the same way: a head, lower-case header names)
+    response: RawAnswer
+
+
+class RecordingRelay:
+    """A TCP relay on loopback between Prometheus and the supervisor's endpoint that keeps what
+    it relays. One thread a connection: it reads the request's head (a scrape is a GET, with no
+    body), sends it on, reads the answer until the endpoint closes (it answers one request a
+    connection) and sends that back."""
+
+    def __init__(self, upstream: tuple[str, int]) -> None:
+        self.upstream = upstream
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        host, port = self.listener.getsockname()[:2]
+        self.target = f"{host}:{port}"
+        self._relayed: list[Relayed] = []
+        self._errors: list[str] = []
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._acceptor = threading.Thread(target=self._accept)
+        self._acceptor.start()
+
+    def relayed(self) -> list[Relayed]:
+        with self._lock:
+            return list(self._relayed)
+
+    def errors(self) -> list[str]:
+        with self._lock:
+            return list(self._errors)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return  # shut down: close()
+            thread = threading.Thread(target=self._relay, args=(conn,))
+            with self._lock:
+                self._threads.append(thread)
+            thread.start()
+
+    def _relay(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                conn.settimeout(10)
+                head = b""
+                while b"\r\n\r\n" not in head and len(head) < MAX_HEAD:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        return
+                    head += chunk
+                with socket.create_connection(self.upstream, timeout=10) as upstream:
+                    upstream.sendall(head)
+                    answer = read_until_closed(upstream)
+                # Kept before it is passed on: whatever Prometheus has read is here already.
+                with self._lock:
+                    self._relayed.append(Relayed(RawAnswer.parse(head), RawAnswer.parse(answer)))
+                conn.sendall(answer)
+            except OSError as exc:
+                with self._lock:
+                    self._errors.append(repr(exc))
+
+    def close(self) -> None:
+        self.listener.shutdown(socket.SHUT_RDWR)  # (wakes the accept() in progress)
+        self.listener.close()
+        self._acceptor.join(10)
+        with self._lock:
+            threads = list(self._threads)
+        for thread in threads:
+            thread.join(30)
+
+
+@pytest.fixture
+def relay() -> Iterator[Callable[[tuple[str, int]], RecordingRelay]]:
+    """Start recording relays to an address; every one is closed at the end."""
+    started: list[RecordingRelay] = []
+
+    def start(upstream: tuple[str, int]) -> RecordingRelay:
+        started.append(RecordingRelay(upstream))
+        return started[-1]
+
+    yield start
+    for each in started:
+        each.close()
+
+
+def test_prometheus_scrapes_compressed_and_reads_it(
+    start_supervisor: StartSupervisor,
+    start_prometheus: StartPrometheus,
+    relay: Callable[[tuple[str, int]], RecordingRelay],
+) -> None:
+    supervisor = start_supervisor(
+        server_table("forked", "LineEchoHandler")
+        + server_table("threaded", "LineEchoHandler", mode="thread")
+    )
+    for name, count in TRAFFIC.items():
+        address = supervisor.inet(name)
+        for _ in range(count):
+            assert exchange(address, b"hi\n").endswith(b" hi\n")
+    recorder = relay(supervisor.inet("metrics"))
+    prometheus = start_prometheus(recorder.target)
+    prometheus.wait_for("supervisor_requests_total", lambda values: values == TRAFFIC)
+    prometheus.wait_for(
+        "supervisor_request_duration_seconds_count", lambda values: values == TRAFFIC
+    )
+    (up,) = prometheus.query('up{job="supervisor"}')
+    assert float(up["value"][1]) == 1
+
+    relayed = recorder.relayed()
+    assert relayed, recorder.errors()
+    for scrape in relayed:
+        # Prometheus asks for gzip on every scrape; each answer is gzip, of its stated length.
+        assert "gzip" in scrape.request.headers.get("accept-encoding", ""), scrape.request
+        answer = scrape.response
+        assert answer.status_line == "HTTP/1.1 200 OK", answer.status_line
+        assert answer.headers.get("content-encoding") == "gzip", answer.headers
+        assert int(answer.headers["content-length"]) == len(answer.body)
+    # What Prometheus read last, decoded: OpenMetrics (it asks for it first), with the traffic.
+    last = relayed[-1].response
+    assert last.headers["content-type"].startswith("application/openmetrics-text")
+    families = {f.name: f for f in openmetrics_families(gzip.decompress(last.body).decode())}
+    assert {
+        sample.labels["server"]: sample.value
+        for sample in families["supervisor_requests"].samples
+        if sample.name == "supervisor_requests_total"
+    } == TRAFFIC
