@@ -23,11 +23,15 @@ class Request:
 
     @property
     def takes_gzip(self) -> bool:
-        """Whether the client accepts a gzip body (`gzip`, `x-gzip` or `*`, unless `q=0`)."""
+        """Whether the client accepts a gzip body: `gzip` or `x-gzip` listed without `q=0`,
+        else `*` without it (a coding named overrides `*`)."""
+        accepted: dict[str, bool] = {}
         for part in self.accept_encoding.split(","):
             coding, *params = (item.strip().lower() for item in part.split(";"))
-            if coding in ("gzip", "x-gzip", "*"):
-                return not any(_zero_q(param) for param in params)
+            accepted.setdefault(coding, not any(_zero_q(param) for param in params))
+        for coding in ("gzip", "x-gzip", "*"):
+            if coding in accepted:
+                return accepted[coding]
         return False
 
 

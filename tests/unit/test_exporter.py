@@ -120,6 +120,9 @@ def _ask(path: str, request: bytes) -> Any:
         ("", False),
         ("br;q=1.0, gzip;q=nonsense", True),
         ("gzipped", False),
+        ("*;q=0, gzip", True),
+        ("gzip;q=0, *", False),
+        ("br, *", True),
     ],
 )
 def test_which_accept_encodings_take_gzip(header: str, takes: bool) -> None:
