@@ -258,6 +258,11 @@ def test_promtool_finds_nothing_to_report_in_a_real_scrape(
     assert current.exits("dying")["signal"] == 3
     assert current.value("supervisor_requests_total", server="datagrams") == 3  # one a datagram
     assert current.exits("datagrams")["ok"] == 3
+    assert_promtool_accepts(text)
+
+
+def assert_promtool_accepts(text: str) -> None:
+    """`promtool check metrics` finds nothing to report in `text` (the text format)."""
     result = subprocess.run(
         ["promtool", "check", "metrics"],
         input=text,
