@@ -36,8 +36,9 @@ BACKOFF = 0.1  # seconds without accepting after accept() failed
 _DRAIN = 16  # reads of what a peer sent beyond its request, before closing
 _DRAIN_READ = 65536  # bytes per read: what a socket's buffer holds, not a request's limit
 LATER_TIMEOUT = 300.0  # seconds an answer given `Later` may take
-# Bytes per send(): on loopback the kernel delivers what is sent inside the call (2.3 MB, a
-# 1,000-server scrape, in about 2 ms); the writer is called again as soon as the peer can take more.
+# Bytes per send(): on loopback the kernel delivers what is sent inside the call, so the call's
+# time grows with it (2.5 MB, a 1,000-server scrape: 0.5 ms on a quiet machine; 128 KiB: 0.05 ms).
+# The writer is called again as soon as the peer can take more.
 MAX_SEND = 131072
 _MAX_PIECES = 64  # pieces of an answer per sendmsg()
 
