@@ -42,7 +42,7 @@ from supervisor.modes import Modes
 from supervisor.pidfile import PidFile
 from supervisor.readiness import ReadyPipe
 from supervisor.reload import Prepared, ReloadResult, Reloads, prepare, switch
-from supervisor.responder import Later
+from supervisor.responder import Later, after_answers
 from supervisor.server import Server
 from supervisor.shutdown import Shutdown
 from supervisor.signals import Intent, SignalWakeup
@@ -677,4 +677,6 @@ class Supervisor(Admission):
         if self._old_drain is not None:
             self._old_drain.cancel()
         self.state = State.STOPPED  # STOPPING -> STOPPED
-        self.loop.stop()
+        # A scrape or a status being answered (rendered over several turns) gets its answer.
+        responders = [r for r in (self._control, self._metrics) if r is not None]
+        after_answers(self.loop, responders, self.loop.stop)

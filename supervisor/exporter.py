@@ -106,11 +106,14 @@ def _encode(response: Response, with_body: bool) -> list[bytes]:
 
 
 def _header(lines: list[str], name: str) -> str:
+    """A header's value; the values of a header given on several lines, joined with commas
+    (as HTTP says they combine)."""
+    values = []
     for line in lines:
         key, _, value = line.partition(":")
         if key.strip().lower() == name:
-            return value.strip()
-    return ""
+            values.append(value.strip())
+    return ", ".join(values)
 
 
 def _zero_q(param: str) -> bool:

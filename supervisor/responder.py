@@ -10,7 +10,9 @@ one socket for a bounded time, never a stall of the servers.
 A subclass says when a request is complete (`complete`), what to answer (`answer`: the bytes,
 or a `Later` it completes once the answer is known, from the loop), and whom to serve at all
 (`admit`). An answer may come in pieces (a list of bytes): a large one is never joined into one
-more copy, and at most MAX_SEND bytes go out per call, each time the peer can take more.
+more copy, and at most MAX_SEND bytes go out per call, each time the peer can take more; at
+most SEND_PER_TURN per turn of the loop for all of them (32 scrapers of 2.5 MB at once must
+not hold the servers for the time it takes to copy 4 MB into the kernel).
 """
 
 import collections
@@ -19,7 +21,7 @@ import itertools
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -36,10 +38,12 @@ BACKOFF = 0.1  # seconds without accepting after accept() failed
 _DRAIN = 16  # reads of what a peer sent beyond its request, before closing
 _DRAIN_READ = 65536  # bytes per read: what a socket's buffer holds, not a request's limit
 LATER_TIMEOUT = 300.0  # seconds an answer given `Later` may take
+ANSWERS_GRACE = 2.0  # seconds a stopping supervisor gives the answers in progress
 # Bytes per send(): on loopback the kernel delivers what is sent inside the call, so the call's
 # time grows with it (2.5 MB, a 1,000-server scrape: 0.5 ms on a quiet machine; 128 KiB: 0.05 ms).
 # The writer is called again as soon as the peer can take more.
 MAX_SEND = 131072
+SEND_PER_TURN = 262144  # bytes sent per turn of the loop, all connections together
 _MAX_PIECES = 64  # pieces of an answer per sendmsg()
 
 Answer = bytes | list[bytes]  # the bytes to send, whole or in pieces
@@ -94,6 +98,8 @@ class Responder:
         self._connections: dict[socket.socket, _Connection] = {}
         self._paused = False  # accept() failed: the listener is out of the selector for a while
         self._stopped = False  # stop_listening(): for good
+        self._changed: Callable[[], object] | None = None  # finish(): told of each end
+        self._turn, self._sent = -1, 0  # bytes sent in this turn of the loop, all answers
         loop.add_reader(listener.socket, self._accept)
 
     # -- what a subclass decides ------------------------------------------------------------
@@ -124,6 +130,22 @@ class Responder:
             self._loop.remove_reader(self.listener.socket)
         self._paused = False
         self.listener.close()
+
+    @property
+    def answering(self) -> bool:
+        """Whether a request is read and its answer not all sent yet."""
+        return any(state.waiting or state.out is not None for state in self._connections.values())
+
+    def finish(self, changed: Callable[[], object]) -> None:
+        """Accept no more, and read the requests already sent (they are answered too);
+        `changed` is called each time a connection ends from now on."""
+        if not self._paused:
+            self._loop.remove_reader(self.listener.socket)
+        self._paused = self._stopped = True
+        self._changed = changed
+        for conn, state in list(self._connections.items()):
+            if state.out is None and not state.waiting:
+                self._read(conn)
 
     def stop_listening(self) -> None:
         """Accept no more: the listener is another process's now (its descriptor is closed
@@ -186,7 +208,9 @@ class Responder:
         self._loop.call_later(BACKOFF, resume)
 
     def _read(self, conn: socket.socket) -> None:
-        state = self._connections[conn]
+        state = self._connections.get(conn)
+        if state is None:
+            return  # evicted by an accept earlier in the same turn
         try:
             chunk = conn.recv(self.max_request)
         except BlockingIOError:
@@ -235,11 +259,17 @@ class Responder:
             self._respond(conn, answer)
 
     def _write(self, conn: socket.socket) -> None:
-        state = self._connections[conn]
+        state = self._connections.get(conn)
+        if state is None:
+            return  # evicted by an accept earlier in the same turn
         if state.out is None:
             self._drop(conn)
             return
         if state.out:
+            if self._loop.turn != self._turn:
+                self._turn, self._sent = self._loop.turn, 0
+            if self._sent >= SEND_PER_TURN:
+                return  # (still writable: called again next turn, other sockets served first)
             try:
                 sent = conn.sendmsg(_next_pieces(state.out))
             except BlockingIOError:
@@ -247,6 +277,7 @@ class Responder:
             except OSError:
                 self._drop(conn)
                 return
+            self._sent += sent
             _consume(state.out, sent)
         if not state.out:
             self._drop(conn, answered=True)
@@ -265,6 +296,8 @@ class Responder:
                     if not conn.recv(_DRAIN_READ):
                         break
         conn.close()
+        if self._changed is not None:
+            self._changed()
 
 
 def _next_pieces(out: collections.deque[memoryview]) -> list[memoryview]:
@@ -284,3 +317,25 @@ def _consume(out: collections.deque[memoryview], sent: int) -> None:
         sent -= len(out.popleft())
     if sent:
         out[0] = out[0][sent:]
+
+
+def after_answers(loop: Loop, responders: Sequence[Responder], then: Callable[[], object]) -> None:
+    """Stop accepting on every responder, and call `then` once none has an answer in progress
+    (a scrape being rendered or sent, a status), or after ANSWERS_GRACE seconds."""
+    called = False
+
+    def once() -> None:
+        nonlocal called
+        if not called:
+            called = True
+            deadline.cancel()
+            then()
+
+    def check() -> None:
+        if not any(responder.answering for responder in responders):
+            once()
+
+    deadline = loop.call_later(ANSWERS_GRACE, once)
+    for responder in responders:
+        responder.finish(check)
+    check()

@@ -41,6 +41,7 @@ from supervisor.metrics import (
 GZIP_LEVEL = 1  # zlib's fastest: 2.5 MB in 9 ms to 127 kB; level 6: twice the CPU, 5% fewer bytes
 GZIP_CHUNK = 65536  # bytes compressed per step: about 0.25 ms at level 1
 JOIN_SERVERS = 100  # servers' samples of one family joined per step (the histogram's: 140 kB)
+ANSWERS_PER_STEP = 4  # scrapes given their answer per step
 
 
 class Variant(NamedTuple):
@@ -84,20 +85,30 @@ class Scrapes:
 
     def _start(self) -> None:
         self._job = self._observed.loop.start_job(
-            "metrics", self._rendering(), self._done, partial(self._done, None)
+            "metrics", self._rendering(), self._done, partial(self._done, failed=True)
         )
 
-    def _rendering(self) -> Steps:
+    def _rendering(self) -> Generator[None, None, None]:
         # The scrapes asked before the first step (in the same turn of the loop, too) share it.
         self._serving, self._waiting = self._waiting, {}
-        return (yield from self.render(self._serving))
+        bodies = yield from self.render(self._serving)
+        given = 0
+        for variant, gives in self._serving.items():
+            for give in gives:  # (each answer starts a send of up to 128 KiB: a few a step)
+                give(bodies[variant])
+                given += 1
+                if given % ANSWERS_PER_STEP == 0:
+                    yield
 
-    def _done(self, bodies: dict[Variant, Body] | None) -> None:
+    def _done(self, _: object = None, failed: bool = False) -> None:
+        """The rendering ended: its scrapes have their answer, or it failed (None for each;
+        a second answer to a scrape already given one is dropped)."""
         self._job = None
         serving, self._serving = self._serving, {}
-        for variant, gives in serving.items():
-            for give in gives:
-                give(None if bodies is None else bodies[variant])
+        if failed:
+            for gives in serving.values():
+                for give in gives:
+                    give(None)
         if self._waiting and self._job is None:  # (a `give` may have asked again)
             self._start()
 

@@ -18,6 +18,7 @@ import json
 import math
 import resource
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -53,6 +54,7 @@ from tests.integration.test_metrics import (
     idle,
     openmetrics_families,
     raw,
+    read_until_closed,
     scrape_until,
 )
 
@@ -611,3 +613,41 @@ def test_a_status_flood_leaves_the_probe_its_turns(thousand: Supervisor) -> None
         status = json.loads(each.data)
         assert status["ok"] is True
         assert len(status["servers"]) == SERVERS
+
+
+@pytest.mark.slow
+def test_scrapes_and_a_status_being_answered_at_sigterm_get_their_answer() -> None:
+    """SIGTERM while the first scrape of 1,000 servers is rendered (all of them to make: about
+    100 ms of steps): the supervisor stops accepting, answers the scrapes and the status it
+    has read, then exits."""
+    with supervisor_of(thousand_servers(), files=SERVERS + 256, timeout=120) as supervisor:
+        metrics = supervisor.inet("metrics")
+        control = str(supervisor.config.parent / "sv.sock")
+        asked = [
+            connect(metrics, 30),
+            connect(metrics, 30),
+            connect(metrics, 30),
+            connect(control, 30),
+        ]
+        with contextlib.ExitStack() as stack:
+            for sock in asked:
+                stack.enter_context(sock)
+            asked[0].sendall(http_request("/metrics"))
+            asked[1].sendall(http_request("/metrics", {"Accept-Encoding": "gzip"}))
+            asked[2].sendall(http_request("/metrics", {"Accept": PROMETHEUS_ACCEPT}))
+            asked[3].sendall(b'{"command": "status"}\n')
+            supervisor.signal(signal.SIGTERM)
+            answers = [read_until_closed(sock) for sock in asked]
+        assert supervisor.wait() == 0
+    bodies = []
+    for answer in answers[:3]:
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n"), head
+        assert f"Content-Length: {len(body)}\r\n".encode() in head + b"\r\n"
+        bodies.append(body)
+    assert b"Content-Encoding: gzip" in answers[1]
+    texts = [bodies[0], gzip.decompress(bodies[1]), bodies[2]]
+    for text in texts:
+        assert text.count(b"supervisor_server_up{") == SERVERS
+    assert texts[2].endswith(b"# EOF\n")
+    assert len(json.loads(answers[3])["servers"]) == SERVERS

@@ -20,6 +20,7 @@ import yaml
 
 from supervisor import config
 from supervisor.addresses import Address
+from supervisor.responder import ANSWERS_GRACE
 from tests.conftest import ROOT
 
 KUBERNETES = ROOT / "etc" / "kubernetes"
@@ -212,8 +213,9 @@ def test_the_grace_period_covers_the_prestop_sleep_and_the_drain(loaded: config.
     assert settings["kill_grace"] == loaded.supervisor.kill_grace
     pre_stop = container()["lifecycle"]["preStop"]["sleep"]["seconds"]
     # The supervisor's longest stop: SIGTERM to the requests left at shutdown_timeout, SIGKILL
-    # kill_grace later, and kill_grace more for a child stuck in the kernel; then its exit.
-    margin = loaded.supervisor.kill_grace + 1
+    # kill_grace later, and kill_grace more for a child stuck in the kernel; then the answers
+    # in progress on the endpoints (ANSWERS_GRACE), and its exit.
+    margin = loaded.supervisor.kill_grace + 1 + ANSWERS_GRACE
     needed = pre_stop + loaded.supervisor.shutdown_timeout + loaded.supervisor.kill_grace + margin
     assert pod_spec()["terminationGracePeriodSeconds"] >= needed
     assert pre_stop > 0  # the endpoints converge before the listeners close

@@ -10,7 +10,7 @@ from collections.abc import Callable, Generator, Iterator
 
 import pytest
 
-from supervisor.loop import FAULT_PAUSE, SLICE, Loop
+from supervisor.loop import CANCELLED_MIN, FAULT_PAUSE, SLICE, Loop
 
 # A loop that does not stop by itself within this many seconds has failed the test.
 GUARD = 5.0
@@ -515,3 +515,19 @@ def test_without_jobs_the_loop_sleeps_until_its_timer(loop: Loop) -> None:
     elapsed = run_guarded(loop)
     assert elapsed >= 0.2
     assert loop.turn - turns_before <= 3  # (the job's turn, the sleep, the timer's)
+
+
+def test_cancelled_timers_behind_a_live_one_do_not_pile_up(loop: Loop) -> None:
+    """A flood of connections, each cancelling a long timeout while short ones keep coming:
+    the heap is rebuilt without the cancelled ones, not left to grow until they reach its top."""
+    loop.call_later(1.0, lambda: None)  # (always ahead of the long ones)
+    largest = 0
+    for _ in range(10_000):
+        loop.call_later(300.0, lambda: None).cancel()
+        largest = max(largest, len(loop._timers))
+    assert largest <= 2 * CANCELLED_MIN + 4, largest
+    live = loop.call_later(300.0, loop.stop)
+    loop.call_later(0.01, loop.stop)
+    run_guarded(loop)
+    assert not live.cancelled
+    assert live in loop._timers  # (a live timer is kept by the rebuilds)
